@@ -1,0 +1,71 @@
+//! Request guards that never fail on their own: handlers decide, so every refusal carries its stable code.
+
+use rocket::request::{FromRequest, Outcome, Request};
+
+use crate::domain::{constant_time_eq, IdempotencyKey};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::state::AppState;
+
+/// The `Idempotency-Key` header, if sent.
+pub struct IdempotencyHeader(Option<String>);
+
+impl IdempotencyHeader {
+    pub fn key(&self) -> AppResult<Option<IdempotencyKey>> {
+        match &self.0 {
+            None => Ok(None),
+            Some(raw) => IdempotencyKey::parse(raw).map(Some).ok_or_else(|| {
+                AppError::new(
+                    ErrorCode::InvalidIdempotencyKey,
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+                )
+            }),
+        }
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for IdempotencyHeader {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(IdempotencyHeader(req.headers().get_one("Idempotency-Key").map(str::to_owned)))
+    }
+}
+
+/// The credentials a request presents: `Authorization: Bearer …` and `X-Delete-Token`.
+pub struct Credentials {
+    bearer: Option<String>,
+    delete_token: Option<String>,
+    admin_key: Option<String>,
+}
+
+impl Credentials {
+    /// True when the bearer token is the configured admin API key (compared in constant time).
+    pub fn is_admin(&self) -> bool {
+        match (&self.bearer, &self.admin_key) {
+            (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
+            _ => false,
+        }
+    }
+
+    /// The delete token: `X-Delete-Token`, or a bearer token that is not the admin key.
+    pub fn delete_token(&self) -> Option<&str> {
+        self.delete_token.as_deref().or(self.bearer.as_deref().filter(|_| !self.is_admin()))
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Credentials {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let bearer = req
+            .headers()
+            .get_one("Authorization")
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| token.trim().to_owned());
+        let delete_token = req.headers().get_one("X-Delete-Token").map(|t| t.trim().to_owned());
+        let admin_key = req.rocket().state::<AppState>().and_then(|s| s.config.settings.admin_api_key.clone());
+        Outcome::Success(Credentials { bearer, delete_token, admin_key })
+    }
+}

@@ -1,0 +1,163 @@
+//! `/api/v1/images`: upload, read, download, delete, list.
+
+use rocket::http::{Header, Status};
+use rocket::request::Request;
+use rocket::response::{self, Responder, Response};
+use rocket::serde::json::Json;
+use rocket::{delete, get, post, routes, Route, State};
+use serde_json::{json, Value};
+
+use super::guards::{Credentials, IdempotencyHeader};
+use super::upload::{self, UploadData};
+use crate::domain::ImageId;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
+use crate::ingest::Uploaded;
+use crate::state::AppState;
+
+pub fn routes() -> Vec<Route> {
+    routes![create, show, file, thumbnail, remove, list]
+}
+
+/// The 201 answer to an upload; a replayed `Idempotency-Key` answers the same, marked as a replay.
+pub struct Created {
+    pub body: Value,
+    pub location: String,
+    pub replayed: bool,
+}
+
+impl Created {
+    pub fn new(state: &AppState, uploaded: &Uploaded) -> Self {
+        let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
+        let mut body = serde_json::to_value(ImageView::from(&uploaded.record)).expect("views serialize");
+        body["delete_token"] = json!(state.tokens.token_for(&id));
+        body["deduplicated"] = json!(uploaded.deduplicated);
+        Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
+    }
+}
+
+impl<'r> Responder<'r, 'static> for Created {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let mut response = Response::build_from(Json(self.body).respond_to(req)?);
+        response.status(Status::Created).header(Header::new("Location", self.location));
+        if self.replayed {
+            response.header(Header::new("Idempotent-Replayed", "true"));
+        }
+        Ok(response.finalize())
+    }
+}
+
+#[post("/images", data = "<data>")]
+async fn create(state: &State<AppState>, data: UploadData<'_>, key: IdempotencyHeader) -> AppResult<Created> {
+    let uploaded = upload::handle(state, data, key.key()?).await?;
+    Ok(Created::new(state, &uploaded))
+}
+
+fn parse_id(raw: &str) -> AppResult<ImageId> {
+    ImageId::parse(raw).ok_or_else(AppError::not_found)
+}
+
+#[get("/images/<id>")]
+async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
+    let record = images::find(state, &parse_id(id)?).await?;
+    Ok(Json(ImageView::from(&record)))
+}
+
+/// Image bytes with the headers that keep browsers from sniffing or scripting them.
+pub struct ObjectResponse {
+    object: ImageObject,
+    not_modified: bool,
+}
+
+impl<'r> Responder<'r, 'static> for ObjectResponse {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let mut response = Response::build();
+        response
+            .raw_header("ETag", self.object.etag)
+            .raw_header("Cache-Control", "private, max-age=31536000, immutable")
+            .raw_header("X-Content-Type-Options", "nosniff")
+            .raw_header("Content-Security-Policy", "default-src 'none'; sandbox");
+        if self.not_modified {
+            return Ok(response.status(Status::NotModified).finalize());
+        }
+        let len = self.object.body.len;
+        response
+            .raw_header("Content-Type", self.object.content_type)
+            .raw_header("Content-Disposition", "inline")
+            .raw_header("Content-Length", len.to_string())
+            .streamed_body(self.object.body.reader);
+        Ok(response.finalize())
+    }
+}
+
+pub struct IfNoneMatch(Option<String>);
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> rocket::request::Outcome<Self, Self::Error> {
+        rocket::request::Outcome::Success(IfNoneMatch(req.headers().get_one("If-None-Match").map(str::to_owned)))
+    }
+}
+
+async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
+    let object = images::open(state, &parse_id(id)?, variant).await?;
+    let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
+    Ok(ObjectResponse { object, not_modified })
+}
+
+#[get("/images/<id>/file")]
+async fn file(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
+    serve(state, id, Variant::Original, etag).await
+}
+
+#[get("/images/<id>/thumbnail")]
+async fn thumbnail(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
+    serve(state, id, Variant::Thumbnail, etag).await
+}
+
+#[delete("/images/<id>")]
+async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> AppResult<Status> {
+    let id = parse_id(id)?;
+    let authority = if credentials.is_admin() {
+        DeleteAuthority::Admin
+    } else {
+        let token = credentials.delete_token().ok_or_else(|| {
+            AppError::new(
+                ErrorCode::Unauthorized,
+                "Send the delete token in X-Delete-Token (or an admin key as a bearer token).",
+            )
+        })?;
+        DeleteAuthority::Token(token)
+    };
+    images::delete(state, &id, authority).await?;
+    Ok(Status::NoContent)
+}
+
+/// Admin: newest first. `cursor` is the opaque `next_cursor` of the previous page.
+#[get("/images?<cursor>&<limit>")]
+async fn list(
+    state: &State<AppState>,
+    credentials: Credentials,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> AppResult<Json<Value>> {
+    require_admin(state, &credentials)?;
+    let limit = limit.unwrap_or(50).clamp(1, 200);
+    let before = cursor.map(images::decode_cursor).transpose()?;
+    let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, limit)).await?;
+    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
+    let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+pub fn require_admin(state: &AppState, credentials: &Credentials) -> AppResult<()> {
+    if state.config.settings.admin_api_key.is_none() {
+        return Err(AppError::new(ErrorCode::Forbidden, "Admin routes are disabled: no admin API key is configured."));
+    }
+    if !credentials.is_admin() {
+        return Err(AppError::new(ErrorCode::Unauthorized, "This route needs the admin API key as a bearer token."));
+    }
+    Ok(())
+}

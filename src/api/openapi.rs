@@ -1,0 +1,245 @@
+//! The OpenAPI 3 document of the JSON routes, served at `/api/v1/openapi.json`.
+
+use rocket::serde::json::Json;
+use rocket::{get, routes, Route};
+use serde_json::{json, Value};
+
+pub fn routes() -> Vec<Route> {
+    routes![openapi_json]
+}
+
+#[get("/openapi.json")]
+fn openapi_json() -> Json<Value> {
+    Json(document())
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn errors(codes: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+    codes.iter().map(|(status, description)| (status.to_string(), error_response(description))).collect()
+}
+
+fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
+    responses.as_object_mut().expect("responses are an object").extend(errors(codes));
+    responses
+}
+
+const UPLOAD_ERRORS: [(&str, &str); 8] = [
+    ("400", "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY"),
+    ("409", "IDEMPOTENCY_CONFLICT: the key was used with other bytes"),
+    ("413", "PAYLOAD_TOO_LARGE: over max_upload_bytes"),
+    ("415", "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content"),
+    ("422", "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST"),
+    ("500", "INTERNAL"),
+    ("503", "BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
+    ("default", "Any other error, same shape"),
+];
+
+fn id_param() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{32}$" } })
+}
+
+fn binary_response(description: &str) -> Value {
+    with_errors(
+        json!({
+            "200": {
+                "description": description,
+                "headers": {
+                    "ETag": { "schema": { "type": "string" } },
+                    "X-Content-Type-Options": { "schema": { "type": "string", "enum": ["nosniff"] } }
+                },
+                "content": { "image/*": { "schema": { "type": "string", "format": "binary" } } }
+            },
+            "304": { "description": "Not modified (If-None-Match)" }
+        }),
+        &[("404", "NOT_FOUND")],
+    )
+}
+
+pub fn document() -> Value {
+    let upload_body = json!({
+        "required": true,
+        "content": { "multipart/form-data": { "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": { "type": "string", "format": "binary" },
+                "description": { "type": "string", "maxLength": 1000 }
+            }
+        } } }
+    });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Upshot API",
+            "version": "1.0.0",
+            "description": "Image intake: upload, validate by content, strip metadata, thumbnail, store, classify, notify. Every error has the shape of the Error schema, and every response carries X-Request-Id."
+        },
+        "paths": {
+            "/api/v1/images": {
+                "post": {
+                    "summary": "Upload an image",
+                    "operationId": "uploadImage",
+                    "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
+                        "description": "A retry with the same key and bytes returns the first result and stores nothing twice.",
+                        "schema": { "type": "string", "minLength": 1, "maxLength": 255 } }],
+                    "requestBody": upload_body,
+                    "responses": with_errors(json!({ "201": {
+                        "description": "Stored. Idempotent replays carry `Idempotent-Replayed: true`.",
+                        "headers": { "Location": { "schema": { "type": "string" } } },
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadedImage" } } }
+                    } }), &UPLOAD_ERRORS)
+                },
+                "get": {
+                    "summary": "List images, newest first (admin)",
+                    "operationId": "listImages",
+                    "security": [{ "adminKey": [] }],
+                    "parameters": [
+                        { "name": "cursor", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200, "default": 50 } }
+                    ],
+                    "responses": with_errors(json!({ "200": {
+                        "description": "A page of images",
+                        "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "required": ["items", "next_cursor"],
+                            "properties": {
+                                "items": { "type": "array", "items": { "$ref": "#/components/schemas/Image" } },
+                                "next_cursor": { "type": "string", "nullable": true }
+                            }
+                        } } }
+                    } }), &[("400", "BAD_REQUEST: bad cursor"), ("401", "UNAUTHORIZED"), ("403", "FORBIDDEN: admin routes disabled")])
+                }
+            },
+            "/api/v1/images/{id}": {
+                "get": {
+                    "summary": "An image's metadata and predictions",
+                    "operationId": "getImage",
+                    "parameters": [id_param()],
+                    "responses": with_errors(json!({ "200": {
+                        "description": "The image",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Image" } } }
+                    } }), &[("404", "NOT_FOUND")])
+                },
+                "delete": {
+                    "summary": "Delete an image and its objects",
+                    "operationId": "deleteImage",
+                    "parameters": [id_param(), { "name": "X-Delete-Token", "in": "header", "schema": { "type": "string" } }],
+                    "security": [{}, { "adminKey": [] }],
+                    "responses": with_errors(json!({ "204": { "description": "Deleted" } }),
+                        &[("401", "UNAUTHORIZED: no token"), ("403", "FORBIDDEN: wrong token"), ("404", "NOT_FOUND"), ("503", "STORE_UNAVAILABLE or DATABASE_UNAVAILABLE: retry")])
+                }
+            },
+            "/api/v1/images/{id}/file": { "get": {
+                "summary": "The stored image (metadata stripped, orientation applied)",
+                "operationId": "getImageFile",
+                "parameters": [id_param()],
+                "responses": binary_response("The image bytes")
+            } },
+            "/api/v1/images/{id}/thumbnail": { "get": {
+                "summary": "The thumbnail (JPEG, or PNG when the image has transparency)",
+                "operationId": "getImageThumbnail",
+                "parameters": [id_param()],
+                "responses": binary_response("The thumbnail bytes")
+            } },
+            "/api/v1/openapi.json": { "get": {
+                "summary": "This document",
+                "operationId": "getOpenApi",
+                "responses": { "200": { "description": "OpenAPI 3 document", "content": { "application/json": { "schema": { "type": "object" } } } } }
+            } },
+            "/upload-selfie": { "post": {
+                "summary": "Upload (compatibility with the earlier selfie API)",
+                "operationId": "uploadSelfie",
+                "requestBody": upload_body,
+                "responses": with_errors(json!({ "200": {
+                    "description": "Stored",
+                    "content": { "application/json": { "schema": {
+                        "type": "object",
+                        "required": ["request_id", "message", "result"],
+                        "properties": {
+                            "request_id": { "type": "string" },
+                            "message": { "type": "string", "enum": ["Upload & inference successful"] },
+                            "result": { "$ref": "#/components/schemas/UploadedImage" }
+                        }
+                    } } }
+                } }), &UPLOAD_ERRORS)
+            } },
+            "/health": { "get": {
+                "summary": "Liveness (compatibility)",
+                "operationId": "health",
+                "responses": { "200": { "description": "Up", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } }
+            } },
+            "/healthz": { "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": { "200": { "description": "Up", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } }
+            } },
+            "/readyz": { "get": {
+                "summary": "Readiness: database and object store reachable",
+                "operationId": "readyz",
+                "responses": {
+                    "200": { "description": "Ready", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "503": error_response("NOT_READY, naming the failing part; `checks` has each part's status")
+                }
+            } }
+        },
+        "components": {
+            "securitySchemes": { "adminKey": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": { "error": {
+                        "type": "object",
+                        "required": ["code", "message", "request_id"],
+                        "properties": {
+                            "code": { "type": "string", "description": "Stable code, e.g. UNSUPPORTED_MEDIA_TYPE" },
+                            "message": { "type": "string" },
+                            "request_id": { "type": "string" }
+                        }
+                    } }
+                },
+                "Status": { "type": "object", "required": ["status"], "properties": { "status": { "type": "string" } } },
+                "Prediction": {
+                    "type": "object", "required": ["label", "score"],
+                    "properties": { "label": { "type": "string" }, "score": { "type": "number", "minimum": 0, "maximum": 1 } }
+                },
+                "Image": {
+                    "type": "object",
+                    "required": ["id", "urls", "format", "content_type", "width", "height", "byte_size", "sha256", "predictions", "model", "created_at"],
+                    "properties": {
+                        "id": { "type": "string" },
+                        "urls": { "type": "object", "required": ["file", "thumbnail", "page"], "properties": {
+                            "file": { "type": "string" }, "thumbnail": { "type": "string" }, "page": { "type": "string" } } },
+                        "original_filename": { "type": "string", "nullable": true },
+                        "description": { "type": "string", "nullable": true },
+                        "format": { "type": "string", "enum": ["jpeg", "png", "webp", "gif"] },
+                        "content_type": { "type": "string" },
+                        "width": { "type": "integer" },
+                        "height": { "type": "integer" },
+                        "byte_size": { "type": "integer" },
+                        "sha256": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "thumbnail_content_type": { "type": "string" },
+                        "predictions": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
+                        "model": { "type": "object", "nullable": true, "properties": { "name": { "type": "string" }, "version": { "type": "string" } } },
+                        "created_at": { "type": "string", "format": "date-time" }
+                    }
+                },
+                "UploadedImage": {
+                    "allOf": [
+                        { "$ref": "#/components/schemas/Image" },
+                        { "type": "object", "required": ["delete_token", "deduplicated"], "properties": {
+                            "delete_token": { "type": "string", "description": "Shown once; send it as X-Delete-Token to delete" },
+                            "deduplicated": { "type": "boolean", "description": "The same bytes were already stored and are shared" }
+                        } }
+                    ]
+                }
+            }
+        }
+    })
+}

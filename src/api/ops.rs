@@ -1,0 +1,55 @@
+//! Liveness and readiness, for the load balancer and systemd.
+
+use std::time::Duration;
+
+use rocket::http::Status;
+use rocket::serde::json::Json;
+use rocket::{get, routes, Route, State};
+use serde_json::{json, Value};
+
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+use crate::telemetry::RequestId;
+
+pub fn routes() -> Vec<Route> {
+    routes![healthz, readyz]
+}
+
+/// The process is up and answering; says nothing about its dependencies.
+#[get("/healthz")]
+fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    }
+}
+
+/// Ready when the database and the object store both answer; 503 names the part that does not.
+#[get("/readyz")]
+async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
+    let (database, store) = tokio::join!(check(state.db.ping()), check(state.store.health()));
+    let mut failing = Vec::new();
+    let mut report = |name: &'static str, result: &Result<(), String>| match result {
+        Ok(()) => json!({ "status": "ok" }),
+        Err(error) => {
+            log::warn!("readiness: {name} failed: {error}");
+            failing.push(name);
+            json!({ "status": "failed" })
+        }
+    };
+    let checks = json!({ "database": report("database", &database), "store": report("store", &store) });
+    if failing.is_empty() {
+        return (Status::Ok, Json(json!({ "status": "ready", "checks": checks })));
+    }
+    let error = AppError::new(ErrorCode::NotReady, format!("Not ready: {} unavailable.", failing.join(" and ")));
+    let mut body = error.body(request_id.as_str());
+    body["checks"] = checks;
+    (Status::ServiceUnavailable, Json(body))
+}

@@ -1,0 +1,74 @@
+//! The multipart upload form shared by the API, the compatibility route and the HTML form.
+
+use rocket::form::{self, Form};
+use rocket::fs::TempFile;
+use rocket::FromForm;
+use tokio::io::AsyncReadExt;
+
+use crate::config::human_bytes;
+use crate::domain::display_filename;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::ingest::{self, UploadMeta, Uploaded};
+use crate::state::AppState;
+
+#[derive(FromForm)]
+pub struct UploadForm<'r> {
+    pub file: Option<TempFile<'r>>,
+    pub description: Option<String>,
+}
+
+pub type UploadData<'r> = Result<Form<UploadForm<'r>>, form::Errors<'r>>;
+
+/// Turns Rocket's form errors into ours, naming the limit that was hit.
+pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
+    let status = errors.status();
+    let detail = errors.to_string();
+    match status.code {
+        413 => {
+            let max = state.config.settings.max_upload_bytes;
+            AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("The upload exceeds the limit of {} (max_upload_bytes = {max}).", human_bytes(max)),
+            )
+        }
+        400 => AppError::new(ErrorCode::BadRequest, "The multipart form is malformed."),
+        _ => AppError::new(ErrorCode::InvalidRequest, "The upload form could not be read."),
+    }
+    .with_detail(detail)
+}
+
+/// Validates the form's fields and runs the upload.
+pub async fn handle(
+    state: &AppState,
+    data: UploadData<'_>,
+    idempotency_key: Option<crate::domain::IdempotencyKey>,
+) -> AppResult<Uploaded> {
+    let form = data.map_err(|errors| form_error(&errors, state))?.into_inner();
+    let file = form.file.ok_or_else(|| AppError::new(ErrorCode::MissingFile, "The form has no `file` field."))?;
+    if file.len() == 0 {
+        return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
+    }
+    let description = clean_description(form.description, state.config.settings.max_description_chars)?;
+    let original_filename = file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
+    let mut bytes = Vec::with_capacity(file.len() as usize);
+    file.open()
+        .await
+        .map_err(AppError::internal)?
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(AppError::internal)?;
+    ingest::ingest(state, bytes, UploadMeta { original_filename, description, idempotency_key }).await
+}
+
+fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let cleaned: String = raw.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect();
+    let cleaned = cleaned.trim();
+    if cleaned.chars().count() > max_chars {
+        return Err(AppError::new(
+            ErrorCode::InvalidRequest,
+            format!("The description is longer than {max_chars} characters."),
+        ));
+    }
+    Ok((!cleaned.is_empty()).then(|| cleaned.to_owned()))
+}

@@ -1,0 +1,346 @@
+//! Typed settings, layered as Rocket layers its own: defaults in code, then `Rocket.toml` (profile-aware),
+//! then `ROCKET_*` and `UPSHOT_*` environment variables. Validated once at start.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Serialized};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::ImageFormat;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Local,
+    S3,
+}
+
+/// Everything Upshot reads from configuration. Each field's default is documented in README.md and in
+/// `Rocket.toml`; a test keeps the three in step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Where the embedded defaults (SQLite file, local objects, generated secret) live.
+    pub data_dir: PathBuf,
+    /// `postgres://…`, `sqlite://PATH` or a plain SQLite path. Unset: `<data_dir>/upshot.sqlite3`.
+    pub database_url: Option<String>,
+    pub database_pool_size: u32,
+    /// Seconds to wait for a pooled connection before answering 503.
+    pub database_timeout_secs: u64,
+    pub store: StoreKind,
+    /// Directory of the local object store. Unset: `<data_dir>/objects`.
+    pub local_store_dir: Option<PathBuf>,
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: String,
+    pub s3_force_path_style: bool,
+    /// Overrides the SDK's region chain (`AWS_REGION`, profile, instance metadata).
+    pub s3_region: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for an S3-compatible endpoint.
+    pub s3_endpoint_url: Option<String>,
+    /// Bearer key for admin routes; admin routes answer 403 while it is unset.
+    pub admin_api_key: Option<String>,
+    /// Key that derives delete tokens. Generated into the data dir when unset on SQLite; required on
+    /// PostgreSQL so that every instance derives the same tokens.
+    pub secret_key: Option<String>,
+    pub max_upload_bytes: u64,
+    pub max_image_width: u32,
+    pub max_image_height: u32,
+    pub max_image_pixels: u64,
+    pub max_description_chars: usize,
+    pub accepted_formats: Vec<String>,
+    /// Longest side of the thumbnail, in pixels.
+    pub thumbnail_size: u32,
+    /// Store identical (sanitized) bytes once.
+    pub dedup: bool,
+    /// Image decoding jobs that may run at once; 0 means one per CPU core.
+    pub cpu_slots: usize,
+    /// How long an upload waits for a free CPU slot before 503 `BUSY`.
+    pub cpu_wait_ms: u64,
+    pub static_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_pool_size: 8,
+            database_timeout_secs: 5,
+            store: StoreKind::Local,
+            local_store_dir: None,
+            s3_bucket: None,
+            s3_prefix: String::new(),
+            s3_force_path_style: false,
+            s3_region: None,
+            s3_endpoint_url: None,
+            admin_api_key: None,
+            secret_key: None,
+            max_upload_bytes: 20 * MIB,
+            max_image_width: 12_000,
+            max_image_height: 12_000,
+            max_image_pixels: 50_000_000,
+            max_description_chars: 1_000,
+            accepted_formats: ["jpeg", "png", "webp", "gif"].map(String::from).to_vec(),
+            thumbnail_size: 320,
+            dedup: true,
+            cpu_slots: 0,
+            cpu_wait_ms: 10_000,
+            static_dir: PathBuf::from("static"),
+        }
+    }
+}
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(raw.to_owned()));
+        }
+        if raw.contains("://") && !raw.starts_with("sqlite://") {
+            return Err(format!("unsupported scheme in {:?}: use postgres://… or sqlite://PATH", redact_url(raw)));
+        }
+        let path = raw.strip_prefix("sqlite://").unwrap_or(raw);
+        if path.is_empty() {
+            return Err("empty SQLite path".into());
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgresql",
+            DatabaseUrl::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Hides the password of a connection URL so it can be logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+/// Settings that passed validation, with the values derived from them.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub figment: Figment,
+    pub settings: Settings,
+    pub database: DatabaseUrl,
+    pub accepted_formats: Vec<ImageFormat>,
+    pub cpu_slots: usize,
+}
+
+impl AppConfig {
+    /// The configuration of a normal start: defaults, `Rocket.toml`, environment.
+    pub fn figment() -> Figment {
+        Figment::from(rocket::Config::figment())
+            .join(Serialized::defaults(Settings::default()))
+            .merge(Env::prefixed("UPSHOT_").global())
+    }
+
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment())
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let database = match &settings.database_url {
+            Some(url) => DatabaseUrl::parse(url).map_err(|reason| invalid("database_url", reason))?,
+            None => DatabaseUrl::Sqlite(settings.data_dir.join("upshot.sqlite3")),
+        };
+        if settings.database_pool_size == 0 {
+            return Err(invalid("database_pool_size", "must be at least 1"));
+        }
+        if settings.store == StoreKind::S3 {
+            match settings.s3_bucket.as_deref() {
+                None | Some("") => return Err(invalid("s3_bucket", "required when store = \"s3\"")),
+                Some(bucket) if !valid_bucket_name(bucket) => {
+                    return Err(invalid("s3_bucket", format!("{bucket:?} is not a valid S3 bucket name")))
+                }
+                Some(_) => {}
+            }
+        }
+        if settings.s3_prefix.starts_with('/') || settings.s3_prefix.contains("..") {
+            return Err(invalid("s3_prefix", "must be relative and must not contain `..`"));
+        }
+        if let Some(key) = &settings.admin_api_key {
+            if key.len() < 16 {
+                return Err(invalid("admin_api_key", "must be at least 16 characters"));
+            }
+        }
+        match &settings.secret_key {
+            Some(key) if key.len() < 32 => return Err(invalid("secret_key", "must be at least 32 characters")),
+            None if matches!(database, DatabaseUrl::Postgres(_)) => {
+                return Err(invalid(
+                    "secret_key",
+                    "required with PostgreSQL so that every instance derives the same delete tokens",
+                ))
+            }
+            _ => {}
+        }
+        if settings.max_upload_bytes < 1024 {
+            return Err(invalid("max_upload_bytes", "must be at least 1024"));
+        }
+        if settings.max_image_width == 0 || settings.max_image_height == 0 || settings.max_image_pixels == 0 {
+            return Err(invalid("max_image_pixels", "image limits must be positive"));
+        }
+        if !(16..=2048).contains(&settings.thumbnail_size) {
+            return Err(invalid("thumbnail_size", "must be between 16 and 2048"));
+        }
+        let mut accepted_formats = Vec::new();
+        for name in &settings.accepted_formats {
+            let format = ImageFormat::from_name(name)
+                .ok_or_else(|| invalid("accepted_formats", format!("unknown format {name:?} (jpeg, png, webp, gif)")))?;
+            accepted_formats.push(format);
+        }
+        if accepted_formats.is_empty() {
+            return Err(invalid("accepted_formats", "must name at least one format"));
+        }
+        let cpu_slots = match settings.cpu_slots {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        Ok(AppConfig { figment, settings, database, accepted_formats, cpu_slots })
+    }
+
+    pub fn local_store_dir(&self) -> PathBuf {
+        self.settings.local_store_dir.clone().unwrap_or_else(|| self.settings.data_dir.join("objects"))
+    }
+
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.settings.data_dir.join("secret_key")
+    }
+
+    /// Rocket's own body limits, derived from ours so that one setting governs both.
+    pub fn rocket_figment(&self) -> Figment {
+        let max = self.settings.max_upload_bytes;
+        self.figment
+            .clone()
+            .merge(("limits.file", max))
+            .merge(("limits.data-form", max + MIB))
+            .merge(("limits.bytes", max))
+    }
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+}
+
+/// Human-readable byte size: "20 MiB", "1.5 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Reads the delete-token key from the data dir, creating it (mode 0600) on first start.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(existing) if existing.trim().len() >= 32 => return Ok(existing.trim().to_owned()),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!("{} is shorter than 32 characters", path.display())));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let secret = crate::domain::random_token(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(path)?.trim().to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_database_urls() {
+        assert_eq!(DatabaseUrl::parse("postgres://u:p@h/db").unwrap().backend_name(), "postgresql");
+        assert_eq!(DatabaseUrl::parse("sqlite://data/x.db").unwrap(), DatabaseUrl::Sqlite("data/x.db".into()));
+        assert_eq!(DatabaseUrl::parse("x.db").unwrap(), DatabaseUrl::Sqlite("x.db".into()));
+        assert!(DatabaseUrl::parse("mysql://h/db").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+    }
+
+    #[test]
+    fn a_bad_setting_names_its_key() {
+        let figment = AppConfig::figment().merge(("store", "s3"));
+        let err = AppConfig::from_figment(figment).unwrap_err().to_string();
+        assert!(err.contains("s3_bucket"), "{err}");
+        let figment = AppConfig::figment().merge(("thumbnail_size", 4));
+        let err = AppConfig::from_figment(figment).unwrap_err().to_string();
+        assert!(err.contains("thumbnail_size"), "{err}");
+        let figment = AppConfig::figment().merge(("database_url", "postgres://h/db"));
+        let err = AppConfig::from_figment(figment).unwrap_err().to_string();
+        assert!(err.contains("secret_key"), "{err}");
+    }
+
+    #[test]
+    fn formats_byte_sizes() {
+        assert_eq!(human_bytes(20 * MIB), "20 MiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10), "10 B");
+    }
+}

@@ -1,0 +1,200 @@
+//! Queries on the `images` and `outbox` tables. Plain functions over a connection; callers choose the
+//! transaction boundaries through `Db::run`.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{images, outbox};
+use super::{DbConnection, DbError};
+
+pub const STATUS_STORED: &str = "stored";
+/// Set while a delete removes the objects; such rows are invisible and a retried delete finishes them.
+pub const STATUS_DELETING: &str = "deleting";
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = images)]
+pub struct ImageRecord {
+    pub id: String,
+    pub sha256: String,
+    pub source_sha256: String,
+    pub original_filename: Option<String>,
+    pub description: Option<String>,
+    pub format: String,
+    pub content_type: String,
+    pub byte_size: i64,
+    pub width: i32,
+    pub height: i32,
+    pub original_key: String,
+    pub thumbnail_key: String,
+    pub thumbnail_content_type: String,
+    pub predictions: String,
+    pub model_name: Option<String>,
+    pub model_version: Option<String>,
+    pub status: String,
+    pub delete_token_hash: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutboxMessage {
+    pub id: String,
+    pub image_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub available_at: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+}
+
+/// Objects already stored for identical bytes, which a new upload may point at instead of storing again.
+#[derive(Debug, Clone)]
+pub struct StoredObjects {
+    pub original_key: String,
+    pub thumbnail_key: String,
+    pub thumbnail_content_type: String,
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, DbError> {
+    Ok(images::table
+        .filter(images::id.eq(id))
+        .filter(images::status.eq(STATUS_STORED))
+        .select(ImageRecord::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Any row with this id, including one a failed delete left `deleting`.
+pub fn find_any(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, DbError> {
+    Ok(images::table.filter(images::id.eq(id)).select(ImageRecord::as_select()).first(conn).optional()?)
+}
+
+pub fn find_by_idempotency_key(conn: &mut DbConnection, key: &str) -> Result<Option<ImageRecord>, DbError> {
+    Ok(images::table
+        .filter(images::idempotency_key.eq(key))
+        .select(ImageRecord::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_objects_by_sha256(conn: &mut DbConnection, sha256: &str) -> Result<Option<StoredObjects>, DbError> {
+    let found = images::table
+        .filter(images::sha256.eq(sha256))
+        .filter(images::status.eq(STATUS_STORED))
+        .select((images::original_key, images::thumbnail_key, images::thumbnail_content_type))
+        .first::<(String, String, String)>(conn)
+        .optional()?;
+    Ok(found.map(|(original_key, thumbnail_key, thumbnail_content_type)| StoredObjects {
+        original_key,
+        thumbnail_key,
+        thumbnail_content_type,
+    }))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// Another request committed the same `Idempotency-Key` first.
+    IdempotencyKeyTaken,
+    /// The row whose objects this one meant to share was deleted meanwhile; store the objects afresh.
+    SharedObjectsGone,
+}
+
+/// Inserts the image row and its outbox message in one transaction. When the row shares objects with
+/// earlier rows, the same transaction checks (and row-locks) that one of them is still stored, so a
+/// concurrent delete cannot remove the objects under it.
+pub fn insert_with_outbox(
+    conn: &mut DbConnection,
+    record: &ImageRecord,
+    message: &NewOutboxMessage,
+    shares_objects: bool,
+) -> Result<InsertOutcome, DbError> {
+    let result = conn.transaction::<_, diesel::result::Error, _>(|conn| {
+        diesel::insert_into(images::table).values(record).execute(conn)?;
+        if shares_objects {
+            let alive = diesel::update(
+                images::table
+                    .filter(images::original_key.eq(&record.original_key))
+                    .filter(images::status.eq(STATUS_STORED))
+                    .filter(images::id.ne(&record.id)),
+            )
+            .set(images::status.eq(images::status))
+            .execute(conn)?;
+            if alive == 0 {
+                return Err(diesel::result::Error::RollbackTransaction);
+            }
+        }
+        diesel::insert_into(outbox::table).values(message).execute(conn)?;
+        Ok(())
+    });
+    match result.map_err(DbError::from) {
+        Ok(()) => Ok(InsertOutcome::Inserted),
+        Err(DbError::Query(diesel::result::Error::RollbackTransaction)) => Ok(InsertOutcome::SharedObjectsGone),
+        Err(e) if e.is_unique_violation() && record.idempotency_key.is_some() => {
+            Ok(InsertOutcome::IdempotencyKeyTaken)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a delete must do once the row is marked.
+#[derive(Debug)]
+pub struct DeletePlan {
+    pub record: ImageRecord,
+    /// Other stored rows still point at the same objects: remove the row only.
+    pub objects_shared: bool,
+}
+
+/// Marks the row `deleting` and decides whether its objects may go. Rows already `deleting` (an earlier
+/// attempt failed half-way) are taken up again.
+pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePlan>, DbError> {
+    Ok(conn.transaction::<_, diesel::result::Error, _>(|conn| {
+        let marked = diesel::update(
+            images::table
+                .filter(images::id.eq(id))
+                .filter(images::status.eq_any([STATUS_STORED, STATUS_DELETING])),
+        )
+        .set(images::status.eq(STATUS_DELETING))
+        .execute(conn)?;
+        if marked == 0 {
+            return Ok(None);
+        }
+        let record = images::table.filter(images::id.eq(id)).select(ImageRecord::as_select()).first(conn)?;
+        // Locks the other stored sharers, so two deletes of rows sharing objects cannot both keep them.
+        let sharers = diesel::update(
+            images::table
+                .filter(images::original_key.eq(&record.original_key))
+                .filter(images::status.eq(STATUS_STORED))
+                .filter(images::id.ne(id)),
+        )
+        .set(images::status.eq(images::status))
+        .execute(conn)?;
+        Ok(Some(DeletePlan { record, objects_shared: sharers > 0 }))
+    })?)
+}
+
+pub fn delete_row(conn: &mut DbConnection, id: &str) -> Result<(), DbError> {
+    diesel::delete(images::table.filter(images::id.eq(id))).execute(conn)?;
+    Ok(())
+}
+
+/// Newest first; the cursor is the `(created_at, id)` of the last row of the previous page.
+pub fn list_page(
+    conn: &mut DbConnection,
+    before: Option<(NaiveDateTime, String)>,
+    limit: i64,
+) -> Result<Vec<ImageRecord>, DbError> {
+    let mut query = images::table.filter(images::status.eq(STATUS_STORED)).into_boxed();
+    if let Some((created_at, id)) = before {
+        query = query.filter(
+            images::created_at.lt(created_at).or(images::created_at.eq(created_at).and(images::id.lt(id))),
+        );
+    }
+    Ok(query
+        .order((images::created_at.desc(), images::id.desc()))
+        .limit(limit)
+        .select(ImageRecord::as_select())
+        .load(conn)?)
+}

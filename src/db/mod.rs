@@ -1,0 +1,183 @@
+//! The database: one connection type over PostgreSQL and SQLite, a pool, embedded migrations, and a handle
+//! that runs blocking Diesel work off the async workers.
+
+pub mod images;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::PgConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseUrl;
+use crate::error::{AppError, ErrorCode};
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Any two instances starting at once take turns on this lock instead of racing the migrations.
+const MIGRATION_LOCK_ID: i64 = 0x7570_7368_6f74; // "upshot"
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("no connection available: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl DbError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            DbError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Pool(_) | DbError::Connect(_) => {
+                AppError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; try again shortly.")
+                    .with_detail(error)
+                    .retry_after(5)
+            }
+            other => AppError::internal(other),
+        }
+    }
+}
+
+/// Opens connections for the pool; connects by the configured backend, never by guessing from the URL.
+#[derive(Debug, Clone)]
+struct Manager {
+    url: DatabaseUrl,
+}
+
+impl Manager {
+    fn connect(&self) -> Result<DbConnection, DbError> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => Ok(DbConnection::Postgresql(PgConnection::establish(url)?)),
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+                // WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                )?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = DbError;
+
+    fn connect(&self) -> Result<DbConnection, DbError> {
+        Manager::connect(self)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        conn.batch_execute("SELECT 1").map_err(DbError::from)
+    }
+
+    fn has_broken(&self, _: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// A cloneable handle on the pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<Manager>,
+    backend: &'static str,
+}
+
+impl Db {
+    /// Connects, applies pending migrations, and only then hands out the pool.
+    pub async fn open(url: DatabaseUrl, pool_size: u32, timeout: Duration) -> Result<Db, DbError> {
+        let backend = url.backend_name();
+        tokio::task::spawn_blocking(move || {
+            if let DatabaseUrl::Sqlite(path) = &url {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| DbError::Migration(format!("cannot create {}: {e}", parent.display())))?;
+                }
+            }
+            let manager = Manager { url };
+            run_migrations(&mut manager.connect()?)?;
+            let pool = r2d2::Pool::builder()
+                .max_size(pool_size)
+                .min_idle(Some(1))
+                .connection_timeout(timeout)
+                .test_on_check_out(false)
+                .build(manager)?;
+            Ok(Db { pool, backend })
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Runs blocking database work on Tokio's blocking pool with a pooled connection.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || work(&mut *pool.get()?))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from)).await
+    }
+}
+
+/// Applies the pending migrations of the connection's backend. On PostgreSQL this holds an advisory lock, so
+/// N instances starting together apply each migration exactly once.
+pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
+    let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
+    match conn {
+        DbConnection::Postgresql(pg) => {
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")).execute(pg)?;
+            let applied = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")).execute(pg)?;
+            applied.map_err(migration_error)
+        }
+        DbConnection::Sqlite(sqlite) => {
+            sqlite.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()).map_err(migration_error)
+        }
+    }
+}
+
+/// `upshot migrate`: connect once and apply what is pending.
+pub fn migrate(url: &DatabaseUrl) -> Result<usize, DbError> {
+    run_migrations(&mut Manager { url: url.clone() }.connect()?)
+}

@@ -1,0 +1,41 @@
+// The tables of migrations/{postgres,sqlite}; both histories must produce these columns.
+
+diesel::table! {
+    images (id) {
+        id -> Text,
+        sha256 -> Text,
+        source_sha256 -> Text,
+        original_filename -> Nullable<Text>,
+        description -> Nullable<Text>,
+        format -> Text,
+        content_type -> Text,
+        byte_size -> BigInt,
+        width -> Integer,
+        height -> Integer,
+        original_key -> Text,
+        thumbnail_key -> Text,
+        thumbnail_content_type -> Text,
+        predictions -> Text,
+        model_name -> Nullable<Text>,
+        model_version -> Nullable<Text>,
+        status -> Text,
+        delete_token_hash -> Text,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Text,
+        image_id -> Text,
+        event_type -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        available_at -> Timestamp,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        published_at -> Nullable<Timestamp>,
+    }
+}

@@ -1,0 +1,153 @@
+//! Identifiers and checked values that the rest of the code can trust once constructed.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// An image id: 128 random bits as 32 lowercase hex digits, so ids can be neither guessed nor enumerated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ImageId(String);
+
+impl ImageId {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        ImageId(hex::encode(bytes))
+    }
+
+    /// Accepts only the exact shape `generate` makes; anything else is "not found", never a lookup.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| ImageId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'a> rocket::request::FromParam<'a> for ImageId {
+    type Error = &'a str;
+
+    fn from_param(param: &'a str) -> Result<Self, Self::Error> {
+        ImageId::parse(param).ok_or(param)
+    }
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Derives and checks delete tokens. The token is an HMAC of the image id, so an idempotent retry can hand
+/// the same token out again; the database keeps only its SHA-256, so a database dump reveals no token.
+#[derive(Clone)]
+pub struct DeleteTokens {
+    key: Vec<u8>,
+}
+
+impl DeleteTokens {
+    pub fn new(secret: &str) -> Self {
+        DeleteTokens { key: secret.as_bytes().to_vec() }
+    }
+
+    pub fn token_for(&self, id: &ImageId) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(b"upshot delete token v1:");
+        mac.update(id.as_str().as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    pub fn hash(token: &str) -> String {
+        sha256_hex(token.as_bytes())
+    }
+
+    /// Compares hashes in constant time so response timing says nothing about a stored hash.
+    pub fn matches(token: &str, stored_hash: &str) -> bool {
+        constant_time_eq(Self::hash(token).as_bytes(), stored_hash.as_bytes())
+    }
+}
+
+impl fmt::Debug for DeleteTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeleteTokens(..)")
+    }
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Option<Self> {
+        (!raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| IdempotencyKey(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A filename as the client sent it, reduced to something safe to store and show: the last path segment,
+/// no control characters, at most 255 characters. It is never used to build a path or a storage key.
+pub fn display_filename(raw: &str) -> Option<String> {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).take(255).collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty() && cleaned != "." && cleaned != "..").then(|| cleaned.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_and_strictly_parsed() {
+        let a = ImageId::generate();
+        assert_ne!(a, ImageId::generate());
+        assert_eq!(ImageId::parse(a.as_str()), Some(a.clone()));
+        assert!(ImageId::parse("../etc/passwd").is_none());
+        assert!(ImageId::parse(&a.as_str().to_uppercase()).is_none());
+    }
+
+    #[test]
+    fn delete_tokens_are_stable_per_id_and_checked_by_hash() {
+        let tokens = DeleteTokens::new("0123456789abcdef0123456789abcdef");
+        let id = ImageId::generate();
+        let token = tokens.token_for(&id);
+        assert_eq!(token, tokens.token_for(&id));
+        assert_ne!(token, tokens.token_for(&ImageId::generate()));
+        assert!(DeleteTokens::matches(&token, &DeleteTokens::hash(&token)));
+        assert!(!DeleteTokens::matches("wrong", &DeleteTokens::hash(&token)));
+    }
+
+    #[test]
+    fn filenames_lose_paths_and_controls() {
+        assert_eq!(display_filename("../../etc/passwd.jpg").as_deref(), Some("passwd.jpg"));
+        assert_eq!(display_filename("C:\\x\\a\u{7}b.png").as_deref(), Some("ab.png"));
+        assert_eq!(display_filename(".."), None);
+        assert_eq!(display_filename(&"a".repeat(1000)).unwrap().len(), 255);
+    }
+}

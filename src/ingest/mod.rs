@@ -1,0 +1,294 @@
+//! The upload pipeline: identify by content, check limits, strip metadata, decode, thumbnail (`prepare`,
+//! CPU-bound), then store the objects and write the row with its outbox message (`persist`), removing
+//! whatever was written when a later step fails.
+
+mod format;
+pub mod sanitize;
+mod thumbnail;
+pub mod validate;
+
+use bytes::Bytes;
+use chrono::{NaiveDateTime, Timelike, Utc};
+use image::metadata::Orientation;
+use serde_json::json;
+
+pub use format::ImageFormat;
+pub use validate::ImageLimits;
+
+use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects};
+use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{detected} is not an accepted image format")]
+    Unsupported { detected: &'static str },
+    #[error("the image exceeds {limit} ({actual} > {max})")]
+    TooLarge { limit: &'static str, max: u64, actual: u64 },
+    #[error("decoding would exceed the memory limit: {0}")]
+    DecoderLimit(String),
+    #[error("the image cannot be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl From<sanitize::MalformedImage> for IngestError {
+    fn from(error: sanitize::MalformedImage) -> Self {
+        IngestError::Corrupt(error.0.to_owned())
+    }
+}
+
+impl From<IngestError> for AppError {
+    fn from(error: IngestError) -> Self {
+        let (code, message) = match &error {
+            IngestError::Unsupported { detected } => (
+                ErrorCode::UnsupportedMediaType,
+                format!("The file is {detected}; upload a JPEG, PNG, WebP or GIF image."),
+            ),
+            IngestError::TooLarge { limit, max, actual } => (
+                ErrorCode::ImageTooLarge,
+                format!("The image is too large: {actual} exceeds the limit {limit} = {max}."),
+            ),
+            IngestError::DecoderLimit(_) => {
+                (ErrorCode::ImageTooLarge, "The image needs more memory to decode than allowed.".to_owned())
+            }
+            IngestError::Corrupt(_) => {
+                (ErrorCode::CorruptImage, "The file looks like an image but cannot be decoded.".to_owned())
+            }
+        };
+        AppError::new(code, message).with_detail(error)
+    }
+}
+
+/// What `prepare` checks against.
+#[derive(Debug, Clone)]
+pub struct IngestPolicy {
+    pub accepted: Vec<ImageFormat>,
+    pub limits: ImageLimits,
+    pub thumbnail_size: u32,
+}
+
+/// A validated upload, ready to store: metadata stripped, orientation applied, thumbnail made.
+pub struct PreparedImage {
+    pub format: ImageFormat,
+    pub original: Bytes,
+    pub sha256: String,
+    pub source_sha256: String,
+    pub width: u32,
+    pub height: u32,
+    pub thumbnail: Bytes,
+    pub thumbnail_format: ImageFormat,
+}
+
+/// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
+pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
+    let source_sha256 = sha256_hex(upload);
+    let format = ImageFormat::sniff(upload)
+        .filter(|f| policy.accepted.contains(f))
+        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
+    let header = validate::read_header(upload, format, &policy.limits)?;
+    let stripped = sanitize::strip_metadata(upload, format)?;
+    // Decoding the stripped bytes, not the upload, proves that what we store is a valid image.
+    let mut image = validate::decode(&stripped, format, &policy.limits)?;
+    let original = if header.orientation == Orientation::NoTransforms {
+        stripped
+    } else {
+        image.apply_orientation(header.orientation);
+        thumbnail::encode_as(&image, format).map_err(|e| IngestError::Corrupt(e.to_string()))?
+    };
+    let thumb = thumbnail::make(&image, policy.thumbnail_size).map_err(|e| IngestError::Corrupt(e.to_string()))?;
+    Ok(PreparedImage {
+        format,
+        sha256: sha256_hex(&original),
+        source_sha256,
+        original: original.into(),
+        width: image.width(),
+        height: image.height(),
+        thumbnail: thumb.bytes.into(),
+        thumbnail_format: thumb.format,
+    })
+}
+
+fn describe(upload: &[u8]) -> &'static str {
+    match ImageFormat::sniff(upload) {
+        Some(format) => match format {
+            ImageFormat::Jpeg => "a JPEG image",
+            ImageFormat::Png => "a PNG image",
+            ImageFormat::Webp => "a WebP image",
+            ImageFormat::Gif => "a GIF image",
+        },
+        None => format::describe_unsupported(upload),
+    }
+}
+
+/// What the client sent besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    pub original_filename: Option<String>,
+    pub description: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+#[derive(Debug)]
+pub struct Uploaded {
+    pub record: ImageRecord,
+    /// The bytes were already stored for an earlier upload and are shared.
+    pub deduplicated: bool,
+    /// An `Idempotency-Key` retry: nothing new was stored.
+    pub replayed: bool,
+}
+
+/// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
+/// client that hangs up mid-way cannot leave objects without a row.
+pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppResult<Uploaded> {
+    if let Some(key) = &meta.idempotency_key {
+        if let Some(done) = replay(state, key, sha256_hex(&upload)).await? {
+            return Ok(done);
+        }
+    }
+    let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+    let state = state.clone();
+    tokio::spawn(async move { persist(&state, prepared, meta).await })
+        .await
+        .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
+}
+
+/// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
+async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+    let key = key.as_str().to_owned();
+    let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
+        return Ok(None);
+    };
+    if record.source_sha256 != source_sha256 {
+        return Err(AppError::new(
+            ErrorCode::IdempotencyConflict,
+            "This Idempotency-Key was already used for a different file.",
+        ));
+    }
+    if record.status != image_rows::STATUS_STORED {
+        return Err(AppError::not_found());
+    }
+    Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
+}
+
+async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+    let id = ImageId::generate();
+    let mut shared = match state.config.settings.dedup {
+        true => {
+            let sha = prepared.sha256.clone();
+            state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await?
+        }
+        false => None,
+    };
+    loop {
+        let deduplicated = shared.is_some();
+        let objects = match shared.take() {
+            Some(objects) => objects,
+            None => store_objects(state, &id, &prepared).await?,
+        };
+        let record = new_record(state, &id, &prepared, &meta, &objects);
+        let message = outbox_message(&record);
+        let (row, msg) = (record.clone(), message.clone());
+        let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        match outcome {
+            Ok(InsertOutcome::Inserted) => return Ok(Uploaded { record, deduplicated, replayed: false }),
+            // The objects we meant to share were deleted meanwhile: store our own and try again.
+            Ok(InsertOutcome::SharedObjectsGone) => continue,
+            Ok(InsertOutcome::IdempotencyKeyTaken) => {
+                remove_objects(state, deduplicated, &objects).await;
+                let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
+                return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
+            }
+            Err(error) => {
+                remove_objects(state, deduplicated, &objects).await;
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+    let original_key = format!("images/{id}/original.{}", prepared.format.extension());
+    let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
+    state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()).await?;
+    let thumbnail_type = prepared.thumbnail_format.content_type();
+    if let Err(error) = state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type).await {
+        delete_logged(state, &original_key).await;
+        return Err(error.into());
+    }
+    Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
+}
+
+async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects) {
+    if !shared {
+        delete_logged(state, &objects.original_key).await;
+        delete_logged(state, &objects.thumbnail_key).await;
+    }
+}
+
+/// Best-effort cleanup; a failure is logged with the key so `upshot` operators can find the orphan.
+pub(crate) async fn delete_logged(state: &AppState, key: &str) {
+    if let Err(error) = state.store.delete(key).await {
+        log::error!("could not remove object {key} after a failed upload: {error}");
+    }
+}
+
+/// Timestamps are kept to the millisecond so both databases return exactly what was written.
+pub fn now() -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
+}
+
+fn new_record(
+    state: &AppState,
+    id: &ImageId,
+    prepared: &PreparedImage,
+    meta: &UploadMeta,
+    objects: &StoredObjects,
+) -> ImageRecord {
+    ImageRecord {
+        id: id.to_string(),
+        sha256: prepared.sha256.clone(),
+        source_sha256: prepared.source_sha256.clone(),
+        original_filename: meta.original_filename.clone(),
+        description: meta.description.clone(),
+        format: prepared.format.name().to_owned(),
+        content_type: prepared.format.content_type().to_owned(),
+        byte_size: prepared.original.len() as i64,
+        width: prepared.width as i32,
+        height: prepared.height as i32,
+        original_key: objects.original_key.clone(),
+        thumbnail_key: objects.thumbnail_key.clone(),
+        thumbnail_content_type: objects.thumbnail_content_type.clone(),
+        predictions: "[]".to_owned(),
+        model_name: None,
+        model_version: None,
+        status: image_rows::STATUS_STORED.to_owned(),
+        delete_token_hash: DeleteTokens::hash(&state.tokens.token_for(id)),
+        idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
+        created_at: now(),
+    }
+}
+
+fn outbox_message(record: &ImageRecord) -> NewOutboxMessage {
+    let payload = json!({
+        "event_type": "image.uploaded",
+        "image_id": record.id,
+        "sha256": record.sha256,
+        "content_type": record.content_type,
+        "width": record.width,
+        "height": record.height,
+        "byte_size": record.byte_size,
+        "page_path": format!("/images/{}", record.id),
+    });
+    NewOutboxMessage {
+        id: ImageId::generate().to_string(),
+        image_id: record.id.clone(),
+        event_type: "image.uploaded".to_owned(),
+        payload: payload.to_string(),
+        status: "pending".to_owned(),
+        attempts: 0,
+        available_at: record.created_at,
+        created_at: record.created_at,
+    }
+}

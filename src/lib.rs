@@ -1,0 +1,67 @@
+//! Upshot: a self-hosted image intake service.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod images;
+pub mod ingest;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod web;
+
+use rocket::fairing::AdHoc;
+use rocket::fs::FileServer;
+use rocket::{Build, Rocket};
+use rocket_dyn_templates::Template;
+
+use crate::config::AppConfig;
+use crate::domain::DeleteTokens;
+use crate::state::AppState;
+
+/// The whole server, as `main` and the tests build it. Start-up work (database migrations, store
+/// connection) runs at ignition; a failure there stops the launch with the reason logged.
+pub fn rocket(config: AppConfig) -> Rocket<Build> {
+    let static_dir = config.settings.static_dir.clone();
+    rocket::custom(config.rocket_figment())
+        .attach(telemetry::RequestLog)
+        .attach(Template::fairing())
+        .attach(AdHoc::try_on_ignite("database and object store", move |rocket| async move {
+            match connect(config).await {
+                Ok(state) => Ok(rocket.manage(state)),
+                Err(reason) => {
+                    log::error!("start-up failed: {reason}");
+                    Err(rocket)
+                }
+            }
+        }))
+        .mount("/", api::root_routes())
+        .mount("/", web::routes())
+        .mount("/api/v1", api::v1_routes())
+        .mount("/static", FileServer::from(static_dir).rank(20))
+        .register("/", api::catchers())
+}
+
+async fn connect(config: AppConfig) -> Result<AppState, String> {
+    let settings = &config.settings;
+    let secret = match &settings.secret_key {
+        Some(secret) => secret.clone(),
+        None => config::load_or_create_secret(&config.secret_key_file())
+            .map_err(|e| format!("secret key {}: {e}", config.secret_key_file().display()))?,
+    };
+    let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
+    let db = db::Db::open(config.database.clone(), settings.database_pool_size, timeout)
+        .await
+        .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
+    let store = store::from_config(&config).await.map_err(|e| format!("object store: {e}"))?;
+    log::info!(
+        "database: {}; object store: {}; upload limit {}; {} CPU slots",
+        db.backend(),
+        store.describe(),
+        config::human_bytes(settings.max_upload_bytes),
+        config.cpu_slots,
+    );
+    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret)))
+}

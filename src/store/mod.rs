@@ -1,0 +1,96 @@
+//! Where image bytes live: a small trait with a local-directory implementation (the embedded default) and
+//! an S3 one. Keys are made by Upshot (`images/<id>/original.<ext>`), never from user input.
+
+mod local;
+mod s3;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+use crate::config::{AppConfig, StoreKind};
+use crate::error::{AppError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    #[error("invalid object key {0:?}")]
+    InvalidKey(String),
+    #[error("object store failed: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(_) => AppError::not_found().with_detail(error),
+            _ => AppError::new(ErrorCode::StoreUnavailable, "The image store is unavailable; try again shortly.")
+                .with_detail(error)
+                .retry_after(5),
+        }
+    }
+}
+
+/// An object's bytes as a stream, with its length.
+pub struct ObjectBody {
+    pub len: u64,
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+#[rocket::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes the whole object, or nothing: a reader never sees a partial object.
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<ObjectBody, StoreError>;
+    /// The object's length, or `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Removes the object; removing a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Cheap reachability check for `/readyz`.
+    async fn health(&self) -> Result<(), StoreError>;
+    /// For logs: where the objects go, without credentials.
+    fn describe(&self) -> String;
+}
+
+pub async fn from_config(config: &AppConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let store: Arc<dyn ObjectStore> = match config.settings.store {
+        StoreKind::Local => Arc::new(LocalStore::open(config.local_store_dir()).await?),
+        StoreKind::S3 => Arc::new(S3Store::connect(&config.settings).await?),
+    };
+    Ok(store)
+}
+
+/// Keys are `/`-separated segments of `[A-Za-z0-9._-]`, none of them `.` or `..`.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let valid = !key.is_empty()
+        && key.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_key;
+
+    #[test]
+    fn keys_cannot_escape() {
+        assert!(validate_key("images/abc/original.jpg").is_ok());
+        for bad in ["", "../x", "images/../x", "/abs", "a//b", "a/./b", "a b", "a\\b"] {
+            assert!(validate_key(bad).is_err(), "{bad}");
+        }
+    }
+}

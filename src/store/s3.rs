@@ -1,0 +1,109 @@
+//! Objects in an S3 bucket (or an S3-compatible endpoint). Credentials and region come from the SDK's
+//! default chain: the instance role in production, `AWS_*` variables elsewhere.
+
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{validate_key, ObjectBody, ObjectStore, StoreError};
+use crate::config::Settings;
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+fn backend<E: std::error::Error>(action: &str, key: &str, error: E) -> StoreError {
+    StoreError::Backend(format!("S3 {action} {key}: {}", DisplayErrorContext(error)))
+}
+
+impl S3Store {
+    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
+        let bucket = settings.s3_bucket.clone().ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &settings.s3_region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.s3_force_path_style);
+        if let Some(endpoint) = &settings.s3_endpoint_url {
+            config = config.endpoint_url(endpoint);
+        }
+        let prefix = match settings.s3_prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        Ok(S3Store { client: Client::from_conf(config.build()), bucket, prefix })
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StoreError> {
+        validate_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+}
+
+#[rocket::async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| backend("put", &full, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectBody, StoreError> {
+        let full = self.full_key(key)?;
+        let output = self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| {
+            match e.as_service_error() {
+                Some(service) if service.is_no_such_key() => StoreError::NotFound(key.to_owned()),
+                _ => backend("get", &full, e),
+            }
+        })?;
+        let len = output.content_length().unwrap_or_default().max(0) as u64;
+        Ok(ObjectBody { len, reader: Box::pin(output.body.into_async_read()) })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let full = self.full_key(key)?;
+        match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+            Ok(output) => Ok(Some(output.content_length().unwrap_or_default().max(0) as u64)),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(backend("head", &full, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| backend("delete", &full, e))?;
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| backend("head bucket", &self.bucket, e))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}

@@ -1,0 +1,129 @@
+//! Logging and request ids: journald when started by systemd, plain stderr otherwise; one access line per
+//! request; an `X-Request-Id` on every response.
+
+use std::io::Write;
+use std::time::Instant;
+
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::Header;
+use rocket::{Data, Request, Response};
+
+/// The id of the current request: the caller's `X-Request-Id` when it is sane, else a fresh one.
+#[derive(Debug, Clone)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The request's id, decided on first use and cached for the rest of the request.
+    pub fn of<'r>(req: &'r Request<'_>) -> &'r str {
+        &req.local_cache(|| {
+            let incoming = req.headers().get_one("X-Request-Id").filter(|id| is_valid_request_id(id));
+            RequestId(incoming.map_or_else(|| crate::domain::random_token(12), str::to_owned))
+        })
+        .0
+    }
+}
+
+fn is_valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for RequestId {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> rocket::request::Outcome<Self, Self::Error> {
+        rocket::request::Outcome::Success(RequestId(RequestId::of(req).to_owned()))
+    }
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+struct RequestStart(Instant);
+
+/// Assigns request ids, echoes them in the response and writes the access log.
+pub struct RequestLog;
+
+#[rocket::async_trait]
+impl Fairing for RequestLog {
+    fn info(&self) -> Info {
+        Info { name: "request id and access log", kind: Kind::Request | Kind::Response }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        req.local_cache(|| RequestStart(Instant::now()));
+        RequestId::of(req);
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let request_id = RequestId::of(req);
+        res.set_header(Header::new("X-Request-Id", request_id.to_owned()));
+        let elapsed = req.local_cache(|| RequestStart(Instant::now())).0.elapsed();
+        // The route's template, not the raw path: raw paths and queries may carry tokens.
+        let route = req.route().map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
+        log::info!(
+            target: "upshot::access",
+            "request_id={request_id} method={} route={route} status={} latency_ms={:.1}",
+            req.method(),
+            res.status().code,
+            elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+/// Installs the process logger; `UPSHOT_LOG` sets the level (default `info`).
+pub fn init_logging() {
+    let level = std::env::var("UPSHOT_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(log::LevelFilter::Info);
+    // Under systemd, records go to journald with their fields; elsewhere, to stderr.
+    let journal = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| systemd_journal_logger::JournalLog::new().ok())
+        .map(|journal| journal.with_syslog_identifier("upshot".to_owned()));
+    let _ = match journal {
+        Some(journal) => log::set_boxed_logger(Box::new(Filtered(journal))),
+        None => log::set_boxed_logger(Box::new(Filtered(StderrLogger))),
+    };
+    log::set_max_level(level);
+}
+
+/// Keeps Rocket's own per-request chatter out of the log: our access line says it once.
+fn is_wanted(metadata: &log::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let framework = target.starts_with("rocket") || target == "_" || target.starts_with("hyper");
+    !framework || metadata.level() <= log::Level::Warn
+}
+
+struct Filtered<L>(L);
+
+impl<L: log::Log> log::Log for Filtered<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level() && is_wanted(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        let _ = writeln!(std::io::stderr().lock(), "{now} {:<5} {} {}", record.level(), record.target(), record.args());
+    }
+
+    fn flush(&self) {}
+}
