@@ -60,7 +60,9 @@ impl ErrorCode {
 
     pub fn status(self) -> Status {
         match self {
-            ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => Status::BadRequest,
+            ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => {
+                Status::BadRequest
+            }
             ErrorCode::Unauthorized => Status::Unauthorized,
             ErrorCode::Forbidden => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
@@ -82,7 +84,6 @@ impl ErrorCode {
     /// The code a bare status gets when no handler chose one (Rocket's catchers).
     pub fn for_status(status: Status) -> Self {
         match status.code {
-            400 => ErrorCode::BadRequest,
             401 => ErrorCode::Unauthorized,
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
@@ -118,7 +119,12 @@ pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AppError { code, message: message.into(), detail: None, retry_after_secs: None }
+        AppError {
+            code,
+            message: message.into(),
+            detail: None,
+            retry_after_secs: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl fmt::Display) -> Self {
@@ -146,7 +152,11 @@ impl AppError {
     fn log(&self, request_id: &str) {
         let detail = self.detail.as_deref().unwrap_or("");
         if self.status().code >= 500 {
-            log::error!("request_id={request_id} code={} {} {detail}", self.code, self.message);
+            log::error!(
+                "request_id={request_id} code={} {} {detail}",
+                self.code,
+                self.message
+            );
         } else if !detail.is_empty() {
             log::info!("request_id={request_id} code={} {detail}", self.code);
         }
@@ -199,7 +209,11 @@ impl<'r> Responder<'r, 'static> for PageError {
         error.log(request_id);
         let status = error.status();
         // A 5xx page shows the request id only: its message could say more than a visitor should see.
-        let message = if status.code >= 500 { "Please try again later.".to_owned() } else { error.message.clone() };
+        let message = if status.code >= 500 {
+            "Please try again later.".to_owned()
+        } else {
+            error.message.clone()
+        };
         let page = Template::render(
             "error",
             context! { status: status.code, code: error.code.as_str(), message, request_id },

@@ -50,7 +50,8 @@ pub struct ImageView {
 impl From<&ImageRecord> for ImageView {
     fn from(record: &ImageRecord) -> Self {
         let id = &record.id;
-        let predictions: Vec<(String, f64)> = serde_json::from_str(&record.predictions).unwrap_or_default();
+        let predictions: Vec<(String, f64)> =
+            serde_json::from_str(&record.predictions).unwrap_or_default();
         ImageView {
             id: id.clone(),
             urls: ImageUrls {
@@ -67,19 +68,29 @@ impl From<&ImageRecord> for ImageView {
             byte_size: record.byte_size,
             sha256: record.sha256.clone(),
             thumbnail_content_type: record.thumbnail_content_type.clone(),
-            predictions: predictions.into_iter().map(|(label, score)| Prediction { label, score }).collect(),
-            model: record
-                .model_name
-                .clone()
-                .map(|name| ModelInfo { name, version: record.model_version.clone().unwrap_or_default() }),
-            created_at: record.created_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            predictions: predictions
+                .into_iter()
+                .map(|(label, score)| Prediction { label, score })
+                .collect(),
+            model: record.model_name.clone().map(|name| ModelInfo {
+                name,
+                version: record.model_version.clone().unwrap_or_default(),
+            }),
+            created_at: record
+                .created_at
+                .and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 }
 
 pub async fn find(state: &AppState, id: &ImageId) -> AppResult<ImageRecord> {
     let id = id.to_string();
-    state.db.run(move |conn| image_rows::find(conn, &id)).await?.ok_or_else(AppError::not_found)
+    state
+        .db
+        .run(move |conn| image_rows::find(conn, &id))
+        .await?
+        .ok_or_else(AppError::not_found)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +112,16 @@ pub async fn open(state: &AppState, id: &ImageId, variant: Variant) -> AppResult
         Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
     };
     let body = state.store.get(key).await?;
-    let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
-    Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
+    let suffix = if variant == Variant::Thumbnail {
+        "-thumb"
+    } else {
+        ""
+    };
+    Ok(ImageObject {
+        body,
+        content_type,
+        etag: format!("\"{}{suffix}\"", record.sha256),
+    })
 }
 
 /// Who asks for a delete.
@@ -113,18 +132,33 @@ pub enum DeleteAuthority<'a> {
 
 /// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
 /// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
-pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
+pub async fn delete(
+    state: &AppState,
+    id: &ImageId,
+    authority: DeleteAuthority<'_>,
+) -> AppResult<()> {
     let record = {
         let id = id.to_string();
-        state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
+        state
+            .db
+            .run(move |conn| image_rows::find_any(conn, &id))
+            .await?
+            .ok_or_else(AppError::not_found)?
     };
     if let DeleteAuthority::Token(token) = authority {
         if !DeleteTokens::matches(token, &record.delete_token_hash) {
-            return Err(AppError::new(ErrorCode::Forbidden, "The delete token does not match this image."));
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                "The delete token does not match this image.",
+            ));
         }
     }
     let row_id = id.to_string();
-    let Some(plan) = state.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
+    let Some(plan) = state
+        .db
+        .run(move |conn| image_rows::begin_delete(conn, &row_id))
+        .await?
+    else {
         return Err(AppError::not_found());
     };
     if !plan.objects_shared {
@@ -132,21 +166,35 @@ pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'
         state.store.delete(&plan.record.thumbnail_key).await?;
     }
     let row_id = id.to_string();
-    state.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
+    state
+        .db
+        .run(move |conn| image_rows::delete_row(conn, &row_id))
+        .await?;
     Ok(())
 }
 
 /// Cursors are opaque to clients: base64url of `<created_at in ms>:<id>`.
 pub fn encode_cursor(record: &ImageRecord) -> String {
     use base64::Engine;
-    let raw = format!("{}:{}", record.created_at.and_utc().timestamp_millis(), record.id);
+    let raw = format!(
+        "{}:{}",
+        record.created_at.and_utc().timestamp_millis(),
+        record.id
+    );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 pub fn decode_cursor(cursor: &str) -> AppResult<(chrono::NaiveDateTime, String)> {
     use base64::Engine;
-    let invalid = || AppError::new(ErrorCode::BadRequest, "The cursor is not one this server issued.");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    let invalid = || {
+        AppError::new(
+            ErrorCode::BadRequest,
+            "The cursor is not one this server issued.",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
     let (millis, id) = raw.split_once(':').ok_or_else(invalid)?;
     let created_at = millis

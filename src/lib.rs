@@ -28,15 +28,18 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
     rocket::custom(config.rocket_figment())
         .attach(telemetry::RequestLog)
         .attach(Template::fairing())
-        .attach(AdHoc::try_on_ignite("database and object store", move |rocket| async move {
-            match connect(config).await {
-                Ok(state) => Ok(rocket.manage(state)),
-                Err(reason) => {
-                    log::error!("start-up failed: {reason}");
-                    Err(rocket)
+        .attach(AdHoc::try_on_ignite(
+            "database and object store",
+            move |rocket| async move {
+                match connect(config).await {
+                    Ok(state) => Ok(rocket.manage(state)),
+                    Err(reason) => {
+                        log::error!("start-up failed: {reason}");
+                        Err(rocket)
+                    }
                 }
-            }
-        }))
+            },
+        ))
         .mount("/", api::root_routes())
         .mount("/", web::routes())
         .mount("/api/v1", api::v1_routes())
@@ -52,10 +55,16 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
             .map_err(|e| format!("secret key {}: {e}", config.secret_key_file().display()))?,
     };
     let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
-    let db = db::Db::open(config.database.clone(), settings.database_pool_size, timeout)
+    let db = db::Db::open(
+        config.database.clone(),
+        settings.database_pool_size,
+        timeout,
+    )
+    .await
+    .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
+    let store = store::from_config(&config)
         .await
-        .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
-    let store = store::from_config(&config).await.map_err(|e| format!("object store: {e}"))?;
+        .map_err(|e| format!("object store: {e}"))?;
     log::info!(
         "database: {}; object store: {}; upload limit {}; {} CPU slots",
         db.backend(),

@@ -23,7 +23,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: AppConfig, db: Db, store: Arc<dyn ObjectStore>, tokens: DeleteTokens) -> Self {
+    pub fn new(
+        config: AppConfig,
+        db: Db,
+        store: Arc<dyn ObjectStore>,
+        tokens: DeleteTokens,
+    ) -> Self {
         let settings = &config.settings;
         let policy = IngestPolicy {
             accepted: config.accepted_formats.clone(),
@@ -35,7 +40,14 @@ impl AppState {
             thumbnail_size: settings.thumbnail_size,
         };
         let cpu = Arc::new(Semaphore::new(config.cpu_slots));
-        AppState { config: Arc::new(config), db, store, tokens, policy: Arc::new(policy), cpu }
+        AppState {
+            config: Arc::new(config),
+            db,
+            store,
+            tokens,
+            policy: Arc::new(policy),
+            cpu,
+        }
     }
 
     /// Runs CPU-heavy work (decoding, encoding) on a blocking thread, at most `cpu_slots` at once. A request
@@ -49,8 +61,11 @@ impl AppState {
         let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
             .await
             .map_err(|_| {
-                AppError::new(ErrorCode::Busy, "The server is busy processing other images; try again shortly.")
-                    .retry_after(2)
+                AppError::new(
+                    ErrorCode::Busy,
+                    "The server is busy processing other images; try again shortly.",
+                )
+                .retry_after(2)
             })?
             .map_err(AppError::internal)?;
         let policy = self.policy.clone();

@@ -20,7 +20,11 @@ fn health() -> Json<Value> {
 }
 
 #[post("/upload-selfie", data = "<data>")]
-async fn upload_selfie(state: &State<AppState>, data: UploadData<'_>, request_id: RequestId) -> AppResult<Json<Value>> {
+async fn upload_selfie(
+    state: &State<AppState>,
+    data: UploadData<'_>,
+    request_id: RequestId,
+) -> AppResult<Json<Value>> {
     let uploaded = upload::handle(state, data, None).await?;
     let created = Created::new(state, &uploaded);
     Ok(Json(json!({

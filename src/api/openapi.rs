@@ -21,22 +21,43 @@ fn error_response(description: &str) -> Value {
 }
 
 fn errors(codes: &[(&str, &str)]) -> serde_json::Map<String, Value> {
-    codes.iter().map(|(status, description)| (status.to_string(), error_response(description))).collect()
+    codes
+        .iter()
+        .map(|(status, description)| (status.to_string(), error_response(description)))
+        .collect()
 }
 
 fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
-    responses.as_object_mut().expect("responses are an object").extend(errors(codes));
+    responses
+        .as_object_mut()
+        .expect("responses are an object")
+        .extend(errors(codes));
     responses
 }
 
 const UPLOAD_ERRORS: [(&str, &str); 8] = [
-    ("400", "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY"),
-    ("409", "IDEMPOTENCY_CONFLICT: the key was used with other bytes"),
+    (
+        "400",
+        "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY",
+    ),
+    (
+        "409",
+        "IDEMPOTENCY_CONFLICT: the key was used with other bytes",
+    ),
     ("413", "PAYLOAD_TOO_LARGE: over max_upload_bytes"),
-    ("415", "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content"),
-    ("422", "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST"),
+    (
+        "415",
+        "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content",
+    ),
+    (
+        "422",
+        "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST",
+    ),
     ("500", "INTERNAL"),
-    ("503", "BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
+    (
+        "503",
+        "BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After",
+    ),
     ("default", "Any other error, same shape"),
 ];
 

@@ -57,11 +57,12 @@ impl DbError {
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Pool(_) | DbError::Connect(_) => {
-                AppError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; try again shortly.")
-                    .with_detail(error)
-                    .retry_after(5)
-            }
+            DbError::Pool(_) | DbError::Connect(_) => AppError::new(
+                ErrorCode::DatabaseUnavailable,
+                "The database is unavailable; try again shortly.",
+            )
+            .with_detail(error)
+            .retry_after(5),
             other => AppError::internal(other),
         }
     }
@@ -76,7 +77,9 @@ struct Manager {
 impl Manager {
     fn connect(&self) -> Result<DbConnection, DbError> {
         match &self.url {
-            DatabaseUrl::Postgres(url) => Ok(DbConnection::Postgresql(PgConnection::establish(url)?)),
+            DatabaseUrl::Postgres(url) => {
+                Ok(DbConnection::Postgresql(PgConnection::establish(url)?))
+            }
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail.
@@ -121,8 +124,9 @@ impl Db {
         tokio::task::spawn_blocking(move || {
             if let DatabaseUrl::Sqlite(path) = &url {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| DbError::Migration(format!("cannot create {}: {e}", parent.display())))?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        DbError::Migration(format!("cannot create {}: {e}", parent.display()))
+                    })?;
                 }
             }
             let manager = Manager { url };
@@ -156,24 +160,31 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from)).await
+        self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
+            .await
     }
 }
 
 /// Applies the pending migrations of the connection's backend. On PostgreSQL this holds an advisory lock, so
 /// N instances starting together apply each migration exactly once.
 pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
-    let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
+    let migration_error =
+        |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
     match conn {
         DbConnection::Postgresql(pg) => {
-            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")).execute(pg)?;
-            let applied = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
-            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")).execute(pg)?;
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+                .execute(pg)?;
+            let applied = pg
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len());
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
+                .execute(pg)?;
             applied.map_err(migration_error)
         }
-        DbConnection::Sqlite(sqlite) => {
-            sqlite.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()).map_err(migration_error)
-        }
+        DbConnection::Sqlite(sqlite) => sqlite
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(|v| v.len())
+            .map_err(migration_error),
     }
 }
 

@@ -15,7 +15,9 @@ use serde_json::json;
 pub use format::ImageFormat;
 pub use validate::ImageLimits;
 
-use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects};
+use crate::db::images::{
+    self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects,
+};
 use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::state::AppState;
@@ -25,7 +27,11 @@ pub enum IngestError {
     #[error("{detected} is not an accepted image format")]
     Unsupported { detected: &'static str },
     #[error("the image exceeds {limit} ({actual} > {max})")]
-    TooLarge { limit: &'static str, max: u64, actual: u64 },
+    TooLarge {
+        limit: &'static str,
+        max: u64,
+        actual: u64,
+    },
     #[error("decoding would exceed the memory limit: {0}")]
     DecoderLimit(String),
     #[error("the image cannot be decoded: {0}")]
@@ -49,12 +55,14 @@ impl From<IngestError> for AppError {
                 ErrorCode::ImageTooLarge,
                 format!("The image is too large: {actual} exceeds the limit {limit} = {max}."),
             ),
-            IngestError::DecoderLimit(_) => {
-                (ErrorCode::ImageTooLarge, "The image needs more memory to decode than allowed.".to_owned())
-            }
-            IngestError::Corrupt(_) => {
-                (ErrorCode::CorruptImage, "The file looks like an image but cannot be decoded.".to_owned())
-            }
+            IngestError::DecoderLimit(_) => (
+                ErrorCode::ImageTooLarge,
+                "The image needs more memory to decode than allowed.".to_owned(),
+            ),
+            IngestError::Corrupt(_) => (
+                ErrorCode::CorruptImage,
+                "The file looks like an image but cannot be decoded.".to_owned(),
+            ),
         };
         AppError::new(code, message).with_detail(error)
     }
@@ -85,7 +93,9 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
     let source_sha256 = sha256_hex(upload);
     let format = ImageFormat::sniff(upload)
         .filter(|f| policy.accepted.contains(f))
-        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
+        .ok_or_else(|| IngestError::Unsupported {
+            detected: describe(upload),
+        })?;
     let header = validate::read_header(upload, format, &policy.limits)?;
     let stripped = sanitize::strip_metadata(upload, format)?;
     // Decoding the stripped bytes, not the upload, proves that what we store is a valid image.
@@ -96,7 +106,8 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
         image.apply_orientation(header.orientation);
         thumbnail::encode_as(&image, format).map_err(|e| IngestError::Corrupt(e.to_string()))?
     };
-    let thumb = thumbnail::make(&image, policy.thumbnail_size).map_err(|e| IngestError::Corrupt(e.to_string()))?;
+    let thumb = thumbnail::make(&image, policy.thumbnail_size)
+        .map_err(|e| IngestError::Corrupt(e.to_string()))?;
     Ok(PreparedImage {
         format,
         sha256: sha256_hex(&original),
@@ -146,7 +157,9 @@ pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppR
             return Ok(done);
         }
     }
-    let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+    let prepared = state
+        .run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from))
+        .await?;
     let state = state.clone();
     tokio::spawn(async move { persist(&state, prepared, meta).await })
         .await
@@ -154,9 +167,17 @@ pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppR
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
-async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+async fn replay(
+    state: &AppState,
+    key: &IdempotencyKey,
+    source_sha256: String,
+) -> AppResult<Option<Uploaded>> {
     let key = key.as_str().to_owned();
-    let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
+    let Some(record) = state
+        .db
+        .run(move |conn| image_rows::find_by_idempotency_key(conn, &key))
+        .await?
+    else {
         return Ok(None);
     };
     if record.source_sha256 != source_sha256 {
@@ -168,15 +189,26 @@ async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -
     if record.status != image_rows::STATUS_STORED {
         return Err(AppError::not_found());
     }
-    Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
+    Ok(Some(Uploaded {
+        record,
+        deduplicated: false,
+        replayed: true,
+    }))
 }
 
-async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+async fn persist(
+    state: &AppState,
+    prepared: PreparedImage,
+    meta: UploadMeta,
+) -> AppResult<Uploaded> {
     let id = ImageId::generate();
     let mut shared = match state.config.settings.dedup {
         true => {
             let sha = prepared.sha256.clone();
-            state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await?
+            state
+                .db
+                .run(move |conn| image_rows::find_objects_by_sha256(conn, &sha))
+                .await?
         }
         false => None,
     };
@@ -189,15 +221,29 @@ async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) ->
         let record = new_record(state, &id, &prepared, &meta, &objects);
         let message = outbox_message(&record);
         let (row, msg) = (record.clone(), message.clone());
-        let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        let outcome = state
+            .db
+            .run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated))
+            .await;
         match outcome {
-            Ok(InsertOutcome::Inserted) => return Ok(Uploaded { record, deduplicated, replayed: false }),
+            Ok(InsertOutcome::Inserted) => {
+                return Ok(Uploaded {
+                    record,
+                    deduplicated,
+                    replayed: false,
+                })
+            }
             // The objects we meant to share were deleted meanwhile: store our own and try again.
             Ok(InsertOutcome::SharedObjectsGone) => continue,
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
                 remove_objects(state, deduplicated, &objects).await;
-                let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
-                return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
+                let key = meta
+                    .idempotency_key
+                    .as_ref()
+                    .expect("only keyed inserts collide");
+                return replay(state, key, prepared.source_sha256.clone())
+                    .await?
+                    .ok_or_else(AppError::not_found);
             }
             Err(error) => {
                 remove_objects(state, deduplicated, &objects).await;
@@ -207,16 +253,38 @@ async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) ->
     }
 }
 
-async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+async fn store_objects(
+    state: &AppState,
+    id: &ImageId,
+    prepared: &PreparedImage,
+) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
-    let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
-    state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()).await?;
+    let thumbnail_key = format!(
+        "images/{id}/thumb.{}",
+        prepared.thumbnail_format.extension()
+    );
+    state
+        .store
+        .put(
+            &original_key,
+            prepared.original.clone(),
+            prepared.format.content_type(),
+        )
+        .await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
-    if let Err(error) = state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type).await {
+    if let Err(error) = state
+        .store
+        .put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type)
+        .await
+    {
         delete_logged(state, &original_key).await;
         return Err(error.into());
     }
-    Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
+    Ok(StoredObjects {
+        original_key,
+        thumbnail_key,
+        thumbnail_content_type: thumbnail_type.to_owned(),
+    })
 }
 
 async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects) {
@@ -236,7 +304,8 @@ pub(crate) async fn delete_logged(state: &AppState, key: &str) {
 /// Timestamps are kept to the millisecond so both databases return exactly what was written.
 pub fn now() -> NaiveDateTime {
     let now = Utc::now().naive_utc();
-    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
 }
 
 fn new_record(

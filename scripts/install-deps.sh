@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages Upshot builds against (libpq for PostgreSQL, pkg-config), from Debian's
+# archive, when they are missing. Needs root or sudo only when something is missing.
+set -euo pipefail
+
+missing=()
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+{ command -v pg_config >/dev/null 2>&1 || [ -e /usr/include/postgresql/libpq-fe.h ]; } || missing+=(libpq-dev)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo_cmd=(sudo)
+fi
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, and the integration tests on both stacks (SQLite + local files,
+# and a throwaway PostgreSQL cluster + a moto S3 endpoint on 127.0.0.1, started here and stopped on exit).
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh dedup`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+state=$(mktemp -d -t upshot-test.XXXXXX)
+cleanup() {
+    scripts/test-services.sh stop "$state" || true
+    rm -rf "$state"
+}
+trap cleanup EXIT
+eval "$(scripts/test-services.sh start "$state")"
+
+# Dummy credentials for the local endpoint; never real ones, and no instance metadata look-ups.
+export AWS_ACCESS_KEY_ID=upshot-test AWS_SECRET_ACCESS_KEY=upshot-test AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
+cargo test --locked "$@"

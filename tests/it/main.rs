@@ -1,0 +1,8 @@
+//! Integration tests: the real server over HTTP, on both stacks (SQLite + local directory, and PostgreSQL +
+//! S3 on a local endpoint). Run them with `scripts/test.sh`, which starts the PostgreSQL cluster and the S3
+//! endpoint they need.
+
+mod helpers;
+mod images;
+mod meta;
+mod pages;

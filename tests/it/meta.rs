@@ -1,0 +1,158 @@
+//! Configuration, migrations and the API document: the contracts around the code.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use upshot::config::{AppConfig, DatabaseUrl, Settings};
+use upshot::db::Db;
+
+use crate::helpers::{base_figment, create_pg_database, Stack};
+
+fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+}
+
+fn setting_keys() -> Vec<String> {
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    defaults.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn documented_configuration_matches_the_settings() {
+    let readme = repo_file("README.md");
+    for key in setting_keys() {
+        assert!(
+            readme.contains(&format!("`{key}`")),
+            "README.md does not document `{key}`"
+        );
+        let env = format!("UPSHOT_{}", key.to_uppercase());
+        assert!(readme.contains(&env), "README.md does not name {env}");
+    }
+    // Every value Rocket.toml sets is a real key, and the file's [default] equals the defaults in code.
+    let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
+    let file: toml_like::Table = Figment::from(Toml::file(&rocket_toml))
+        .extract_inner("default")
+        .unwrap();
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    let rocket_keys = ["address", "port", "keep_alive", "template_dir", "shutdown"];
+    for (key, value) in &file {
+        if rocket_keys.contains(&key.as_str()) {
+            continue;
+        }
+        assert_eq!(
+            Some(value),
+            defaults.get(key),
+            "Rocket.toml [default] {key} differs from the code"
+        );
+    }
+}
+
+/// figment's values as JSON, to compare with the serialized defaults.
+mod toml_like {
+    pub type Table = serde_json::Map<String, serde_json::Value>;
+}
+
+#[test]
+fn each_profile_of_the_example_config_loads() {
+    let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
+    let file = || {
+        Figment::from(Toml::file(&rocket_toml).nested())
+            .join(figment::providers::Serialized::defaults(Settings::default()))
+    };
+    let config =
+        AppConfig::from_figment(file().select("debug")).expect("the default profile is valid");
+    assert_eq!(
+        config.database,
+        DatabaseUrl::Sqlite("data/upshot.sqlite3".into())
+    );
+
+    // Production refuses to start until the deployment provides its database, bucket and key...
+    let error = AppConfig::from_figment(file().select("production"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("database_url"), "{error}");
+    // ...and starts with them.
+    let production = file()
+        .select("production")
+        .merge(("database_url", "postgres://app@db.internal/upshot"))
+        .merge(("s3_bucket", "upshot-images-prod"))
+        .merge(("secret_key", "k".repeat(40)));
+    let config =
+        AppConfig::from_figment(production).expect("production with its environment is valid");
+    assert_eq!(config.database.backend_name(), "postgresql");
+}
+
+#[tokio::test]
+async fn openapi_document_names_every_json_route() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (figment, _, _) = base_figment(Stack::Embedded, data_dir.path()).await;
+    let rocket = upshot::rocket(AppConfig::from_figment(figment).unwrap());
+    let document = upshot::api::openapi::document();
+    assert_eq!(document["openapi"], "3.0.3");
+    let paths = document["paths"].as_object().unwrap();
+    let mut checked = BTreeSet::new();
+    for route in rocket.routes() {
+        let path = route
+            .uri
+            .origin
+            .path()
+            .as_str()
+            .replace('<', "{")
+            .replace('>', "}");
+        if upshot::api::is_page_path(&path)
+            || path.starts_with("/static")
+            || path.starts_with("/images/")
+        {
+            continue;
+        }
+        let method = route.method.as_str().to_lowercase();
+        assert!(
+            paths.get(&path).and_then(|p| p.get(&method)).is_some(),
+            "{method} {path} is not in openapi.json"
+        );
+        checked.insert(format!("{method} {path}"));
+    }
+    assert!(checked.len() >= 10, "{checked:?}");
+    // Every $ref resolves.
+    let text = document.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            document["components"]["schemas"].get(name).is_some(),
+            "dangling $ref {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_from_empty_and_twice_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = DatabaseUrl::Sqlite(dir.path().join("fresh.sqlite3"));
+    let postgres = DatabaseUrl::Postgres(create_pg_database());
+    for url in [sqlite, postgres] {
+        let first = upshot::db::migrate(&url).expect("migrations apply from empty");
+        assert!(first >= 1, "{url:?}");
+        assert_eq!(
+            upshot::db::migrate(&url).unwrap(),
+            0,
+            "a second run has nothing to do"
+        );
+        Db::open(url, 1, std::time::Duration::from_secs(5))
+            .await
+            .expect("the server's start-up path too");
+    }
+}
+
+#[test]
+fn instances_starting_together_migrate_once() {
+    let url = DatabaseUrl::Postgres(create_pg_database());
+    let applied: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| upshot::db::migrate(&url).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(applied.iter().filter(|&&n| n > 0).count(), 1, "{applied:?}");
+}
