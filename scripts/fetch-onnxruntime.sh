@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the ONNX Runtime shared library that the `ort` crate loads at run time
-# (feature `load-dynamic`; point ORT_DYLIB_PATH at the printed path).
+# (feature `load-dynamic`; point UPSHOT_ORT_LIB at the printed path; the default path needs no setting).
 #
 # The library is taken from the official `onnxruntime==1.31.1` wheel on PyPI
 # (manylinux_2_28 x86_64, built for CPython 3.11; the .so itself does not depend on

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+UPSHOT_ORT_LIB=${UPSHOT_ORT_LIB:-$(scripts/fetch-onnxruntime.sh)}
+export UPSHOT_ORT_LIB
 exec cargo run --release -- "${@:-serve}"

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+UPSHOT_ORT_LIB=$(scripts/fetch-onnxruntime.sh)
+export UPSHOT_ORT_LIB
 
 state=$(mktemp -d -t upshot-test.XXXXXX)
 cleanup() {

@@ -11,6 +11,9 @@ use crate::ingest::ImageFormat;
 
 const MIB: u64 = 1024 * 1024;
 
+/// Where `scripts/fetch-onnxruntime.sh` installs the ONNX Runtime library.
+pub const DEFAULT_ORT_LIB: &str = "target/onnxruntime/libonnxruntime.so.1.31.1";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
@@ -60,6 +63,18 @@ pub struct Settings {
     /// How long an upload waits for a free CPU slot before 503 `BUSY`.
     pub cpu_wait_ms: u64,
     pub static_dir: PathBuf,
+    /// Directory of `manifest.json` and the model files it names.
+    pub models_dir: PathBuf,
+    /// `libonnxruntime.so`; `scripts/fetch-onnxruntime.sh` puts it at the default path.
+    pub ort_lib: PathBuf,
+    /// Model sessions that run at once; 0 means one per CPU core.
+    pub inference_sessions: usize,
+    /// ONNX Runtime threads inside one session.
+    pub inference_threads: usize,
+    /// How long a request waits for a free session before 503 `INFERENCE_BUSY`.
+    pub inference_wait_ms: u64,
+    /// How many labels the classifier reports.
+    pub top_k: usize,
 }
 
 impl Default for Settings {
@@ -89,6 +104,12 @@ impl Default for Settings {
             cpu_slots: 0,
             cpu_wait_ms: 10_000,
             static_dir: PathBuf::from("static"),
+            models_dir: PathBuf::from("models"),
+            ort_lib: PathBuf::from(DEFAULT_ORT_LIB),
+            inference_sessions: 0,
+            inference_threads: 1,
+            inference_wait_ms: 2_000,
+            top_k: 5,
         }
     }
 }
@@ -107,16 +128,11 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Postgres(raw.to_owned()));
         }
         if raw.contains("://") && !raw.starts_with("sqlite://") {
-            return Err(format!(
-                "unsupported scheme in {:?}: use postgres://… or sqlite://PATH",
-                redact_url(raw)
-            ));
+            return Err(format!("unsupported scheme in {:?}: use postgres://… or sqlite://PATH", redact_url(raw)));
         }
         let path = raw.strip_prefix("sqlite://").unwrap_or(raw);
         if path.is_empty() {
-            return Err(
-                "not set: give a postgres://… URL or a SQLite path (UPSHOT_DATABASE_URL)".into(),
-            );
+            return Err("not set: give a postgres://… URL or a SQLite path (UPSHOT_DATABASE_URL)".into());
         }
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
@@ -135,12 +151,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -157,10 +168,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key, reason: reason.into() }
 }
 
 /// Settings that passed validation, with the values derived from them.
@@ -171,6 +179,7 @@ pub struct AppConfig {
     pub database: DatabaseUrl,
     pub accepted_formats: Vec<ImageFormat>,
     pub cpu_slots: usize,
+    pub inference_sessions: usize,
 }
 
 impl AppConfig {
@@ -188,9 +197,7 @@ impl AppConfig {
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;
         let database = match &settings.database_url {
-            Some(url) => {
-                DatabaseUrl::parse(url).map_err(|reason| invalid("database_url", reason))?
-            }
+            Some(url) => DatabaseUrl::parse(url).map_err(|reason| invalid("database_url", reason))?,
             None => DatabaseUrl::Sqlite(settings.data_dir.join("upshot.sqlite3")),
         };
         if settings.database_pool_size == 0 {
@@ -198,23 +205,15 @@ impl AppConfig {
         }
         if settings.store == StoreKind::S3 {
             match settings.s3_bucket.as_deref() {
-                None | Some("") => {
-                    return Err(invalid("s3_bucket", "required when store = \"s3\""))
-                }
+                None | Some("") => return Err(invalid("s3_bucket", "required when store = \"s3\"")),
                 Some(bucket) if !valid_bucket_name(bucket) => {
-                    return Err(invalid(
-                        "s3_bucket",
-                        format!("{bucket:?} is not a valid S3 bucket name"),
-                    ))
+                    return Err(invalid("s3_bucket", format!("{bucket:?} is not a valid S3 bucket name")))
                 }
                 Some(_) => {}
             }
         }
         if settings.s3_prefix.starts_with('/') || settings.s3_prefix.contains("..") {
-            return Err(invalid(
-                "s3_prefix",
-                "must be relative and must not contain `..`",
-            ));
+            return Err(invalid("s3_prefix", "must be relative and must not contain `..`"));
         }
         if let Some(key) = &settings.admin_api_key {
             if key.len() < 16 {
@@ -222,22 +221,19 @@ impl AppConfig {
             }
         }
         match &settings.secret_key {
-            Some(key) if key.len() < 32 => {
-                return Err(invalid("secret_key", "must be at least 32 characters"))
+            Some(key) if key.len() < 32 => return Err(invalid("secret_key", "must be at least 32 characters")),
+            None if matches!(database, DatabaseUrl::Postgres(_)) => {
+                return Err(invalid(
+                    "secret_key",
+                    "required with PostgreSQL so that every instance derives the same delete tokens",
+                ))
             }
-            None if matches!(database, DatabaseUrl::Postgres(_)) => return Err(invalid(
-                "secret_key",
-                "required with PostgreSQL so that every instance derives the same delete tokens",
-            )),
             _ => {}
         }
         if settings.max_upload_bytes < 1024 {
             return Err(invalid("max_upload_bytes", "must be at least 1024"));
         }
-        if settings.max_image_width == 0
-            || settings.max_image_height == 0
-            || settings.max_image_pixels == 0
-        {
+        if settings.max_image_width == 0 || settings.max_image_height == 0 || settings.max_image_pixels == 0 {
             return Err(invalid("max_image_pixels", "image limits must be positive"));
         }
         if !(16..=2048).contains(&settings.thumbnail_size) {
@@ -246,34 +242,33 @@ impl AppConfig {
         let mut accepted_formats = Vec::new();
         for name in &settings.accepted_formats {
             let format = ImageFormat::from_name(name).ok_or_else(|| {
-                invalid(
-                    "accepted_formats",
-                    format!("unknown format {name:?} (jpeg, png, webp, gif)"),
-                )
+                invalid("accepted_formats", format!("unknown format {name:?} (jpeg, png, webp, gif)"))
             })?;
             accepted_formats.push(format);
         }
         if accepted_formats.is_empty() {
             return Err(invalid("accepted_formats", "must name at least one format"));
         }
-        let cpu_slots = match settings.cpu_slots {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        if !(1..=20).contains(&settings.top_k) {
+            return Err(invalid("top_k", "must be between 1 and 20"));
+        }
+        if settings.inference_threads == 0 {
+            return Err(invalid("inference_threads", "must be at least 1"));
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let or_cores = |n: usize| if n == 0 { cores } else { n };
         Ok(AppConfig {
+            cpu_slots: or_cores(settings.cpu_slots),
+            inference_sessions: or_cores(settings.inference_sessions),
             figment,
             settings,
             database,
             accepted_formats,
-            cpu_slots,
         })
     }
 
     pub fn local_store_dir(&self) -> PathBuf {
-        self.settings
-            .local_store_dir
-            .clone()
-            .unwrap_or_else(|| self.settings.data_dir.join("objects"))
+        self.settings.local_store_dir.clone().unwrap_or_else(|| self.settings.data_dir.join("objects"))
     }
 
     pub fn secret_key_file(&self) -> PathBuf {
@@ -293,9 +288,7 @@ impl AppConfig {
 
 fn valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.'])
 }
@@ -322,10 +315,7 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(existing) if existing.trim().len() >= 32 => return Ok(existing.trim().to_owned()),
         Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} is shorter than 32 characters",
-                path.display()
-            )));
+            return Err(std::io::Error::other(format!("{} is shorter than 32 characters", path.display())));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -345,9 +335,7 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
             Ok(secret)
         }
         // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(std::fs::read_to_string(path)?.trim().to_owned())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(path)?.trim().to_owned()),
         Err(e) => Err(e),
     }
 }
@@ -358,29 +346,15 @@ mod tests {
 
     #[test]
     fn parses_database_urls() {
-        assert_eq!(
-            DatabaseUrl::parse("postgres://u:p@h/db")
-                .unwrap()
-                .backend_name(),
-            "postgresql"
-        );
-        assert_eq!(
-            DatabaseUrl::parse("sqlite://data/x.db").unwrap(),
-            DatabaseUrl::Sqlite("data/x.db".into())
-        );
-        assert_eq!(
-            DatabaseUrl::parse("x.db").unwrap(),
-            DatabaseUrl::Sqlite("x.db".into())
-        );
+        assert_eq!(DatabaseUrl::parse("postgres://u:p@h/db").unwrap().backend_name(), "postgresql");
+        assert_eq!(DatabaseUrl::parse("sqlite://data/x.db").unwrap(), DatabaseUrl::Sqlite("data/x.db".into()));
+        assert_eq!(DatabaseUrl::parse("x.db").unwrap(), DatabaseUrl::Sqlite("x.db".into()));
         assert!(DatabaseUrl::parse("mysql://h/db").is_err());
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
     }
 

@@ -22,11 +22,8 @@ impl ImageId {
 
     /// Accepts only the exact shape `generate` makes; anything else is "not found", never a lookup.
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 32
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| ImageId(raw.to_owned()))
+        (raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| ImageId(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,14 +65,11 @@ pub struct DeleteTokens {
 
 impl DeleteTokens {
     pub fn new(secret: &str) -> Self {
-        DeleteTokens {
-            key: secret.as_bytes().to_vec(),
-        }
+        DeleteTokens { key: secret.as_bytes().to_vec() }
     }
 
     pub fn token_for(&self, id: &ImageId) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(b"upshot delete token v1:");
         mac.update(id.as_str().as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
@@ -151,14 +145,8 @@ mod tests {
 
     #[test]
     fn filenames_lose_paths_and_controls() {
-        assert_eq!(
-            display_filename("../../etc/passwd.jpg").as_deref(),
-            Some("passwd.jpg")
-        );
-        assert_eq!(
-            display_filename("C:\\x\\a\u{7}b.png").as_deref(),
-            Some("ab.png")
-        );
+        assert_eq!(display_filename("../../etc/passwd.jpg").as_deref(), Some("passwd.jpg"));
+        assert_eq!(display_filename("C:\\x\\a\u{7}b.png").as_deref(), Some("ab.png"));
         assert_eq!(display_filename(".."), None);
         assert_eq!(display_filename(&"a".repeat(1000)).unwrap().len(), 255);
     }

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     ImageTooLarge,
     CorruptImage,
     Busy,
+    InferenceBusy,
+    InferenceFailed,
     NotReady,
     StoreUnavailable,
     DatabaseUnavailable,
@@ -51,6 +53,8 @@ impl ErrorCode {
             ErrorCode::ImageTooLarge => "IMAGE_TOO_LARGE",
             ErrorCode::CorruptImage => "CORRUPT_IMAGE",
             ErrorCode::Busy => "BUSY",
+            ErrorCode::InferenceBusy => "INFERENCE_BUSY",
+            ErrorCode::InferenceFailed => "INFERENCE_FAILED",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
@@ -60,9 +64,7 @@ impl ErrorCode {
 
     pub fn status(self) -> Status {
         match self {
-            ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => {
-                Status::BadRequest
-            }
+            ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => Status::BadRequest,
             ErrorCode::Unauthorized => Status::Unauthorized,
             ErrorCode::Forbidden => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
@@ -74,10 +76,11 @@ impl ErrorCode {
                 Status::UnprocessableEntity
             }
             ErrorCode::Busy
+            | ErrorCode::InferenceBusy
             | ErrorCode::NotReady
             | ErrorCode::StoreUnavailable
             | ErrorCode::DatabaseUnavailable => Status::ServiceUnavailable,
-            ErrorCode::Internal => Status::InternalServerError,
+            ErrorCode::Internal | ErrorCode::InferenceFailed => Status::InternalServerError,
         }
     }
 
@@ -119,12 +122,7 @@ pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AppError {
-            code,
-            message: message.into(),
-            detail: None,
-            retry_after_secs: None,
-        }
+        AppError { code, message: message.into(), detail: None, retry_after_secs: None }
     }
 
     pub fn with_detail(mut self, detail: impl fmt::Display) -> Self {
@@ -152,11 +150,7 @@ impl AppError {
     fn log(&self, request_id: &str) {
         let detail = self.detail.as_deref().unwrap_or("");
         if self.status().code >= 500 {
-            log::error!(
-                "request_id={request_id} code={} {} {detail}",
-                self.code,
-                self.message
-            );
+            log::error!("request_id={request_id} code={} {} {detail}", self.code, self.message);
         } else if !detail.is_empty() {
             log::info!("request_id={request_id} code={} {detail}", self.code);
         }
@@ -181,10 +175,7 @@ impl<'r> Responder<'r, 'static> for AppError {
         self.log(request_id);
         let body = self.body(request_id).to_string();
         let mut response = Response::build();
-        response
-            .status(self.status())
-            .header(ContentType::JSON)
-            .sized_body(body.len(), std::io::Cursor::new(body));
+        response.status(self.status()).header(ContentType::JSON).sized_body(body.len(), std::io::Cursor::new(body));
         if let Some(secs) = self.retry_after_secs {
             response.header(Header::new("Retry-After", secs.to_string()));
         }
@@ -209,15 +200,9 @@ impl<'r> Responder<'r, 'static> for PageError {
         error.log(request_id);
         let status = error.status();
         // A 5xx page shows the request id only: its message could say more than a visitor should see.
-        let message = if status.code >= 500 {
-            "Please try again later.".to_owned()
-        } else {
-            error.message.clone()
-        };
-        let page = Template::render(
-            "error",
-            context! { status: status.code, code: error.code.as_str(), message, request_id },
-        );
+        let message = if status.code >= 500 { "Please try again later.".to_owned() } else { error.message.clone() };
+        let page =
+            Template::render("error", context! { status: status.code, code: error.code.as_str(), message, request_id });
         let mut response = Response::build_from(page.respond_to(req)?);
         response.status(status);
         if let Some(secs) = error.retry_after_secs {

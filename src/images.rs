@@ -1,10 +1,12 @@
 //! Reading and deleting stored images, and how an image is shown to clients.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::db::images::{self as image_rows, ImageRecord};
 use crate::domain::{DeleteTokens, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::inference::{Face, ModelInfo, Prediction};
 use crate::state::AppState;
 use crate::store::ObjectBody;
 
@@ -13,18 +15,6 @@ pub struct ImageUrls {
     pub file: String,
     pub thumbnail: String,
     pub page: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Prediction {
-    pub label: String,
-    pub score: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ModelInfo {
-    pub name: String,
-    pub version: String,
 }
 
 /// The public description of an image, as the API and the pages show it.
@@ -41,17 +31,28 @@ pub struct ImageView {
     pub byte_size: i64,
     pub sha256: String,
     pub thumbnail_content_type: String,
+    /// The classifier's top labels, most probable first.
     pub predictions: Vec<Prediction>,
-    /// `null` until a model has analysed the image.
+    /// The classifier that produced `predictions`.
     pub model: Option<ModelInfo>,
+    pub inference_ms: Option<f64>,
+    pub faces: Vec<Face>,
+    /// The seasonal colour analysis, present for exactly one clear face.
+    pub selfie: Option<Value>,
+    pub selfie_reason: Option<String>,
     pub created_at: String,
 }
 
 impl From<&ImageRecord> for ImageView {
     fn from(record: &ImageRecord) -> Self {
         let id = &record.id;
-        let predictions: Vec<(String, f64)> =
-            serde_json::from_str(&record.predictions).unwrap_or_default();
+        let details: Value = serde_json::from_str(&record.analysis).unwrap_or_default();
+        let model = match (&record.model_name, &record.model_version, &record.model_sha256) {
+            (Some(name), Some(version), Some(sha256)) => {
+                Some(ModelInfo { name: name.clone(), version: version.clone(), sha256: sha256.clone() })
+            }
+            _ => None,
+        };
         ImageView {
             id: id.clone(),
             urls: ImageUrls {
@@ -68,29 +69,20 @@ impl From<&ImageRecord> for ImageView {
             byte_size: record.byte_size,
             sha256: record.sha256.clone(),
             thumbnail_content_type: record.thumbnail_content_type.clone(),
-            predictions: predictions
-                .into_iter()
-                .map(|(label, score)| Prediction { label, score })
-                .collect(),
-            model: record.model_name.clone().map(|name| ModelInfo {
-                name,
-                version: record.model_version.clone().unwrap_or_default(),
-            }),
-            created_at: record
-                .created_at
-                .and_utc()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            predictions: serde_json::from_str(&record.predictions).unwrap_or_default(),
+            model,
+            inference_ms: record.inference_ms,
+            faces: serde_json::from_value(details["faces"].clone()).unwrap_or_default(),
+            selfie: details.get("selfie").filter(|s| !s.is_null()).cloned(),
+            selfie_reason: details["selfie_reason"].as_str().map(str::to_owned),
+            created_at: record.created_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 }
 
 pub async fn find(state: &AppState, id: &ImageId) -> AppResult<ImageRecord> {
     let id = id.to_string();
-    state
-        .db
-        .run(move |conn| image_rows::find(conn, &id))
-        .await?
-        .ok_or_else(AppError::not_found)
+    state.db.run(move |conn| image_rows::find(conn, &id)).await?.ok_or_else(AppError::not_found)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,16 +104,8 @@ pub async fn open(state: &AppState, id: &ImageId, variant: Variant) -> AppResult
         Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
     };
     let body = state.store.get(key).await?;
-    let suffix = if variant == Variant::Thumbnail {
-        "-thumb"
-    } else {
-        ""
-    };
-    Ok(ImageObject {
-        body,
-        content_type,
-        etag: format!("\"{}{suffix}\"", record.sha256),
-    })
+    let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
+    Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
 }
 
 /// Who asks for a delete.
@@ -132,33 +116,18 @@ pub enum DeleteAuthority<'a> {
 
 /// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
 /// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
-pub async fn delete(
-    state: &AppState,
-    id: &ImageId,
-    authority: DeleteAuthority<'_>,
-) -> AppResult<()> {
+pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
     let record = {
         let id = id.to_string();
-        state
-            .db
-            .run(move |conn| image_rows::find_any(conn, &id))
-            .await?
-            .ok_or_else(AppError::not_found)?
+        state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
     };
     if let DeleteAuthority::Token(token) = authority {
         if !DeleteTokens::matches(token, &record.delete_token_hash) {
-            return Err(AppError::new(
-                ErrorCode::Forbidden,
-                "The delete token does not match this image.",
-            ));
+            return Err(AppError::new(ErrorCode::Forbidden, "The delete token does not match this image."));
         }
     }
     let row_id = id.to_string();
-    let Some(plan) = state
-        .db
-        .run(move |conn| image_rows::begin_delete(conn, &row_id))
-        .await?
-    else {
+    let Some(plan) = state.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
         return Err(AppError::not_found());
     };
     if !plan.objects_shared {
@@ -166,42 +135,25 @@ pub async fn delete(
         state.store.delete(&plan.record.thumbnail_key).await?;
     }
     let row_id = id.to_string();
-    state
-        .db
-        .run(move |conn| image_rows::delete_row(conn, &row_id))
-        .await?;
+    state.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
     Ok(())
 }
 
 /// Cursors are opaque to clients: base64url of `<created_at in ms>:<id>`.
 pub fn encode_cursor(record: &ImageRecord) -> String {
     use base64::Engine;
-    let raw = format!(
-        "{}:{}",
-        record.created_at.and_utc().timestamp_millis(),
-        record.id
-    );
+    let raw = format!("{}:{}", record.created_at.and_utc().timestamp_millis(), record.id);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 pub fn decode_cursor(cursor: &str) -> AppResult<(chrono::NaiveDateTime, String)> {
     use base64::Engine;
-    let invalid = || {
-        AppError::new(
-            ErrorCode::BadRequest,
-            "The cursor is not one this server issued.",
-        )
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| invalid())?;
+    let invalid = || AppError::new(ErrorCode::BadRequest, "The cursor is not one this server issued.");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
     let (millis, id) = raw.split_once(':').ok_or_else(invalid)?;
-    let created_at = millis
-        .parse::<i64>()
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .ok_or_else(invalid)?;
+    let created_at =
+        millis.parse::<i64>().ok().and_then(chrono::DateTime::from_timestamp_millis).ok_or_else(invalid)?;
     let id = ImageId::parse(id).ok_or_else(invalid)?;
     Ok((created_at.naive_utc(), id.to_string()))
 }

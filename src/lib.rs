@@ -1,4 +1,5 @@
 //! Upshot: a self-hosted image intake service.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;
@@ -6,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod images;
+pub mod inference;
 pub mod ingest;
 pub mod state;
 pub mod store;
@@ -28,18 +30,15 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
     rocket::custom(config.rocket_figment())
         .attach(telemetry::RequestLog)
         .attach(Template::fairing())
-        .attach(AdHoc::try_on_ignite(
-            "database and object store",
-            move |rocket| async move {
-                match connect(config).await {
-                    Ok(state) => Ok(rocket.manage(state)),
-                    Err(reason) => {
-                        log::error!("start-up failed: {reason}");
-                        Err(rocket)
-                    }
+        .attach(AdHoc::try_on_ignite("database and object store", move |rocket| async move {
+            match connect(config).await {
+                Ok(state) => Ok(rocket.manage(state)),
+                Err(reason) => {
+                    log::error!("start-up failed: {reason}");
+                    Err(rocket)
                 }
-            },
-        ))
+            }
+        }))
         .mount("/", api::root_routes())
         .mount("/", web::routes())
         .mount("/api/v1", api::v1_routes())
@@ -55,22 +54,31 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
             .map_err(|e| format!("secret key {}: {e}", config.secret_key_file().display()))?,
     };
     let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
-    let db = db::Db::open(
-        config.database.clone(),
-        settings.database_pool_size,
-        timeout,
-    )
-    .await
-    .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
-    let store = store::from_config(&config)
+    let db = db::Db::open(config.database.clone(), settings.database_pool_size, timeout)
         .await
-        .map_err(|e| format!("object store: {e}"))?;
+        .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
+    let store = store::from_config(&config).await.map_err(|e| format!("object store: {e}"))?;
+    let engine_config = inference::EngineConfig {
+        models_dir: settings.models_dir.clone(),
+        ort_library: settings.ort_lib.clone(),
+        sessions: config.inference_sessions,
+        threads_per_session: settings.inference_threads,
+        wait: std::time::Duration::from_millis(settings.inference_wait_ms),
+        top_k: settings.top_k,
+    };
+    let engine = tokio::task::spawn_blocking(move || inference::Engine::load(&engine_config))
+        .await
+        .map_err(|e| format!("model loading task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
     log::info!(
-        "database: {}; object store: {}; upload limit {}; {} CPU slots",
+        "database: {}; object store: {}; upload limit {}; {} CPU slots; model {} {} in {} sessions",
         db.backend(),
         store.describe(),
         config::human_bytes(settings.max_upload_bytes),
         config.cpu_slots,
+        engine.classifier_info().name,
+        engine.classifier_info().version,
+        engine.sessions(),
     );
-    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret)))
+    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret), engine))
 }

@@ -47,10 +47,7 @@ async fn main() -> ExitCode {
             let database = config.database.clone();
             match tokio::task::spawn_blocking(move || upshot::db::migrate(&database)).await {
                 Ok(Ok(applied)) => {
-                    log::info!(
-                        "{applied} migration(s) applied to the {} database",
-                        config.database.backend_name()
-                    );
+                    log::info!("{applied} migration(s) applied to the {} database", config.database.backend_name());
                     ExitCode::SUCCESS
                 }
                 Ok(Err(error)) => {
@@ -73,14 +70,7 @@ async fn main() -> ExitCode {
             println!("database: {database}");
             println!("store: {:?}", settings.store);
             println!("max_upload_bytes: {}", settings.max_upload_bytes);
-            println!(
-                "admin routes: {}",
-                if settings.admin_api_key.is_some() {
-                    "enabled"
-                } else {
-                    "disabled"
-                }
-            );
+            println!("admin routes: {}", if settings.admin_api_key.is_some() { "enabled" } else { "disabled" });
             ExitCode::SUCCESS
         }
     }

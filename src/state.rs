@@ -9,6 +9,7 @@ use crate::config::AppConfig;
 use crate::db::Db;
 use crate::domain::DeleteTokens;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::inference::Engine;
 use crate::ingest::{ImageLimits, IngestPolicy};
 use crate::store::ObjectStore;
 
@@ -19,6 +20,7 @@ pub struct AppState {
     pub store: Arc<dyn ObjectStore>,
     pub tokens: DeleteTokens,
     pub policy: Arc<IngestPolicy>,
+    pub inference: Arc<Engine>,
     cpu: Arc<Semaphore>,
 }
 
@@ -28,6 +30,7 @@ impl AppState {
         db: Db,
         store: Arc<dyn ObjectStore>,
         tokens: DeleteTokens,
+        inference: Engine,
     ) -> Self {
         let settings = &config.settings;
         let policy = IngestPolicy {
@@ -46,6 +49,7 @@ impl AppState {
             store,
             tokens,
             policy: Arc::new(policy),
+            inference: Arc::new(inference),
             cpu,
         }
     }
@@ -61,11 +65,8 @@ impl AppState {
         let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
             .await
             .map_err(|_| {
-                AppError::new(
-                    ErrorCode::Busy,
-                    "The server is busy processing other images; try again shortly.",
-                )
-                .retry_after(2)
+                AppError::new(ErrorCode::Busy, "The server is busy processing other images; try again shortly.")
+                    .retry_after(2)
             })?
             .map_err(AppError::internal)?;
         let policy = self.policy.clone();

@@ -16,10 +16,7 @@ impl RequestId {
     /// The request's id, decided on first use and cached for the rest of the request.
     pub fn of<'r>(req: &'r Request<'_>) -> &'r str {
         &req.local_cache(|| {
-            let incoming = req
-                .headers()
-                .get_one("X-Request-Id")
-                .filter(|id| is_valid_request_id(id));
+            let incoming = req.headers().get_one("X-Request-Id").filter(|id| is_valid_request_id(id));
             RequestId(incoming.map_or_else(|| crate::domain::random_token(12), str::to_owned))
         })
         .0
@@ -27,10 +24,7 @@ impl RequestId {
 }
 
 fn is_valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 #[rocket::async_trait]
@@ -56,10 +50,7 @@ pub struct RequestLog;
 #[rocket::async_trait]
 impl Fairing for RequestLog {
     fn info(&self) -> Info {
-        Info {
-            name: "request id and access log",
-            kind: Kind::Request | Kind::Response,
-        }
+        Info { name: "request id and access log", kind: Kind::Request | Kind::Response }
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
@@ -72,9 +63,7 @@ impl Fairing for RequestLog {
         res.set_header(Header::new("X-Request-Id", request_id.to_owned()));
         let elapsed = req.local_cache(|| RequestStart(Instant::now())).0.elapsed();
         // The route's template, not the raw path: raw paths and queries may carry tokens.
-        let route = req
-            .route()
-            .map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
+        let route = req.route().map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
         log::info!(
             target: "upshot::access",
             "request_id={request_id} method={} route={route} status={} latency_ms={:.1}",
@@ -87,10 +76,7 @@ impl Fairing for RequestLog {
 
 /// Installs the process logger; `UPSHOT_LOG` sets the level (default `info`).
 pub fn init_logging() {
-    let level = std::env::var("UPSHOT_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
+    let level = std::env::var("UPSHOT_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(log::LevelFilter::Info);
     // Under systemd, records go to journald with their fields; elsewhere, to stderr.
     let journal = std::env::var_os("JOURNAL_STREAM")
         .and_then(|_| systemd_journal_logger::JournalLog::new().ok())
@@ -136,13 +122,7 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "{now} {:<5} {} {}",
-            record.level(),
-            record.target(),
-            record.args()
-        );
+        let _ = writeln!(std::io::stderr().lock(), "{now} {:<5} {} {}", record.level(), record.target(), record.args());
     }
 
     fn flush(&self) {}

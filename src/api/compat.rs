@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::images::Created;
 use super::upload::{self, UploadData};
 use crate::error::AppResult;
+use crate::inference::BODY_TYPE_REASON;
 use crate::state::AppState;
 use crate::telemetry::RequestId;
 
@@ -20,16 +21,19 @@ fn health() -> Json<Value> {
 }
 
 #[post("/upload-selfie", data = "<data>")]
-async fn upload_selfie(
-    state: &State<AppState>,
-    data: UploadData<'_>,
-    request_id: RequestId,
-) -> AppResult<Json<Value>> {
+async fn upload_selfie(state: &State<AppState>, data: UploadData<'_>, request_id: RequestId) -> AppResult<Json<Value>> {
     let uploaded = upload::handle(state, data, None).await?;
-    let created = Created::new(state, &uploaded);
+    let mut result = Created::new(state, &uploaded).body;
+    // The earlier API's field names, beside the full image description.
+    let selfie = result["selfie"].clone();
+    result["labels"] = result["predictions"].clone();
+    result["season"] = selfie.get("season").cloned().unwrap_or(Value::Null);
+    result["confidence"] = selfie.get("confidence").cloned().unwrap_or(Value::Null);
+    result["body_type"] = Value::Null;
+    result["body_type_reason"] = BODY_TYPE_REASON.into();
     Ok(Json(json!({
         "request_id": request_id.as_str(),
         "message": "Upload & inference successful",
-        "result": created.body,
+        "result": result,
     })))
 }

@@ -28,9 +28,7 @@ impl<'r> FromRequest<'r> for IdempotencyHeader {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        Outcome::Success(IdempotencyHeader(
-            req.headers().get_one("Idempotency-Key").map(str::to_owned),
-        ))
+        Outcome::Success(IdempotencyHeader(req.headers().get_one("Idempotency-Key").map(str::to_owned)))
     }
 }
 
@@ -45,18 +43,14 @@ impl Credentials {
     /// True when the bearer token is the configured admin API key (compared in constant time).
     pub fn is_admin(&self) -> bool {
         match (&self.bearer, &self.admin_key) {
-            (Some(given), Some(expected)) => {
-                constant_time_eq(given.as_bytes(), expected.as_bytes())
-            }
+            (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
             _ => false,
         }
     }
 
     /// The delete token: `X-Delete-Token`, or a bearer token that is not the admin key.
     pub fn delete_token(&self) -> Option<&str> {
-        self.delete_token
-            .as_deref()
-            .or(self.bearer.as_deref().filter(|_| !self.is_admin()))
+        self.delete_token.as_deref().or(self.bearer.as_deref().filter(|_| !self.is_admin()))
     }
 }
 
@@ -70,18 +64,8 @@ impl<'r> FromRequest<'r> for Credentials {
             .get_one("Authorization")
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(|token| token.trim().to_owned());
-        let delete_token = req
-            .headers()
-            .get_one("X-Delete-Token")
-            .map(|t| t.trim().to_owned());
-        let admin_key = req
-            .rocket()
-            .state::<AppState>()
-            .and_then(|s| s.config.settings.admin_api_key.clone());
-        Outcome::Success(Credentials {
-            bearer,
-            delete_token,
-            admin_key,
-        })
+        let delete_token = req.headers().get_one("X-Delete-Token").map(|t| t.trim().to_owned());
+        let admin_key = req.rocket().state::<AppState>().and_then(|s| s.config.settings.admin_api_key.clone());
+        Outcome::Success(Credentials { bearer, delete_token, admin_key })
     }
 }

@@ -29,24 +29,17 @@ pub struct Created {
 impl Created {
     pub fn new(state: &AppState, uploaded: &Uploaded) -> Self {
         let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
-        let mut body =
-            serde_json::to_value(ImageView::from(&uploaded.record)).expect("views serialize");
+        let mut body = serde_json::to_value(ImageView::from(&uploaded.record)).expect("views serialize");
         body["delete_token"] = json!(state.tokens.token_for(&id));
         body["deduplicated"] = json!(uploaded.deduplicated);
-        Created {
-            body,
-            location: format!("/api/v1/images/{id}"),
-            replayed: uploaded.replayed,
-        }
+        Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
     }
 }
 
 impl<'r> Responder<'r, 'static> for Created {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let mut response = Response::build_from(Json(self.body).respond_to(req)?);
-        response
-            .status(Status::Created)
-            .header(Header::new("Location", self.location));
+        response.status(Status::Created).header(Header::new("Location", self.location));
         if self.replayed {
             response.header(Header::new("Idempotent-Replayed", "true"));
         }
@@ -55,11 +48,7 @@ impl<'r> Responder<'r, 'static> for Created {
 }
 
 #[post("/images", data = "<data>")]
-async fn create(
-    state: &State<AppState>,
-    data: UploadData<'_>,
-    key: IdempotencyHeader,
-) -> AppResult<Created> {
+async fn create(state: &State<AppState>, data: UploadData<'_>, key: IdempotencyHeader) -> AppResult<Created> {
     let uploaded = upload::handle(state, data, key.key()?).await?;
     Ok(Created::new(state, &uploaded))
 }
@@ -108,26 +97,14 @@ impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> rocket::request::Outcome<Self, Self::Error> {
-        rocket::request::Outcome::Success(IfNoneMatch(
-            req.headers().get_one("If-None-Match").map(str::to_owned),
-        ))
+        rocket::request::Outcome::Success(IfNoneMatch(req.headers().get_one("If-None-Match").map(str::to_owned)))
     }
 }
 
-async fn serve(
-    state: &AppState,
-    id: &str,
-    variant: Variant,
-    if_none_match: IfNoneMatch,
-) -> AppResult<ObjectResponse> {
+async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
     let object = images::open(state, &parse_id(id)?, variant).await?;
-    let not_modified = if_none_match
-        .0
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
-    Ok(ObjectResponse {
-        object,
-        not_modified,
-    })
+    let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
+    Ok(ObjectResponse { object, not_modified })
 }
 
 #[get("/images/<id>/file")]
@@ -136,11 +113,7 @@ async fn file(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult
 }
 
 #[get("/images/<id>/thumbnail")]
-async fn thumbnail(
-    state: &State<AppState>,
-    id: &str,
-    etag: IfNoneMatch,
-) -> AppResult<ObjectResponse> {
+async fn thumbnail(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
     serve(state, id, Variant::Thumbnail, etag).await
 }
 
@@ -173,29 +146,18 @@ async fn list(
     require_admin(state, &credentials)?;
     let limit = limit.unwrap_or(50).clamp(1, 200);
     let before = cursor.map(images::decode_cursor).transpose()?;
-    let records = state
-        .db
-        .run(move |conn| crate::db::images::list_page(conn, before, limit))
-        .await?;
-    let next_cursor = (records.len() as i64 == limit)
-        .then(|| records.last().map(images::encode_cursor))
-        .flatten();
+    let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, limit)).await?;
+    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 pub fn require_admin(state: &AppState, credentials: &Credentials) -> AppResult<()> {
     if state.config.settings.admin_api_key.is_none() {
-        return Err(AppError::new(
-            ErrorCode::Forbidden,
-            "Admin routes are disabled: no admin API key is configured.",
-        ));
+        return Err(AppError::new(ErrorCode::Forbidden, "Admin routes are disabled: no admin API key is configured."));
     }
     if !credentials.is_admin() {
-        return Err(AppError::new(
-            ErrorCode::Unauthorized,
-            "This route needs the admin API key as a bearer token.",
-        ));
+        return Err(AppError::new(ErrorCode::Unauthorized, "This route needs the admin API key as a bearer token."));
     }
     Ok(())
 }

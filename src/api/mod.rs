@@ -1,6 +1,7 @@
 //! The JSON API (`/api/v1`), the compatibility routes, operations endpoints, and the catchers that give
 //! every error the same shape.
 
+mod classify;
 mod compat;
 pub mod guards;
 mod images;
@@ -16,6 +17,7 @@ use crate::state::AppState;
 
 pub fn v1_routes() -> Vec<Route> {
     let mut routes = images::routes();
+    routes.extend(classify::routes());
     routes.extend(openapi::routes());
     routes
 }
@@ -40,15 +42,8 @@ fn catcher_message(status: Status, req: &Request<'_>) -> String {
         404 => "There is nothing at this address.".to_owned(),
         405 => "This method is not allowed here.".to_owned(),
         413 => {
-            let limit = req
-                .rocket()
-                .state::<AppState>()
-                .map(|s| s.config.settings.max_upload_bytes)
-                .unwrap_or(0);
-            format!(
-                "The request is larger than the upload limit of {}.",
-                crate::config::human_bytes(limit)
-            )
+            let limit = req.rocket().state::<AppState>().map(|s| s.config.settings.max_upload_bytes).unwrap_or(0);
+            format!("The request is larger than the upload limit of {}.", crate::config::human_bytes(limit))
         }
         415 => "Send the image as multipart/form-data with a `file` field.".to_owned(),
         422 => "The request could not be understood.".to_owned(),
@@ -62,11 +57,7 @@ fn catcher_message(status: Status, req: &Request<'_>) -> String {
 fn default_catcher(status: Status, req: &Request<'_>) -> Result<AppError, PageError> {
     let error = AppError::new(ErrorCode::for_status(status), catcher_message(status, req));
     let error = match status.code {
-        500..=599 => error.with_detail(format!(
-            "{} {} failed with {status}",
-            req.method(),
-            req.uri().path()
-        )),
+        500..=599 => error.with_detail(format!("{} {} failed with {status}", req.method(), req.uri().path())),
         _ => error,
     };
     if is_page_path(req.uri().path().as_str()) {

@@ -21,43 +21,22 @@ fn error_response(description: &str) -> Value {
 }
 
 fn errors(codes: &[(&str, &str)]) -> serde_json::Map<String, Value> {
-    codes
-        .iter()
-        .map(|(status, description)| (status.to_string(), error_response(description)))
-        .collect()
+    codes.iter().map(|(status, description)| (status.to_string(), error_response(description))).collect()
 }
 
 fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
-    responses
-        .as_object_mut()
-        .expect("responses are an object")
-        .extend(errors(codes));
+    responses.as_object_mut().expect("responses are an object").extend(errors(codes));
     responses
 }
 
 const UPLOAD_ERRORS: [(&str, &str); 8] = [
-    (
-        "400",
-        "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY",
-    ),
-    (
-        "409",
-        "IDEMPOTENCY_CONFLICT: the key was used with other bytes",
-    ),
+    ("400", "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY"),
+    ("409", "IDEMPOTENCY_CONFLICT: the key was used with other bytes"),
     ("413", "PAYLOAD_TOO_LARGE: over max_upload_bytes"),
-    (
-        "415",
-        "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content",
-    ),
-    (
-        "422",
-        "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST",
-    ),
-    ("500", "INTERNAL"),
-    (
-        "503",
-        "BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After",
-    ),
+    ("415", "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content"),
+    ("422", "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST"),
+    ("500", "INTERNAL or INFERENCE_FAILED"),
+    ("503", "BUSY, INFERENCE_BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
     ("default", "Any other error, same shape"),
 ];
 
@@ -168,6 +147,20 @@ pub fn document() -> Value {
                 "parameters": [id_param()],
                 "responses": binary_response("The thumbnail bytes")
             } },
+            "/api/v1/classify": { "post": {
+                "summary": "Classify an image and analyse faces; nothing is stored",
+                "operationId": "classify",
+                "requestBody": upload_body,
+                "responses": with_errors(json!({ "200": {
+                    "description": "The models' answer",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Analysis" } } }
+                } }), &UPLOAD_ERRORS)
+            } },
+            "/api/v1/ws": { "get": {
+                "summary": "WebSocket: send each image as a binary message; each answer is a text message with the Analysis JSON, or {\"error\": {code, message}} for a bad frame. Frames over max_upload_bytes close the connection (1009).",
+                "operationId": "classifyStream",
+                "responses": { "101": { "description": "Switching protocols" } }
+            } },
             "/api/v1/openapi.json": { "get": {
                 "summary": "This document",
                 "operationId": "getOpenApi",
@@ -185,7 +178,16 @@ pub fn document() -> Value {
                         "properties": {
                             "request_id": { "type": "string" },
                             "message": { "type": "string", "enum": ["Upload & inference successful"] },
-                            "result": { "$ref": "#/components/schemas/UploadedImage" }
+                            "result": { "allOf": [
+                                { "$ref": "#/components/schemas/UploadedImage" },
+                                { "type": "object", "properties": {
+                                    "labels": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
+                                    "season": { "type": "string", "nullable": true },
+                                    "confidence": { "type": "number", "nullable": true },
+                                    "body_type": { "type": "string", "nullable": true, "description": "Always null: no model for it" },
+                                    "body_type_reason": { "type": "string" }
+                                } }
+                            ] }
                         }
                     } } }
                 } }), &UPLOAD_ERRORS)
@@ -247,8 +249,52 @@ pub fn document() -> Value {
                         "sha256": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
                         "thumbnail_content_type": { "type": "string" },
                         "predictions": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
-                        "model": { "type": "object", "nullable": true, "properties": { "name": { "type": "string" }, "version": { "type": "string" } } },
+                        "model": { "allOf": [{ "$ref": "#/components/schemas/Model" }], "nullable": true },
+                        "inference_ms": { "type": "number", "nullable": true },
+                        "faces": { "type": "array", "items": { "$ref": "#/components/schemas/Face" } },
+                        "selfie": { "allOf": [{ "$ref": "#/components/schemas/Selfie" }], "nullable": true },
+                        "selfie_reason": { "type": "string", "nullable": true, "description": "Why `selfie` is absent" },
                         "created_at": { "type": "string", "format": "date-time" }
+                    }
+                },
+                "Model": {
+                    "type": "object", "required": ["name", "version", "sha256"],
+                    "properties": { "name": { "type": "string" }, "version": { "type": "string" }, "sha256": { "type": "string" } }
+                },
+                "Face": {
+                    "type": "object", "required": ["score", "bbox", "keypoints"],
+                    "properties": {
+                        "score": { "type": "number" },
+                        "bbox": { "type": "array", "minItems": 4, "maxItems": 4, "items": { "type": "number" },
+                            "description": "[xmin, ymin, xmax, ymax] as fractions of the image's width and height" },
+                        "keypoints": { "type": "array", "items": { "type": "object", "required": ["name", "x", "y"], "properties": {
+                            "name": { "type": "string" }, "x": { "type": "number" }, "y": { "type": "number" } } } }
+                    }
+                },
+                "Selfie": {
+                    "type": "object",
+                    "required": ["season", "confidence", "undertone", "value", "clarity", "palette"],
+                    "properties": {
+                        "season": { "type": "string", "description": "One of the 12 seasons, e.g. Soft Autumn" },
+                        "confidence": { "type": "number", "minimum": 0, "maximum": 1 },
+                        "undertone": { "type": "string", "enum": ["warm", "cool"] },
+                        "value": { "type": "string", "enum": ["light", "deep"] },
+                        "clarity": { "type": "string", "enum": ["clear", "soft"] },
+                        "contrast": { "type": "number", "nullable": true },
+                        "palette": { "type": "array", "items": { "type": "string" } }
+                    }
+                },
+                "Analysis": {
+                    "type": "object",
+                    "required": ["predictions", "model", "faces", "face_model", "selfie", "inference_ms"],
+                    "properties": {
+                        "predictions": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
+                        "model": { "$ref": "#/components/schemas/Model" },
+                        "faces": { "type": "array", "items": { "$ref": "#/components/schemas/Face" } },
+                        "face_model": { "$ref": "#/components/schemas/Model" },
+                        "selfie": { "allOf": [{ "$ref": "#/components/schemas/Selfie" }], "nullable": true },
+                        "selfie_reason": { "type": "string", "nullable": true },
+                        "inference_ms": { "type": "number" }
                     }
                 },
                 "UploadedImage": {

@@ -23,9 +23,7 @@ fn healthz() -> Json<Value> {
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn check<E: std::fmt::Display>(
-    check: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), String> {
+async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -46,18 +44,22 @@ async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json
             json!({ "status": "failed" })
         }
     };
-    let checks =
-        json!({ "database": report("database", &database), "store": report("store", &store) });
+    let engine = &state.inference;
+    let checks = json!({
+        "database": report("database", &database),
+        "store": report("store", &store),
+        // Models load before the server listens, so they are ready whenever this answers.
+        "models": {
+            "status": "ok",
+            "classifier": engine.classifier_info(),
+            "sessions": engine.sessions(),
+            "idle_sessions": engine.idle_sessions(),
+        },
+    });
     if failing.is_empty() {
-        return (
-            Status::Ok,
-            Json(json!({ "status": "ready", "checks": checks })),
-        );
+        return (Status::Ok, Json(json!({ "status": "ready", "checks": checks })));
     }
-    let error = AppError::new(
-        ErrorCode::NotReady,
-        format!("Not ready: {} unavailable.", failing.join(" and ")),
-    );
+    let error = AppError::new(ErrorCode::NotReady, format!("Not ready: {} unavailable.", failing.join(" and ")));
     let mut body = error.body(request_id.as_str());
     body["checks"] = checks;
     (Status::ServiceUnavailable, Json(body))

@@ -23,29 +23,20 @@ pub type UploadData<'r> = Result<Form<UploadForm<'r>>, form::Errors<'r>>;
 pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     let status = errors.status();
     let detail = errors.to_string();
-    let missing_file = errors
-        .iter()
-        .any(|e| matches!(e.kind, form::error::ErrorKind::Missing) && e.is_for("file"));
+    let missing_file = errors.iter().any(|e| matches!(e.kind, form::error::ErrorKind::Missing) && e.is_for("file"));
     if missing_file {
-        return AppError::new(ErrorCode::MissingFile, "The form has no `file` field.")
-            .with_detail(detail);
+        return AppError::new(ErrorCode::MissingFile, "The form has no `file` field.").with_detail(detail);
     }
     match status.code {
         413 => {
             let max = state.config.settings.max_upload_bytes;
             AppError::new(
                 ErrorCode::PayloadTooLarge,
-                format!(
-                    "The upload exceeds the limit of {} (max_upload_bytes = {max}).",
-                    human_bytes(max)
-                ),
+                format!("The upload exceeds the limit of {} (max_upload_bytes = {max}).", human_bytes(max)),
             )
         }
         400 => AppError::new(ErrorCode::BadRequest, "The multipart form is malformed."),
-        _ => AppError::new(
-            ErrorCode::InvalidRequest,
-            "The upload form could not be read.",
-        ),
+        _ => AppError::new(ErrorCode::InvalidRequest, "The upload form could not be read."),
     }
     .with_detail(detail)
 }
@@ -56,48 +47,22 @@ pub async fn handle(
     data: UploadData<'_>,
     idempotency_key: Option<crate::domain::IdempotencyKey>,
 ) -> AppResult<Uploaded> {
-    let form = data
-        .map_err(|errors| form_error(&errors, state))?
-        .into_inner();
+    let form = data.map_err(|errors| form_error(&errors, state))?.into_inner();
     let file = form.file;
     if file.len() == 0 {
-        return Err(AppError::new(
-            ErrorCode::MissingFile,
-            "The uploaded file is empty.",
-        ));
+        return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
-    let description = clean_description(
-        form.description,
-        state.config.settings.max_description_chars,
-    )?;
-    let original_filename = file
-        .raw_name()
-        .and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
+    let description = clean_description(form.description, state.config.settings.max_description_chars)?;
+    let original_filename =
+        file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
     let mut bytes = Vec::with_capacity(file.len() as usize);
-    file.open()
-        .await
-        .map_err(AppError::internal)?
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(AppError::internal)?;
-    ingest::ingest(
-        state,
-        bytes,
-        UploadMeta {
-            original_filename,
-            description,
-            idempotency_key,
-        },
-    )
-    .await
+    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
+    ingest::ingest(state, bytes, UploadMeta { original_filename, description, idempotency_key }).await
 }
 
 fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {
     let Some(raw) = raw else { return Ok(None) };
-    let cleaned: String = raw
-        .chars()
-        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-        .collect();
+    let cleaned: String = raw.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect();
     let cleaned = cleaned.trim();
     if cleaned.chars().count() > max_chars {
         return Err(AppError::new(

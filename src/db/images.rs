@@ -34,6 +34,10 @@ pub struct ImageRecord {
     pub delete_token_hash: String,
     pub idempotency_key: Option<String>,
     pub created_at: NaiveDateTime,
+    pub model_sha256: Option<String>,
+    pub inference_ms: Option<f64>,
+    /// JSON: faces, the selfie analysis (or why there is none), the face model.
+    pub analysis: String,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -68,45 +72,25 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, Db
 
 /// Any row with this id, including one a failed delete left `deleting`.
 pub fn find_any(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, DbError> {
-    Ok(images::table
-        .filter(images::id.eq(id))
-        .select(ImageRecord::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(images::table.filter(images::id.eq(id)).select(ImageRecord::as_select()).first(conn).optional()?)
 }
 
-pub fn find_by_idempotency_key(
-    conn: &mut DbConnection,
-    key: &str,
-) -> Result<Option<ImageRecord>, DbError> {
-    Ok(images::table
-        .filter(images::idempotency_key.eq(key))
-        .select(ImageRecord::as_select())
-        .first(conn)
-        .optional()?)
+pub fn find_by_idempotency_key(conn: &mut DbConnection, key: &str) -> Result<Option<ImageRecord>, DbError> {
+    Ok(images::table.filter(images::idempotency_key.eq(key)).select(ImageRecord::as_select()).first(conn).optional()?)
 }
 
-pub fn find_objects_by_sha256(
-    conn: &mut DbConnection,
-    sha256: &str,
-) -> Result<Option<StoredObjects>, DbError> {
+pub fn find_objects_by_sha256(conn: &mut DbConnection, sha256: &str) -> Result<Option<StoredObjects>, DbError> {
     let found = images::table
         .filter(images::sha256.eq(sha256))
         .filter(images::status.eq(STATUS_STORED))
-        .select((
-            images::original_key,
-            images::thumbnail_key,
-            images::thumbnail_content_type,
-        ))
+        .select((images::original_key, images::thumbnail_key, images::thumbnail_content_type))
         .first::<(String, String, String)>(conn)
         .optional()?;
-    Ok(found.map(
-        |(original_key, thumbnail_key, thumbnail_content_type)| StoredObjects {
-            original_key,
-            thumbnail_key,
-            thumbnail_content_type,
-        },
-    ))
+    Ok(found.map(|(original_key, thumbnail_key, thumbnail_content_type)| StoredObjects {
+        original_key,
+        thumbnail_key,
+        thumbnail_content_type,
+    }))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -128,9 +112,7 @@ pub fn insert_with_outbox(
     shares_objects: bool,
 ) -> Result<InsertOutcome, DbError> {
     let result = conn.transaction::<_, diesel::result::Error, _>(|conn| {
-        diesel::insert_into(images::table)
-            .values(record)
-            .execute(conn)?;
+        diesel::insert_into(images::table).values(record).execute(conn)?;
         if shares_objects {
             let alive = diesel::update(
                 images::table
@@ -144,19 +126,13 @@ pub fn insert_with_outbox(
                 return Err(diesel::result::Error::RollbackTransaction);
             }
         }
-        diesel::insert_into(outbox::table)
-            .values(message)
-            .execute(conn)?;
+        diesel::insert_into(outbox::table).values(message).execute(conn)?;
         Ok(())
     });
     match result.map_err(DbError::from) {
         Ok(()) => Ok(InsertOutcome::Inserted),
-        Err(DbError::Query(diesel::result::Error::RollbackTransaction)) => {
-            Ok(InsertOutcome::SharedObjectsGone)
-        }
-        Err(e) if e.is_unique_violation() && record.idempotency_key.is_some() => {
-            Ok(InsertOutcome::IdempotencyKeyTaken)
-        }
+        Err(DbError::Query(diesel::result::Error::RollbackTransaction)) => Ok(InsertOutcome::SharedObjectsGone),
+        Err(e) if e.is_unique_violation() && record.idempotency_key.is_some() => Ok(InsertOutcome::IdempotencyKeyTaken),
         Err(e) => Err(e),
     }
 }
@@ -174,19 +150,14 @@ pub struct DeletePlan {
 pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePlan>, DbError> {
     Ok(conn.transaction::<_, diesel::result::Error, _>(|conn| {
         let marked = diesel::update(
-            images::table
-                .filter(images::id.eq(id))
-                .filter(images::status.eq_any([STATUS_STORED, STATUS_DELETING])),
+            images::table.filter(images::id.eq(id)).filter(images::status.eq_any([STATUS_STORED, STATUS_DELETING])),
         )
         .set(images::status.eq(STATUS_DELETING))
         .execute(conn)?;
         if marked == 0 {
             return Ok(None);
         }
-        let record = images::table
-            .filter(images::id.eq(id))
-            .select(ImageRecord::as_select())
-            .first(conn)?;
+        let record = images::table.filter(images::id.eq(id)).select(ImageRecord::as_select()).first(conn)?;
         // Locks the other stored sharers, so two deletes of rows sharing objects cannot both keep them.
         let sharers = diesel::update(
             images::table
@@ -196,10 +167,7 @@ pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePl
         )
         .set(images::status.eq(images::status))
         .execute(conn)?;
-        Ok(Some(DeletePlan {
-            record,
-            objects_shared: sharers > 0,
-        }))
+        Ok(Some(DeletePlan { record, objects_shared: sharers > 0 }))
     })?)
 }
 
@@ -214,15 +182,10 @@ pub fn list_page(
     before: Option<(NaiveDateTime, String)>,
     limit: i64,
 ) -> Result<Vec<ImageRecord>, DbError> {
-    let mut query = images::table
-        .filter(images::status.eq(STATUS_STORED))
-        .into_boxed();
+    let mut query = images::table.filter(images::status.eq(STATUS_STORED)).into_boxed();
     if let Some((created_at, id)) = before {
-        query = query.filter(
-            images::created_at
-                .lt(created_at)
-                .or(images::created_at.eq(created_at).and(images::id.lt(id))),
-        );
+        query = query
+            .filter(images::created_at.lt(created_at).or(images::created_at.eq(created_at).and(images::id.lt(id))));
     }
     Ok(query
         .order((images::created_at.desc(), images::id.desc()))

@@ -46,10 +46,7 @@ impl DbError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(
             self,
-            DbError::Query(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _
-            ))
+            DbError::Query(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
         )
     }
 }
@@ -57,12 +54,11 @@ impl DbError {
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Pool(_) | DbError::Connect(_) => AppError::new(
-                ErrorCode::DatabaseUnavailable,
-                "The database is unavailable; try again shortly.",
-            )
-            .with_detail(error)
-            .retry_after(5),
+            DbError::Pool(_) | DbError::Connect(_) => {
+                AppError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; try again shortly.")
+                    .with_detail(error)
+                    .retry_after(5)
+            }
             other => AppError::internal(other),
         }
     }
@@ -77,9 +73,7 @@ struct Manager {
 impl Manager {
     fn connect(&self) -> Result<DbConnection, DbError> {
         match &self.url {
-            DatabaseUrl::Postgres(url) => {
-                Ok(DbConnection::Postgresql(PgConnection::establish(url)?))
-            }
+            DatabaseUrl::Postgres(url) => Ok(DbConnection::Postgresql(PgConnection::establish(url)?)),
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail.
@@ -124,9 +118,8 @@ impl Db {
         tokio::task::spawn_blocking(move || {
             if let DatabaseUrl::Sqlite(path) = &url {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        DbError::Migration(format!("cannot create {}: {e}", parent.display()))
-                    })?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| DbError::Migration(format!("cannot create {}: {e}", parent.display())))?;
                 }
             }
             let manager = Manager { url };
@@ -154,37 +147,28 @@ impl Db {
         T: Send + 'static,
     {
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || work(&mut *pool.get()?))
-            .await
-            .map_err(|e| DbError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || work(&mut *pool.get()?)).await.map_err(|e| DbError::Task(e.to_string()))?
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
-            .await
+        self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from)).await
     }
 }
 
 /// Applies the pending migrations of the connection's backend. On PostgreSQL this holds an advisory lock, so
 /// N instances starting together apply each migration exactly once.
 pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
-    let migration_error =
-        |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
+    let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
     match conn {
         DbConnection::Postgresql(pg) => {
-            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
-                .execute(pg)?;
-            let applied = pg
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|v| v.len());
-            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
-                .execute(pg)?;
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")).execute(pg)?;
+            let applied = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")).execute(pg)?;
             applied.map_err(migration_error)
         }
-        DbConnection::Sqlite(sqlite) => sqlite
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.len())
-            .map_err(migration_error),
+        DbConnection::Sqlite(sqlite) => {
+            sqlite.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()).map_err(migration_error)
+        }
     }
 }
 

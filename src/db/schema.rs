@@ -22,6 +22,9 @@ diesel::table! {
         delete_token_hash -> Text,
         idempotency_key -> Nullable<Text>,
         created_at -> Timestamp,
+        model_sha256 -> Nullable<Text>,
+        inference_ms -> Nullable<Double>,
+        analysis -> Text,
     }
 }
 

@@ -12,12 +12,7 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
-    pub const ALL: [ImageFormat; 4] = [
-        ImageFormat::Jpeg,
-        ImageFormat::Png,
-        ImageFormat::Webp,
-        ImageFormat::Gif,
-    ];
+    pub const ALL: [ImageFormat; 4] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp, ImageFormat::Gif];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name.trim().to_ascii_lowercase().as_str() {

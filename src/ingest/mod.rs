@@ -10,16 +10,18 @@ pub mod validate;
 use bytes::Bytes;
 use chrono::{NaiveDateTime, Timelike, Utc};
 use image::metadata::Orientation;
+use std::sync::Arc;
+
+use image::DynamicImage;
 use serde_json::json;
 
 pub use format::ImageFormat;
 pub use validate::ImageLimits;
 
-use crate::db::images::{
-    self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects,
-};
+use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects};
 use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::inference::Analysis;
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +29,7 @@ pub enum IngestError {
     #[error("{detected} is not an accepted image format")]
     Unsupported { detected: &'static str },
     #[error("the image exceeds {limit} ({actual} > {max})")]
-    TooLarge {
-        limit: &'static str,
-        max: u64,
-        actual: u64,
-    },
+    TooLarge { limit: &'static str, max: u64, actual: u64 },
     #[error("decoding would exceed the memory limit: {0}")]
     DecoderLimit(String),
     #[error("the image cannot be decoded: {0}")]
@@ -55,14 +53,12 @@ impl From<IngestError> for AppError {
                 ErrorCode::ImageTooLarge,
                 format!("The image is too large: {actual} exceeds the limit {limit} = {max}."),
             ),
-            IngestError::DecoderLimit(_) => (
-                ErrorCode::ImageTooLarge,
-                "The image needs more memory to decode than allowed.".to_owned(),
-            ),
-            IngestError::Corrupt(_) => (
-                ErrorCode::CorruptImage,
-                "The file looks like an image but cannot be decoded.".to_owned(),
-            ),
+            IngestError::DecoderLimit(_) => {
+                (ErrorCode::ImageTooLarge, "The image needs more memory to decode than allowed.".to_owned())
+            }
+            IngestError::Corrupt(_) => {
+                (ErrorCode::CorruptImage, "The file looks like an image but cannot be decoded.".to_owned())
+            }
         };
         AppError::new(code, message).with_detail(error)
     }
@@ -86,6 +82,8 @@ pub struct PreparedImage {
     pub height: u32,
     pub thumbnail: Bytes,
     pub thumbnail_format: ImageFormat,
+    /// The upright pixels, for the models.
+    pub image: Arc<DynamicImage>,
 }
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
@@ -93,21 +91,18 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
     let source_sha256 = sha256_hex(upload);
     let format = ImageFormat::sniff(upload)
         .filter(|f| policy.accepted.contains(f))
-        .ok_or_else(|| IngestError::Unsupported {
-            detected: describe(upload),
-        })?;
+        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
     let header = validate::read_header(upload, format, &policy.limits)?;
     let stripped = sanitize::strip_metadata(upload, format)?;
     // Decoding the stripped bytes, not the upload, proves that what we store is a valid image.
     let mut image = validate::decode(&stripped, format, &policy.limits)?;
+    image.apply_orientation(header.orientation);
     let original = if header.orientation == Orientation::NoTransforms {
         stripped
     } else {
-        image.apply_orientation(header.orientation);
         thumbnail::encode_as(&image, format).map_err(|e| IngestError::Corrupt(e.to_string()))?
     };
-    let thumb = thumbnail::make(&image, policy.thumbnail_size)
-        .map_err(|e| IngestError::Corrupt(e.to_string()))?;
+    let thumb = thumbnail::make(&image, policy.thumbnail_size).map_err(|e| IngestError::Corrupt(e.to_string()))?;
     Ok(PreparedImage {
         format,
         sha256: sha256_hex(&original),
@@ -117,7 +112,19 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
         height: image.height(),
         thumbnail: thumb.bytes.into(),
         thumbnail_format: thumb.format,
+        image: Arc::new(image),
     })
+}
+
+/// Identifies, checks and decodes an upload for the models alone (nothing is stored), upright.
+pub fn decode_upright(upload: &[u8], policy: &IngestPolicy) -> Result<DynamicImage, IngestError> {
+    let format = ImageFormat::sniff(upload)
+        .filter(|f| policy.accepted.contains(f))
+        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
+    let header = validate::read_header(upload, format, &policy.limits)?;
+    let mut image = validate::decode(upload, format, &policy.limits)?;
+    image.apply_orientation(header.orientation);
+    Ok(image)
 }
 
 fn describe(upload: &[u8]) -> &'static str {
@@ -157,27 +164,19 @@ pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppR
             return Ok(done);
         }
     }
-    let prepared = state
-        .run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from))
-        .await?;
+    let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+    // The model runs before anything is written, so a model failure leaves nothing behind.
+    let analysis = state.inference.analyse(prepared.image.clone()).await?;
     let state = state.clone();
-    tokio::spawn(async move { persist(&state, prepared, meta).await })
+    tokio::spawn(async move { persist(&state, prepared, analysis, meta).await })
         .await
         .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
-async fn replay(
-    state: &AppState,
-    key: &IdempotencyKey,
-    source_sha256: String,
-) -> AppResult<Option<Uploaded>> {
+async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
     let key = key.as_str().to_owned();
-    let Some(record) = state
-        .db
-        .run(move |conn| image_rows::find_by_idempotency_key(conn, &key))
-        .await?
-    else {
+    let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
         return Ok(None);
     };
     if record.source_sha256 != source_sha256 {
@@ -189,26 +188,20 @@ async fn replay(
     if record.status != image_rows::STATUS_STORED {
         return Err(AppError::not_found());
     }
-    Ok(Some(Uploaded {
-        record,
-        deduplicated: false,
-        replayed: true,
-    }))
+    Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
 }
 
 async fn persist(
     state: &AppState,
     prepared: PreparedImage,
+    analysis: Analysis,
     meta: UploadMeta,
 ) -> AppResult<Uploaded> {
     let id = ImageId::generate();
     let mut shared = match state.config.settings.dedup {
         true => {
             let sha = prepared.sha256.clone();
-            state
-                .db
-                .run(move |conn| image_rows::find_objects_by_sha256(conn, &sha))
-                .await?
+            state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await?
         }
         false => None,
     };
@@ -218,32 +211,18 @@ async fn persist(
             Some(objects) => objects,
             None => store_objects(state, &id, &prepared).await?,
         };
-        let record = new_record(state, &id, &prepared, &meta, &objects);
-        let message = outbox_message(&record);
+        let record = new_record(state, &id, &prepared, &analysis, &meta, &objects);
+        let message = outbox_message(&record, &analysis);
         let (row, msg) = (record.clone(), message.clone());
-        let outcome = state
-            .db
-            .run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated))
-            .await;
+        let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
         match outcome {
-            Ok(InsertOutcome::Inserted) => {
-                return Ok(Uploaded {
-                    record,
-                    deduplicated,
-                    replayed: false,
-                })
-            }
+            Ok(InsertOutcome::Inserted) => return Ok(Uploaded { record, deduplicated, replayed: false }),
             // The objects we meant to share were deleted meanwhile: store our own and try again.
             Ok(InsertOutcome::SharedObjectsGone) => continue,
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
                 remove_objects(state, deduplicated, &objects).await;
-                let key = meta
-                    .idempotency_key
-                    .as_ref()
-                    .expect("only keyed inserts collide");
-                return replay(state, key, prepared.source_sha256.clone())
-                    .await?
-                    .ok_or_else(AppError::not_found);
+                let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
+                return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
             }
             Err(error) => {
                 remove_objects(state, deduplicated, &objects).await;
@@ -253,38 +232,16 @@ async fn persist(
     }
 }
 
-async fn store_objects(
-    state: &AppState,
-    id: &ImageId,
-    prepared: &PreparedImage,
-) -> AppResult<StoredObjects> {
+async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
-    let thumbnail_key = format!(
-        "images/{id}/thumb.{}",
-        prepared.thumbnail_format.extension()
-    );
-    state
-        .store
-        .put(
-            &original_key,
-            prepared.original.clone(),
-            prepared.format.content_type(),
-        )
-        .await?;
+    let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
+    state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()).await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
-    if let Err(error) = state
-        .store
-        .put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type)
-        .await
-    {
+    if let Err(error) = state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type).await {
         delete_logged(state, &original_key).await;
         return Err(error.into());
     }
-    Ok(StoredObjects {
-        original_key,
-        thumbnail_key,
-        thumbnail_content_type: thumbnail_type.to_owned(),
-    })
+    Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
 }
 
 async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects) {
@@ -304,17 +261,23 @@ pub(crate) async fn delete_logged(state: &AppState, key: &str) {
 /// Timestamps are kept to the millisecond so both databases return exactly what was written.
 pub fn now() -> NaiveDateTime {
     let now = Utc::now().naive_utc();
-    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(now)
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
 }
 
 fn new_record(
     state: &AppState,
     id: &ImageId,
     prepared: &PreparedImage,
+    analysis: &Analysis,
     meta: &UploadMeta,
     objects: &StoredObjects,
 ) -> ImageRecord {
+    let details = json!({
+        "faces": analysis.faces,
+        "selfie": analysis.selfie,
+        "selfie_reason": analysis.selfie_reason,
+        "face_model": analysis.face_model,
+    });
     ImageRecord {
         id: id.to_string(),
         sha256: prepared.sha256.clone(),
@@ -329,17 +292,21 @@ fn new_record(
         original_key: objects.original_key.clone(),
         thumbnail_key: objects.thumbnail_key.clone(),
         thumbnail_content_type: objects.thumbnail_content_type.clone(),
-        predictions: "[]".to_owned(),
-        model_name: None,
-        model_version: None,
+        predictions: serde_json::to_string(&analysis.predictions).expect("predictions serialize"),
+        model_name: Some(analysis.model.name.clone()),
+        model_version: Some(analysis.model.version.clone()),
         status: image_rows::STATUS_STORED.to_owned(),
         delete_token_hash: DeleteTokens::hash(&state.tokens.token_for(id)),
         idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
         created_at: now(),
+        model_sha256: Some(analysis.model.sha256.clone()),
+        inference_ms: Some(analysis.inference_ms),
+        analysis: details.to_string(),
     }
 }
 
-fn outbox_message(record: &ImageRecord) -> NewOutboxMessage {
+fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> NewOutboxMessage {
+    let top = analysis.predictions.first();
     let payload = json!({
         "event_type": "image.uploaded",
         "image_id": record.id,
@@ -349,6 +316,10 @@ fn outbox_message(record: &ImageRecord) -> NewOutboxMessage {
         "height": record.height,
         "byte_size": record.byte_size,
         "page_path": format!("/images/{}", record.id),
+        "top_label": top.map(|p| p.label.as_str()),
+        "top_score": top.map(|p| p.score),
+        "has_face": !analysis.faces.is_empty(),
+        "season": analysis.selfie.as_ref().map(|s| s.season),
     });
     NewOutboxMessage {
         id: ImageId::generate().to_string(),

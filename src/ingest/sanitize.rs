@@ -20,19 +20,12 @@ pub fn strip_metadata(data: &[u8], format: ImageFormat) -> Result<Vec<u8>> {
 }
 
 fn slice(data: &[u8], start: usize, len: usize) -> Result<&[u8]> {
-    data.get(
-        start
-            ..start
-                .checked_add(len)
-                .ok_or(MalformedImage("length overflow"))?,
-    )
-    .ok_or(MalformedImage("the file is truncated"))
+    data.get(start..start.checked_add(len).ok_or(MalformedImage("length overflow"))?)
+        .ok_or(MalformedImage("the file is truncated"))
 }
 
 fn byte(data: &[u8], at: usize) -> Result<u8> {
-    data.get(at)
-        .copied()
-        .ok_or(MalformedImage("the file is truncated"))
+    data.get(at).copied().ok_or(MalformedImage("the file is truncated"))
 }
 
 /// JPEG keeps what decoding needs (tables, frame and scan headers, JFIF, ICC profile, Adobe colour
@@ -101,10 +94,8 @@ const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Ancillary PNG chunks that change how the image looks; every other ancillary chunk (text, eXIf, tIME,
 /// private chunks) is dropped.
-const PNG_KEPT_ANCILLARY: [&[u8; 4]; 11] = [
-    b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD", b"pHYs", b"acTL", b"fcTL",
-    b"fdAT",
-];
+const PNG_KEPT_ANCILLARY: [&[u8; 4]; 11] =
+    [b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD", b"pHYs", b"acTL", b"fcTL", b"fdAT"];
 
 fn strip_png(data: &[u8]) -> Result<Vec<u8>> {
     if !data.starts_with(PNG_SIGNATURE) {

@@ -21,16 +21,10 @@ pub fn make(image: &DynamicImage, max_side: u32) -> Result<Thumbnail, image::Ima
     let mut bytes = Vec::new();
     if has_transparency(&small) {
         small.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        Ok(Thumbnail {
-            bytes,
-            format: ImageFormat::Png,
-        })
+        Ok(Thumbnail { bytes, format: ImageFormat::Png })
     } else {
         JpegEncoder::new_with_quality(&mut bytes, 82).encode_image(&small.to_rgb8())?;
-        Ok(Thumbnail {
-            bytes,
-            format: ImageFormat::Jpeg,
-        })
+        Ok(Thumbnail { bytes, format: ImageFormat::Jpeg })
     }
 }
 
@@ -43,15 +37,9 @@ fn has_transparency(image: &DynamicImage) -> bool {
 pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::new();
     match format {
-        ImageFormat::Jpeg => {
-            JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(&image.to_rgb8())?
-        }
-        ImageFormat::Webp => image
-            .to_rgba8()
-            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP)?,
-        ImageFormat::Png | ImageFormat::Gif => {
-            image.write_to(&mut Cursor::new(&mut bytes), format.codec())?
-        }
+        ImageFormat::Jpeg => JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(&image.to_rgb8())?,
+        ImageFormat::Webp => image.to_rgba8().write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP)?,
+        ImageFormat::Png | ImageFormat::Gif => image.write_to(&mut Cursor::new(&mut bytes), format.codec())?,
     }
     Ok(bytes)
 }

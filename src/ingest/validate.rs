@@ -16,24 +16,12 @@ pub struct ImageLimits {
 
 impl ImageLimits {
     fn check(&self, width: u32, height: u32) -> Result<(), IngestError> {
-        let too_large = |limit: &'static str, max: u64, actual: u64| IngestError::TooLarge {
-            limit,
-            max,
-            actual,
-        };
+        let too_large = |limit: &'static str, max: u64, actual: u64| IngestError::TooLarge { limit, max, actual };
         if width > self.max_width {
-            return Err(too_large(
-                "max_image_width",
-                self.max_width.into(),
-                width.into(),
-            ));
+            return Err(too_large("max_image_width", self.max_width.into(), width.into()));
         }
         if height > self.max_height {
-            return Err(too_large(
-                "max_image_height",
-                self.max_height.into(),
-                height.into(),
-            ));
+            return Err(too_large("max_image_height", self.max_height.into(), height.into()));
         }
         let pixels = u64::from(width) * u64::from(height);
         if pixels > self.max_pixels {
@@ -78,31 +66,17 @@ fn decoder<'a>(
 }
 
 /// Reads dimensions and EXIF orientation from the header, and enforces the limits.
-pub fn read_header(
-    bytes: &[u8],
-    format: ImageFormat,
-    limits: &ImageLimits,
-) -> Result<Header, IngestError> {
+pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<Header, IngestError> {
     let mut decoder = decoder(bytes, format, limits)?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;
     // A broken EXIF block only costs the orientation, not the upload.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    Ok(Header {
-        width,
-        height,
-        orientation,
-    })
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    Ok(Header { width, height, orientation })
 }
 
 /// Decodes the pixels (the first frame of an animation).
-pub fn decode(
-    bytes: &[u8],
-    format: ImageFormat,
-    limits: &ImageLimits,
-) -> Result<DynamicImage, IngestError> {
+pub fn decode(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<DynamicImage, IngestError> {
     let decoder = decoder(bytes, format, limits)?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;

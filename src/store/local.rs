@@ -19,9 +19,7 @@ fn backend(context: &str, path: &Path, error: std::io::Error) -> StoreError {
 
 impl LocalStore {
     pub async fn open(root: PathBuf) -> Result<Self, StoreError> {
-        tokio::fs::create_dir_all(root.join(".tmp"))
-            .await
-            .map_err(|e| backend("cannot create", &root, e))?;
+        tokio::fs::create_dir_all(root.join(".tmp")).await.map_err(|e| backend("cannot create", &root, e))?;
         Ok(LocalStore { root })
     }
 
@@ -35,12 +33,8 @@ impl LocalStore {
 impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
-        let parent = path
-            .parent()
-            .expect("a validated key has a parent under the root");
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| backend("cannot create", parent, e))?;
+        let parent = path.parent().expect("a validated key has a parent under the root");
+        tokio::fs::create_dir_all(parent).await.map_err(|e| backend("cannot create", parent, e))?;
         let temp = self.root.join(".tmp").join(crate::domain::random_token(12));
         let write = async {
             let mut file = tokio::fs::File::create(&temp).await?;
@@ -57,21 +51,12 @@ impl ObjectStore for LocalStore {
 
     async fn get(&self, key: &str) -> Result<ObjectBody, StoreError> {
         let path = self.path_of(key)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => StoreError::NotFound(key.to_owned()),
-                _ => backend("cannot open", &path, e),
-            })?;
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| backend("cannot stat", &path, e))?
-            .len();
-        Ok(ObjectBody {
-            len,
-            reader: Box::pin(file),
-        })
+        let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::NotFound(key.to_owned()),
+            _ => backend("cannot open", &path, e),
+        })?;
+        let len = file.metadata().await.map_err(|e| backend("cannot stat", &path, e))?.len();
+        Ok(ObjectBody { len, reader: Box::pin(file) })
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -101,10 +86,7 @@ impl ObjectStore for LocalStore {
     async fn health(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(self.root.join(".tmp")).await {
             Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => Err(StoreError::Backend(format!(
-                "{} is not a directory",
-                self.root.display()
-            ))),
+            Ok(_) => Err(StoreError::Backend(format!("{} is not a directory", self.root.display()))),
             Err(e) => Err(backend("cannot reach", &self.root, e)),
         }
     }

@@ -30,12 +30,9 @@ impl From<StoreError> for AppError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(_) => AppError::not_found().with_detail(error),
-            _ => AppError::new(
-                ErrorCode::StoreUnavailable,
-                "The image store is unavailable; try again shortly.",
-            )
-            .with_detail(error)
-            .retry_after(5),
+            _ => AppError::new(ErrorCode::StoreUnavailable, "The image store is unavailable; try again shortly.")
+                .with_detail(error)
+                .retry_after(5),
         }
     }
 }
@@ -76,9 +73,7 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
             !segment.is_empty()
                 && segment != "."
                 && segment != ".."
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
     if valid {
         Ok(())
@@ -94,16 +89,7 @@ mod tests {
     #[test]
     fn keys_cannot_escape() {
         assert!(validate_key("images/abc/original.jpg").is_ok());
-        for bad in [
-            "",
-            "../x",
-            "images/../x",
-            "/abs",
-            "a//b",
-            "a/./b",
-            "a b",
-            "a\\b",
-        ] {
+        for bad in ["", "../x", "images/../x", "/abs", "a//b", "a/./b", "a b", "a\\b"] {
             assert!(validate_key(bad).is_err(), "{bad}");
         }
     }

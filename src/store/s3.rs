@@ -21,17 +21,13 @@ fn backend<E: std::error::Error>(action: &str, key: &str, error: E) -> StoreErro
 
 impl S3Store {
     pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
-        let bucket = settings
-            .s3_bucket
-            .clone()
-            .ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
+        let bucket = settings.s3_bucket.clone().ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &settings.s3_region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.s3_force_path_style);
+        let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.s3_force_path_style);
         if let Some(endpoint) = &settings.s3_endpoint_url {
             config = config.endpoint_url(endpoint);
         }
@@ -39,11 +35,7 @@ impl S3Store {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        Ok(S3Store {
-            client: Client::from_conf(config.build()),
-            bucket,
-            prefix,
-        })
+        Ok(S3Store { client: Client::from_conf(config.build()), bucket, prefix })
     }
 
     fn full_key(&self, key: &str) -> Result<String, StoreError> {
@@ -70,37 +62,20 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<ObjectBody, StoreError> {
         let full = self.full_key(key)?;
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
+        let output = self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| {
+            match e.as_service_error() {
                 Some(service) if service.is_no_such_key() => StoreError::NotFound(key.to_owned()),
                 _ => backend("get", &full, e),
-            })?;
+            }
+        })?;
         let len = output.content_length().unwrap_or_default().max(0) as u64;
-        Ok(ObjectBody {
-            len,
-            reader: Box::pin(output.body.into_async_read()),
-        })
+        Ok(ObjectBody { len, reader: Box::pin(output.body.into_async_read()) })
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let full = self.full_key(key)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(output) => Ok(Some(
-                output.content_length().unwrap_or_default().max(0) as u64
-            )),
+        match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+            Ok(output) => Ok(Some(output.content_length().unwrap_or_default().max(0) as u64)),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
             Err(e) => Err(backend("head", &full, e)),
         }

@@ -61,43 +61,25 @@ async fn upload_form(
             Ok(Redirect::to(format!("/images/{id}")))
         }
         Err(error) => {
-            log::info!(
-                "upload form refused: {} {}",
-                error.code,
-                error.detail.as_deref().unwrap_or("")
-            );
+            log::info!("upload form refused: {} {}", error.code, error.detail.as_deref().unwrap_or(""));
             Err((error.status(), index_page(state, None, Some(&error))))
         }
     }
 }
 
 #[get("/images/<id>")]
-async fn image_page(
-    state: &State<AppState>,
-    id: &str,
-    cookies: &CookieJar<'_>,
-) -> Result<Template, PageError> {
+async fn image_page(state: &State<AppState>, id: &str, cookies: &CookieJar<'_>) -> Result<Template, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
     let record = images::find(state, &id).await?;
-    let delete_token = cookies
-        .get(DELETE_TOKEN_COOKIE)
-        .map(|c| c.value().to_owned());
+    let delete_token = cookies.get(DELETE_TOKEN_COOKIE).map(|c| c.value().to_owned());
     if delete_token.is_some() {
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
     }
     let mut image = serde_json::to_value(ImageView::from(&record)).map_err(AppError::internal)?;
     image["byte_size_human"] = human_bytes(record.byte_size.max(0) as u64).into();
-    image["created_at"] = record
-        .created_at
-        .and_utc()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-        .into();
+    image["created_at"] = record.created_at.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
     let just_uploaded = delete_token.is_some();
-    Ok(Template::render(
-        "image",
-        context! { image, delete_token, just_uploaded },
-    ))
+    Ok(Template::render("image", context! { image, delete_token, just_uploaded }))
 }
 
 #[derive(FromForm)]
@@ -106,11 +88,7 @@ struct DeleteForm {
 }
 
 #[post("/images/<id>/delete", data = "<form>")]
-async fn delete_form(
-    state: &State<AppState>,
-    id: &str,
-    form: Form<DeleteForm>,
-) -> Result<Redirect, PageError> {
+async fn delete_form(state: &State<AppState>, id: &str, form: Form<DeleteForm>) -> Result<Redirect, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
     images::delete(state, &id, DeleteAuthority::Token(&form.delete_token)).await?;
     Ok(Redirect::to("/?deleted=true"))

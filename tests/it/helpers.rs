@@ -28,17 +28,12 @@ fn required_env(name: &str) -> String {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn unique_name(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        upshot::domain::ImageId::generate().as_str()[..16].to_owned()
-    )
+    format!("{prefix}{}", upshot::domain::ImageId::generate().as_str()[..16].to_owned())
 }
 
 /// A fresh PostgreSQL database on the test cluster; returns its URL.
@@ -46,46 +41,26 @@ pub fn create_pg_database() -> String {
     let admin_url = required_env("UPSHOT_TEST_PG_URL");
     let name = unique_name("upshot_test_");
     let mut admin = PgConnection::establish(&admin_url).expect("connect to the test cluster");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .expect("create database");
-    let base = admin_url
-        .rsplit_once('/')
-        .expect("URL with a database name")
-        .0;
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).expect("create database");
+    let base = admin_url.rsplit_once('/').expect("URL with a database name").0;
     format!("{base}/{name}")
 }
 
 pub async fn s3_client() -> aws_sdk_s3::Client {
     let endpoint = required_env("UPSHOT_TEST_AWS_ENDPOINT");
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let config = aws_sdk_s3::config::Builder::from(&shared).endpoint_url(endpoint).force_path_style(true).build();
     aws_sdk_s3::Client::from_conf(config)
 }
 
 pub async fn create_bucket() -> String {
     let bucket = unique_name("upshot-test-");
-    s3_client()
-        .await
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket");
+    s3_client().await.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     bucket
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct TestApp {
@@ -117,24 +92,12 @@ pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Op
         .merge(("data_dir", data_dir))
         .merge(("secret_key", SECRET))
         .merge(("admin_api_key", ADMIN_KEY))
-        .merge((
-            "template_dir",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
-        ))
-        .merge((
-            "static_dir",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
-        ));
+        .merge(("template_dir", Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")))
+        .merge(("static_dir", Path::new(env!("CARGO_MANIFEST_DIR")).join("static")));
     match stack {
         Stack::Embedded => {
             let url = format!("sqlite://{}", data_dir.join("upshot.sqlite3").display());
-            (
-                figment
-                    .merge(("database_url", &url))
-                    .merge(("store", "local")),
-                url,
-                None,
-            )
+            (figment.merge(("database_url", &url)).merge(("store", "local")), url, None)
         }
         Stack::Cloud => {
             let url = create_pg_database();
@@ -162,34 +125,19 @@ pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment
     let port: u16 = figment.extract_inner("port").unwrap();
     let config = AppConfig::from_figment(figment).expect("valid test configuration");
     let database = config.database.clone();
-    let rocket = upshot::rocket(config)
-        .ignite()
-        .await
-        .expect("server ignites");
+    let rocket = upshot::rocket(config).ignite().await.expect("server ignites");
     let shutdown = rocket.shutdown();
     tokio::spawn(rocket.launch());
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for _ in 0..100 {
         if client.get(format!("{base}/healthz")).send().await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let db = Db::open(database, 2, Duration::from_secs(5))
-        .await
-        .expect("test database handle");
-    TestApp {
-        base,
-        client,
-        data_dir,
-        bucket,
-        db,
-        shutdown,
-    }
+    let db = Db::open(database, 2, Duration::from_secs(5)).await.expect("test database handle");
+    TestApp { base, client, data_dir, bucket, db, shutdown }
 }
 
 impl TestApp {
@@ -202,17 +150,11 @@ impl TestApp {
     }
 
     pub async fn upload_form(&self, path: &str, form: Form) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).multipart(form).send().await.unwrap()
     }
 
     pub async fn upload(&self, fixture_name: &str) -> reqwest::Response {
-        self.upload_form("/api/v1/images", file_form(fixture_name))
-            .await
+        self.upload_form("/api/v1/images", file_form(fixture_name)).await
     }
 
     /// Uploads and returns the 201 body, failing the test otherwise.
@@ -225,17 +167,11 @@ impl TestApp {
     }
 
     pub async fn image_rows(&self) -> i64 {
-        self.db
-            .run(|conn| Ok(schema::images::table.count().get_result(conn)?))
-            .await
-            .unwrap()
+        self.db.run(|conn| Ok(schema::images::table.count().get_result(conn)?)).await.unwrap()
     }
 
     pub async fn outbox_rows(&self) -> i64 {
-        self.db
-            .run(|conn| Ok(schema::outbox::table.count().get_result(conn)?))
-            .await
-            .unwrap()
+        self.db.run(|conn| Ok(schema::outbox::table.count().get_result(conn)?)).await.unwrap()
     }
 
     /// Every object in the store, as keys relative to the store's root (or prefix).
@@ -249,22 +185,12 @@ impl TestApp {
                 keys
             }
             Some(bucket) => {
-                let listed = s3_client()
-                    .await
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .send()
-                    .await
-                    .unwrap();
+                let listed = s3_client().await.list_objects_v2().bucket(bucket).send().await.unwrap();
                 let mut keys: Vec<String> = listed
                     .contents()
                     .iter()
                     .filter_map(|o| o.key())
-                    .map(|k| {
-                        k.strip_prefix("uploads/")
-                            .expect("objects live under the prefix")
-                            .to_owned()
-                    })
+                    .map(|k| k.strip_prefix("uploads/").expect("objects live under the prefix").to_owned())
                     .collect();
                 keys.sort();
                 keys
@@ -275,10 +201,7 @@ impl TestApp {
     /// Runs SQL straight on the test database, bypassing the server.
     pub async fn execute_sql(&self, sql: &'static str) {
         use diesel::connection::SimpleConnection;
-        self.db
-            .run(move |conn| Ok(conn.batch_execute(sql)?))
-            .await
-            .unwrap();
+        self.db.run(move |conn| Ok(conn.batch_execute(sql)?)).await.unwrap();
     }
 }
 
@@ -294,21 +217,13 @@ fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) {
         if path.is_dir() {
             walk(root, &path, keys);
         } else {
-            keys.push(
-                path.strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            keys.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
         }
     }
 }
 
 pub fn file_form(fixture_name: &str) -> Form {
-    Form::new().part(
-        "file",
-        Part::bytes(fixture(fixture_name)).file_name(fixture_name.to_owned()),
-    )
+    Form::new().part("file", Part::bytes(fixture(fixture_name)).file_name(fixture_name.to_owned()))
 }
 
 /// A multipart body built by hand, for what reqwest will not send (non-UTF-8 filenames).
@@ -316,8 +231,7 @@ pub fn raw_multipart(filename: &[u8], content: &[u8]) -> (String, Vec<u8>) {
     let boundary = "upshot-test-boundary-7c1f";
     let mut body = Vec::new();
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"")
-            .as_bytes(),
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"").as_bytes(),
     );
     body.extend_from_slice(filename);
     body.extend_from_slice(b"\"\r\nContent-Type: application/octet-stream\r\n\r\n");
@@ -328,26 +242,11 @@ pub fn raw_multipart(filename: &[u8], content: &[u8]) -> (String, Vec<u8>) {
 
 pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json::Value) {
     let status = response.status().as_u16();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let request_id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-        .to_owned();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert_eq!(
-        body["error"]["request_id"].as_str(),
-        request_id.as_deref(),
-        "request id in body and header"
-    );
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}")).to_owned();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(body["error"]["request_id"].as_str(), request_id.as_deref(), "request id in body and header");
     (status, code, body)
 }
 

@@ -3,9 +3,7 @@
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use crate::helpers::{
-    error_code, file_form, fixture, raw_multipart, spawn, spawn_with, Stack, ADMIN_KEY,
-};
+use crate::helpers::{error_code, file_form, fixture, raw_multipart, spawn, spawn_with, Stack, ADMIN_KEY};
 
 crate::on_both_stacks!(
     jpeg_round_trip_strips_metadata_and_applies_orientation,
@@ -29,10 +27,7 @@ fn decode(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).expect("stored bytes decode")
 }
 
-async fn download(
-    app: &crate::helpers::TestApp,
-    url: &Value,
-) -> (reqwest::header::HeaderMap, Vec<u8>) {
+async fn download(app: &crate::helpers::TestApp, url: &Value) -> (reqwest::header::HeaderMap, Vec<u8>) {
     let response = app.get(url.as_str().unwrap()).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
@@ -47,14 +42,12 @@ async fn jpeg_round_trip_strips_metadata_and_applies_orientation(stack: Stack) {
     let app = spawn(stack).await;
     let body = app.upload_ok("cat-gps-rotated.jpg").await;
     // Stored 451x300 with orientation 6: upright it is 300 wide, 451 high.
-    assert_eq!(
-        (body["width"].as_i64(), body["height"].as_i64()),
-        (Some(300), Some(451))
-    );
+    assert_eq!((body["width"].as_i64(), body["height"].as_i64()), (Some(300), Some(451)));
     assert_eq!(body["format"], "jpeg");
     assert_eq!(body["content_type"], "image/jpeg");
-    assert_eq!(body["predictions"], serde_json::json!([]));
-    assert!(body["model"].is_null());
+    assert_eq!(body["predictions"].as_array().unwrap().len(), 5, "{body}");
+    assert_eq!(body["model"]["name"], "mobilenet_v2");
+    assert!(body["inference_ms"].as_f64().is_some_and(|ms| ms > 0.0));
     assert_eq!(body["original_filename"], "cat-gps-rotated.jpg");
     assert!(body["delete_token"].as_str().is_some_and(|t| t.len() >= 40));
 
@@ -62,21 +55,9 @@ async fn jpeg_round_trip_strips_metadata_and_applies_orientation(stack: Stack) {
     assert_eq!(headers["content-type"], "image/jpeg");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(stored.len() as i64, body["byte_size"].as_i64().unwrap());
-    assert_eq!(
-        upshot::domain::sha256_hex(&stored),
-        body["sha256"].as_str().unwrap()
-    );
-    for secret in [
-        &b"Exif\0\0"[..],
-        b"UpshotTestCam",
-        b"UpshotSecretXmp",
-        b"UpshotSecretComment",
-    ] {
-        assert!(
-            !contains(&stored, secret),
-            "{:?} survived",
-            String::from_utf8_lossy(secret)
-        );
+    assert_eq!(upshot::domain::sha256_hex(&stored), body["sha256"].as_str().unwrap());
+    for secret in [&b"Exif\0\0"[..], b"UpshotTestCam", b"UpshotSecretXmp", b"UpshotSecretComment"] {
+        assert!(!contains(&stored, secret), "{:?} survived", String::from_utf8_lossy(secret));
     }
     let image = decode(&stored);
     assert_eq!((image.width(), image.height()), (300, 451));
@@ -86,36 +67,21 @@ async fn jpeg_round_trip_strips_metadata_and_applies_orientation(stack: Stack) {
     let thumb = decode(&thumb);
     assert!(thumb.width() <= 320 && thumb.height() <= 320 && thumb.height() > thumb.width());
 
-    let shown: Value = app
-        .get(&format!("/api/v1/images/{}", body["id"].as_str().unwrap()))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = app.get(&format!("/api/v1/images/{}", body["id"].as_str().unwrap())).await.json().await.unwrap();
     assert_eq!(shown["sha256"], body["sha256"]);
-    assert!(
-        shown.get("delete_token").is_none(),
-        "the token is shown once, at upload"
-    );
+    assert_eq!(shown["predictions"], body["predictions"], "predictions are stored with the row");
+    assert_eq!(shown["model"], body["model"]);
+    assert!(shown.get("delete_token").is_none(), "the token is shown once, at upload");
     assert_eq!((app.image_rows().await, app.outbox_rows().await), (1, 1));
     let id = body["id"].as_str().unwrap();
-    assert_eq!(
-        app.object_keys().await,
-        vec![
-            format!("images/{id}/original.jpg"),
-            format!("images/{id}/thumb.jpg")
-        ]
-    );
+    assert_eq!(app.object_keys().await, vec![format!("images/{id}/original.jpg"), format!("images/{id}/thumb.jpg")]);
 }
 
 async fn upright_jpeg_keeps_its_exact_pixels(stack: Stack) {
     let app = spawn(stack).await;
     let body = app.upload_ok("cat.jpg").await;
     let (_, stored) = download(&app, &body["urls"]["file"]).await;
-    assert_eq!(
-        decode(&stored).to_rgb8(),
-        decode(&fixture("cat.jpg")).to_rgb8()
-    );
+    assert_eq!(decode(&stored).to_rgb8(), decode(&fixture("cat.jpg")).to_rgb8());
 }
 
 async fn png_webp_and_gif_keep_their_pixels_and_lose_metadata(stack: Stack) {
@@ -130,23 +96,11 @@ async fn png_webp_and_gif_keep_their_pixels_and_lose_metadata(stack: Stack) {
         assert_eq!(body["format"], format, "{name}");
         let (_, stored) = download(&app, &body["urls"]["file"]).await;
         for secret in secrets {
-            assert!(
-                !contains(&stored, secret),
-                "{name}: {:?} survived",
-                String::from_utf8_lossy(secret)
-            );
+            assert!(!contains(&stored, secret), "{name}: {:?} survived", String::from_utf8_lossy(secret));
         }
-        assert_eq!(
-            decode(&stored).to_rgba8(),
-            decode(&fixture(name)).to_rgba8(),
-            "{name}: pixels changed"
-        );
+        assert_eq!(decode(&stored).to_rgba8(), decode(&fixture(name)).to_rgba8(), "{name}: pixels changed");
         let (headers, _) = download(&app, &body["urls"]["thumbnail"]).await;
-        let expected_thumb = if name == "logo-alpha.png" {
-            "image/png"
-        } else {
-            "image/jpeg"
-        };
+        let expected_thumb = if name == "logo-alpha.png" { "image/png" } else { "image/jpeg" };
         assert_eq!(headers["content-type"], expected_thumb, "{name}");
     }
 }
@@ -159,11 +113,7 @@ async fn identical_bytes_are_stored_once(stack: Stack) {
     assert_ne!(first["delete_token"], second["delete_token"]);
     assert_eq!(second["deduplicated"], true);
     assert_eq!(first["sha256"], second["sha256"]);
-    assert_eq!(
-        app.object_keys().await.len(),
-        2,
-        "one original and one thumbnail for both"
-    );
+    assert_eq!(app.object_keys().await.len(), 2, "one original and one thumbnail for both");
     assert_eq!(app.image_rows().await, 2);
 
     // Deleting one keeps the shared objects for the other; deleting the last removes them.
@@ -175,10 +125,7 @@ async fn identical_bytes_are_stored_once(stack: Stack) {
     };
     assert_eq!(delete(&first).await.unwrap().status(), 204);
     let (_, stored) = download(&app, &second["urls"]["file"]).await;
-    assert_eq!(
-        upshot::domain::sha256_hex(&stored),
-        second["sha256"].as_str().unwrap()
-    );
+    assert_eq!(upshot::domain::sha256_hex(&stored), second["sha256"].as_str().unwrap());
     assert_eq!(app.object_keys().await.len(), 2);
     assert_eq!(delete(&second).await.unwrap().status(), 204);
     assert!(app.object_keys().await.is_empty());
@@ -188,11 +135,7 @@ async fn identical_bytes_are_stored_once(stack: Stack) {
 async fn idempotent_retry_stores_nothing_twice(stack: Stack) {
     let app = spawn(stack).await;
     let post = |name: &'static str, key: &'static str| {
-        app.client
-            .post(app.url("/api/v1/images"))
-            .header("Idempotency-Key", key)
-            .multipart(file_form(name))
-            .send()
+        app.client.post(app.url("/api/v1/images")).header("Idempotency-Key", key).multipart(file_form(name)).send()
     };
     let first = post("coffee.png", "retry-key-1").await.unwrap();
     assert_eq!(first.status(), 201);
@@ -202,10 +145,7 @@ async fn idempotent_retry_stores_nothing_twice(stack: Stack) {
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     let retry: Value = retry.json().await.unwrap();
-    assert_eq!(
-        first, retry,
-        "a retry returns the same result, delete token included"
-    );
+    assert_eq!(first, retry, "a retry returns the same result, delete token included");
     assert_eq!((app.image_rows().await, app.outbox_rows().await), (1, 1));
     assert_eq!(app.object_keys().await.len(), 2);
 
@@ -220,58 +160,28 @@ async fn delete_needs_the_token_and_removes_everything(stack: Stack) {
     let app = spawn(stack).await;
     let body = app.upload_ok("coffee.png").await;
     let path = format!("/api/v1/images/{}", body["id"].as_str().unwrap());
-    let (status, code, _) =
-        error_code(app.client.delete(app.url(&path)).send().await.unwrap()).await;
+    let (status, code, _) = error_code(app.client.delete(app.url(&path)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
-    let wrong = app
-        .client
-        .delete(app.url(&path))
-        .header("X-Delete-Token", "not-the-token")
-        .send()
-        .await
-        .unwrap();
+    let wrong = app.client.delete(app.url(&path)).header("X-Delete-Token", "not-the-token").send().await.unwrap();
     let (status, code, _) = error_code(wrong).await;
     assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
     assert_eq!(app.image_rows().await, 1);
 
     let token = body["delete_token"].as_str().unwrap();
-    let deleted = app
-        .client
-        .delete(app.url(&path))
-        .header("X-Delete-Token", token)
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.client.delete(app.url(&path)).header("X-Delete-Token", token).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     assert_eq!(app.image_rows().await, 0);
     assert!(app.object_keys().await.is_empty());
     let (status, code, _) = error_code(app.get(&path).await).await;
     assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
-    assert_eq!(
-        app.get(body["urls"]["file"].as_str().unwrap())
-            .await
-            .status(),
-        404
-    );
-    let again = app
-        .client
-        .delete(app.url(&path))
-        .header("X-Delete-Token", token)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.get(body["urls"]["file"].as_str().unwrap()).await.status(), 404);
+    let again = app.client.delete(app.url(&path)).header("X-Delete-Token", token).send().await.unwrap();
     assert_eq!(again.status(), 404);
 
     // The admin key deletes without a token.
     let other = app.upload_ok("cat.jpg").await;
     let path = format!("/api/v1/images/{}", other["id"].as_str().unwrap());
-    let admin = app
-        .client
-        .delete(app.url(&path))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let admin = app.client.delete(app.url(&path)).bearer_auth(ADMIN_KEY).send().await.unwrap();
     assert_eq!(admin.status(), 204);
     assert!(app.object_keys().await.is_empty());
 }
@@ -279,29 +189,14 @@ async fn delete_needs_the_token_and_removes_everything(stack: Stack) {
 async fn bad_uploads_get_clear_errors_and_store_nothing(stack: Stack) {
     let app = spawn(stack).await;
     for (name, status, code, mentions) in [
-        (
-            "not-an-image.jpg",
-            415,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "text file",
-        ),
+        ("not-an-image.jpg", 415, "UNSUPPORTED_MEDIA_TYPE", "text file"),
         ("bomb.png", 422, "IMAGE_TOO_LARGE", "max_image_pixels"),
         ("tall.png", 422, "IMAGE_TOO_LARGE", "max_image_height"),
         ("truncated.jpg", 422, "CORRUPT_IMAGE", "cannot be decoded"),
     ] {
         let (got_status, got_code, body) = error_code(app.upload(name).await).await;
-        assert_eq!(
-            (got_status, got_code.as_str()),
-            (status, code),
-            "{name}: {body}"
-        );
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(mentions),
-            "{name}: {body}"
-        );
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{name}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(mentions), "{name}: {body}");
     }
     let no_file = Form::new().text("description", "only a description");
     let (status, code, _) = error_code(app.upload_form("/api/v1/images", no_file).await).await;
@@ -312,13 +207,7 @@ async fn bad_uploads_get_clear_errors_and_store_nothing(stack: Stack) {
     let long = file_form("cat.jpg").text("description", "x".repeat(1001));
     let (status, code, _) = error_code(app.upload_form("/api/v1/images", long).await).await;
     assert_eq!((status, code.as_str()), (422, "INVALID_REQUEST"));
-    let json = app
-        .client
-        .post(app.url("/api/v1/images"))
-        .json(&serde_json::json!({"file": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let json = app.client.post(app.url("/api/v1/images")).json(&serde_json::json!({"file": "x"})).send().await.unwrap();
     let (status, code, _) = error_code(json).await;
     assert_eq!((status, code.as_str()), (415, "UNSUPPORTED_MEDIA_TYPE"));
     assert_eq!(app.image_rows().await, 0);
@@ -328,18 +217,8 @@ async fn bad_uploads_get_clear_errors_and_store_nothing(stack: Stack) {
 async fn upload_limit_is_enforced_with_413(stack: Stack) {
     let app = spawn_with(stack, |f| f.merge(("max_upload_bytes", 64 * 1024))).await;
     let (status, code, body) = error_code(app.upload("coffee.png").await).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (413, "PAYLOAD_TOO_LARGE"),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_upload_bytes"),
-        "{body}"
-    );
+    assert_eq!((status, code.as_str()), (413, "PAYLOAD_TOO_LARGE"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_upload_bytes"), "{body}");
     assert_eq!(app.image_rows().await, 0);
     assert!(app.object_keys().await.is_empty());
     app.upload_ok("cat.jpg").await; // 35 KB is under the limit
@@ -347,56 +226,30 @@ async fn upload_limit_is_enforced_with_413(stack: Stack) {
 
 async fn hostile_filenames_never_reach_storage_keys(stack: Stack) {
     let app = spawn(stack).await;
-    let traversal = Form::new().part(
-        "file",
-        Part::bytes(fixture("cat.jpg")).file_name("../../etc/passwd.jpg"),
-    );
+    let traversal = Form::new().part("file", Part::bytes(fixture("cat.jpg")).file_name("../../etc/passwd.jpg"));
     let response = app.upload_form("/api/v1/images", traversal).await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["original_filename"], "passwd.jpg");
 
     let long_name = format!("{}.jpg", "a".repeat(1000));
-    let long = Form::new().part(
-        "file",
-        Part::bytes(fixture("coffee.png")).file_name(long_name),
-    );
-    let body: Value = app
-        .upload_form("/api/v1/images", long)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        body["original_filename"].as_str().unwrap().chars().count(),
-        255
-    );
+    let long = Form::new().part("file", Part::bytes(fixture("coffee.png")).file_name(long_name));
+    let body: Value = app.upload_form("/api/v1/images", long).await.json().await.unwrap();
+    assert_eq!(body["original_filename"].as_str().unwrap().chars().count(), 255);
 
     let (content_type, raw) = raw_multipart(b"\xff\xfe\x80evil\x00.gif", &fixture("rocket.gif"));
-    let response = app
-        .client
-        .post(app.url("/api/v1/images"))
-        .header("Content-Type", content_type)
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(app.url("/api/v1/images")).header("Content-Type", content_type).body(raw).send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
-    assert!(
-        status == 201 || status == 400,
-        "non-UTF-8 filename: {status} {body}"
-    );
+    assert!(status == 201 || status == 400, "non-UTF-8 filename: {status} {body}");
 
     for key in app.object_keys().await {
         let parts: Vec<&str> = key.split('/').collect();
         assert_eq!(parts.len(), 3, "{key}");
         assert_eq!(parts[0], "images");
         assert!(upshot::domain::ImageId::parse(parts[1]).is_some(), "{key}");
-        assert!(
-            ["original.jpg", "original.png", "original.gif", "thumb.jpg"].contains(&parts[2]),
-            "{key}"
-        );
+        assert!(["original.jpg", "original.png", "original.gif", "thumb.jpg"].contains(&parts[2]), "{key}");
     }
     assert!(!app.data_dir.path().join("etc").exists());
 }
@@ -414,12 +267,7 @@ async fn break_store(app: &crate::helpers::TestApp) {
             let s3 = crate::helpers::s3_client().await;
             let listed = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
             for object in listed.contents() {
-                s3.delete_object()
-                    .bucket(bucket)
-                    .key(object.key().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
+                s3.delete_object().bucket(bucket).key(object.key().unwrap()).send().await.unwrap();
             }
             s3.delete_bucket().bucket(bucket).send().await.unwrap();
         }
@@ -441,11 +289,7 @@ async fn database_failure_leaves_no_object(stack: Stack) {
     let (status, code, _) = error_code(app.upload("cat.jpg").await).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL"));
     assert_eq!(app.image_rows().await, 0);
-    assert!(
-        app.object_keys().await.is_empty(),
-        "{:?}",
-        app.object_keys().await
-    );
+    assert!(app.object_keys().await.is_empty(), "{:?}", app.object_keys().await);
 }
 
 async fn readiness_names_the_failing_part(stack: Stack) {
@@ -458,59 +302,28 @@ async fn readiness_names_the_failing_part(stack: Stack) {
     }
     let (status, code, body) = error_code(app.get("/readyz").await).await;
     assert_eq!((status, code.as_str()), (503, "NOT_READY"));
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("store"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("store"), "{body}");
     assert_eq!(body["checks"]["database"]["status"], "ok");
     assert_eq!(body["checks"]["store"]["status"], "failed");
-    assert_eq!(
-        app.get("/healthz").await.status(),
-        200,
-        "liveness does not depend on the store"
-    );
+    assert_eq!(app.get("/healthz").await.status(), 200, "liveness does not depend on the store");
 }
 
 async fn errors_have_one_shape_and_echo_request_ids(stack: Stack) {
     let app = spawn(stack).await;
-    for path in [
-        "/api/v1/images/0123456789abcdef0123456789abcdef",
-        "/api/v1/images/not-an-id",
-        "/no/such/route",
-    ] {
+    for path in ["/api/v1/images/0123456789abcdef0123456789abcdef", "/api/v1/images/not-an-id", "/no/such/route"] {
         let (status, code, _) = error_code(app.get(path).await).await;
         assert_eq!((status, code.as_str()), (404, "NOT_FOUND"), "{path}");
     }
-    let response = app
-        .client
-        .get(app.url("/no/such/route"))
-        .header("X-Request-Id", "client-id-42")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.get(app.url("/no/such/route")).header("X-Request-Id", "client-id-42").send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"], "client-id-42");
     let (_, _, body) = error_code(response).await;
     assert_eq!(body["error"]["request_id"], "client-id-42");
-    let response = app
-        .client
-        .get(app.url("/healthz"))
-        .header("X-Request-Id", "bad id\twith space")
-        .send()
-        .await
-        .unwrap();
-    let echoed = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let response =
+        app.client.get(app.url("/healthz")).header("X-Request-Id", "bad id\twith space").send().await.unwrap();
+    let echoed = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(!echoed.contains(' ') && !echoed.is_empty());
-    let (status, code, _) = error_code(
-        app.client
-            .put(app.url("/api/v1/images"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) = error_code(app.client.put(app.url("/api/v1/images")).send().await.unwrap()).await;
     assert_eq!(status / 100, 4, "{code}");
 }
 
@@ -518,37 +331,26 @@ async fn selfie_compatibility_routes(stack: Stack) {
     let app = spawn(stack).await;
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health, serde_json::json!({ "status": "ok" }));
-    let response = app
-        .upload_form("/upload-selfie", file_form("astronaut.webp"))
-        .await;
+    let response = app.upload_form("/upload-selfie", file_form("astronaut.webp")).await;
     assert_eq!(response.status(), 200);
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["message"], "Upload & inference successful");
     assert_eq!(body["request_id"], request_id.as_str());
     assert_eq!(body["result"]["format"], "webp");
+    assert_eq!(body["result"]["faces"].as_array().unwrap().len(), 1, "{body}");
+    assert!(body["result"]["season"].is_string() && body["result"]["confidence"].is_number(), "{body}");
+    assert!(body["result"]["labels"].as_array().is_some_and(|l| l.len() == 5));
+    assert!(body["result"]["body_type"].is_null() && body["result"]["body_type_reason"].is_string());
     assert_eq!(app.image_rows().await, 1);
-    let (status, code, _) = error_code(
-        app.upload_form("/upload-selfie", file_form("not-an-image.jpg"))
-            .await,
-    )
-    .await;
+    let (status, code, _) = error_code(app.upload_form("/upload-selfie", file_form("not-an-image.jpg")).await).await;
     assert_eq!((status, code.as_str()), (415, "UNSUPPORTED_MEDIA_TYPE"));
 }
 
 async fn admin_listing_pages_newest_first(stack: Stack) {
     let app = spawn(stack).await;
     let mut ids = Vec::new();
-    for name in [
-        "cat.jpg",
-        "coffee.png",
-        "rocket.gif",
-        "astronaut.webp",
-        "logo-alpha.png",
-    ] {
+    for name in ["cat.jpg", "coffee.png", "rocket.gif", "astronaut.webp", "logo-alpha.png"] {
         ids.push(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
     }
     let (status, code, _) = error_code(app.get("/api/v1/images").await).await;
@@ -560,23 +362,9 @@ async fn admin_listing_pages_newest_first(stack: Stack) {
             Some(c) => format!("/api/v1/images?limit=2&cursor={c}"),
             None => "/api/v1/images?limit=2".to_owned(),
         };
-        let page: Value = app
-            .client
-            .get(app.url(&query))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_str().unwrap().to_owned()),
-        );
+        let page: Value =
+            app.client.get(app.url(&query)).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+        seen.extend(page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => break,

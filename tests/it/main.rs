@@ -4,5 +4,6 @@
 
 mod helpers;
 mod images;
+mod inference;
 mod meta;
 mod pages;

@@ -23,29 +23,20 @@ fn setting_keys() -> Vec<String> {
 fn documented_configuration_matches_the_settings() {
     let readme = repo_file("README.md");
     for key in setting_keys() {
-        assert!(
-            readme.contains(&format!("`{key}`")),
-            "README.md does not document `{key}`"
-        );
+        assert!(readme.contains(&format!("`{key}`")), "README.md does not document `{key}`");
         let env = format!("UPSHOT_{}", key.to_uppercase());
         assert!(readme.contains(&env), "README.md does not name {env}");
     }
     // Every value Rocket.toml sets is a real key, and the file's [default] equals the defaults in code.
     let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
-    let file: toml_like::Table = Figment::from(Toml::file(&rocket_toml))
-        .extract_inner("default")
-        .unwrap();
+    let file: toml_like::Table = Figment::from(Toml::file(&rocket_toml)).extract_inner("default").unwrap();
     let defaults = serde_json::to_value(Settings::default()).unwrap();
     let rocket_keys = ["address", "port", "keep_alive", "template_dir", "shutdown"];
     for (key, value) in &file {
         if rocket_keys.contains(&key.as_str()) {
             continue;
         }
-        assert_eq!(
-            Some(value),
-            defaults.get(key),
-            "Rocket.toml [default] {key} differs from the code"
-        );
+        assert_eq!(Some(value), defaults.get(key), "Rocket.toml [default] {key} differs from the code");
     }
 }
 
@@ -61,17 +52,11 @@ fn each_profile_of_the_example_config_loads() {
         Figment::from(Toml::file(&rocket_toml).nested())
             .join(figment::providers::Serialized::defaults(Settings::default()))
     };
-    let config =
-        AppConfig::from_figment(file().select("debug")).expect("the default profile is valid");
-    assert_eq!(
-        config.database,
-        DatabaseUrl::Sqlite("data/upshot.sqlite3".into())
-    );
+    let config = AppConfig::from_figment(file().select("debug")).expect("the default profile is valid");
+    assert_eq!(config.database, DatabaseUrl::Sqlite("data/upshot.sqlite3".into()));
 
     // Production refuses to start until the deployment provides its database, bucket and key...
-    let error = AppConfig::from_figment(file().select("production"))
-        .unwrap_err()
-        .to_string();
+    let error = AppConfig::from_figment(file().select("production")).unwrap_err().to_string();
     assert!(error.contains("database_url"), "{error}");
     // ...and starts with them.
     let production = file()
@@ -79,8 +64,7 @@ fn each_profile_of_the_example_config_loads() {
         .merge(("database_url", "postgres://app@db.internal/upshot"))
         .merge(("s3_bucket", "upshot-images-prod"))
         .merge(("secret_key", "k".repeat(40)));
-    let config =
-        AppConfig::from_figment(production).expect("production with its environment is valid");
+    let config = AppConfig::from_figment(production).expect("production with its environment is valid");
     assert_eq!(config.database.backend_name(), "postgresql");
 }
 
@@ -94,24 +78,12 @@ async fn openapi_document_names_every_json_route() {
     let paths = document["paths"].as_object().unwrap();
     let mut checked = BTreeSet::new();
     for route in rocket.routes() {
-        let path = route
-            .uri
-            .origin
-            .path()
-            .as_str()
-            .replace('<', "{")
-            .replace('>', "}");
-        if upshot::api::is_page_path(&path)
-            || path.starts_with("/static")
-            || path.starts_with("/images/")
-        {
+        let path = route.uri.origin.path().as_str().replace('<', "{").replace('>', "}");
+        if upshot::api::is_page_path(&path) || path.starts_with("/static") || path.starts_with("/images/") {
             continue;
         }
         let method = route.method.as_str().to_lowercase();
-        assert!(
-            paths.get(&path).and_then(|p| p.get(&method)).is_some(),
-            "{method} {path} is not in openapi.json"
-        );
+        assert!(paths.get(&path).and_then(|p| p.get(&method)).is_some(), "{method} {path} is not in openapi.json");
         checked.insert(format!("{method} {path}"));
     }
     assert!(checked.len() >= 10, "{checked:?}");
@@ -119,10 +91,7 @@ async fn openapi_document_names_every_json_route() {
     let text = document.to_string();
     for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
         let name = reference.split('"').next().unwrap();
-        assert!(
-            document["components"]["schemas"].get(name).is_some(),
-            "dangling $ref {name}"
-        );
+        assert!(document["components"]["schemas"].get(name).is_some(), "dangling $ref {name}");
     }
 }
 
@@ -134,14 +103,8 @@ async fn migrations_apply_from_empty_and_twice_on_both_backends() {
     for url in [sqlite, postgres] {
         let first = upshot::db::migrate(&url).expect("migrations apply from empty");
         assert!(first >= 1, "{url:?}");
-        assert_eq!(
-            upshot::db::migrate(&url).unwrap(),
-            0,
-            "a second run has nothing to do"
-        );
-        Db::open(url, 1, std::time::Duration::from_secs(5))
-            .await
-            .expect("the server's start-up path too");
+        assert_eq!(upshot::db::migrate(&url).unwrap(), 0, "a second run has nothing to do");
+        Db::open(url, 1, std::time::Duration::from_secs(5)).await.expect("the server's start-up path too");
     }
 }
 
@@ -149,9 +112,7 @@ async fn migrations_apply_from_empty_and_twice_on_both_backends() {
 fn instances_starting_together_migrate_once() {
     let url = DatabaseUrl::Postgres(create_pg_database());
     let applied: Vec<usize> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| upshot::db::migrate(&url).unwrap()))
-            .collect();
+        let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| upshot::db::migrate(&url).unwrap())).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(applied.iter().filter(|&&n| n > 0).count(), 1, "{applied:?}");

@@ -1,0 +1,87 @@
+//! Inference only, nothing stored: `POST /api/v1/classify` for one image, and the WebSocket `/api/v1/ws`
+//! for a stream of frames (each binary message an image, each answer a JSON text message).
+
+use std::sync::Arc;
+
+use rocket::futures::{SinkExt, StreamExt};
+use rocket::serde::json::Json;
+use rocket::{get, post, routes, Route, State};
+use rocket_ws::{Message, WebSocket};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+use super::upload::{form_error, UploadData};
+use crate::error::{AppError, AppResult};
+use crate::inference::Analysis;
+use crate::ingest;
+use crate::state::AppState;
+
+pub fn routes() -> Vec<Route> {
+    routes![classify, stream]
+}
+
+/// The models' answer for one image.
+pub fn analysis_body(analysis: &Analysis) -> Value {
+    json!({
+        "predictions": analysis.predictions,
+        "model": analysis.model,
+        "faces": analysis.faces,
+        "face_model": analysis.face_model,
+        "selfie": analysis.selfie,
+        "selfie_reason": analysis.selfie_reason,
+        "inference_ms": analysis.inference_ms,
+    })
+}
+
+async fn analyse_bytes(state: &AppState, bytes: Vec<u8>) -> AppResult<Analysis> {
+    let image = state.run_cpu(move |policy| ingest::decode_upright(&bytes, policy).map_err(AppError::from)).await?;
+    Ok(state.inference.analyse(Arc::new(image)).await?)
+}
+
+#[post("/classify", data = "<data>")]
+async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
+    let file = data.map_err(|errors| form_error(&errors, state))?.into_inner().file;
+    let mut bytes = Vec::with_capacity(file.len() as usize);
+    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
+    if bytes.is_empty() {
+        return Err(AppError::new(crate::error::ErrorCode::MissingFile, "The uploaded file is empty."));
+    }
+    Ok(Json(analysis_body(&analyse_bytes(state, bytes).await?)))
+}
+
+/// Frames larger than the upload limit close the connection (WebSocket status 1009, message too big).
+#[get("/ws")]
+fn stream(ws: WebSocket, state: &State<AppState>) -> rocket_ws::Channel<'static> {
+    let state = state.inner().clone();
+    let limit = state.config.settings.max_upload_bytes as usize;
+    let ws = ws.config(rocket_ws::Config {
+        max_message_size: Some(limit),
+        max_frame_size: Some(limit),
+        ..Default::default()
+    });
+    ws.channel(move |mut stream| {
+        Box::pin(async move {
+            while let Some(message) = stream.next().await {
+                let reply = match message? {
+                    Message::Binary(frame) => match analyse_bytes(&state, frame.to_vec()).await {
+                        Ok(analysis) => analysis_body(&analysis),
+                        Err(error) => frame_error(&error),
+                    },
+                    Message::Text(_) => frame_error(&AppError::new(
+                        crate::error::ErrorCode::UnsupportedMediaType,
+                        "Send each image as a binary message.",
+                    )),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                stream.send(Message::Text(reply.to_string())).await?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// A bad frame gets an error message in the API's error shape; the connection stays open.
+fn frame_error(error: &AppError) -> Value {
+    json!({ "error": { "code": error.code.as_str(), "message": error.message } })
+}
