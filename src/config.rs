@@ -16,6 +16,13 @@ pub const DEFAULT_ORT_LIB: &str = "target/onnxruntime/libonnxruntime.so.1.31.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum NotifierKind {
+    Log,
+    Sns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Local,
     S3,
@@ -75,6 +82,26 @@ pub struct Settings {
     pub inference_wait_ms: u64,
     /// How many labels the classifier reports.
     pub top_k: usize,
+    /// `log` (one log line per notification) or `sns`.
+    pub notifier: NotifierKind,
+    pub sns_topic_arn: Option<String>,
+    /// Overrides the SDK's region chain for SNS.
+    pub sns_region: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL`.
+    pub sns_endpoint_url: Option<String>,
+    /// The address people reach Upshot at, for links in notifications.
+    pub public_url: String,
+    /// Attempts before a notification is parked as `failed`.
+    pub outbox_max_attempts: i32,
+    /// How often the relay looks for due notifications besides being woken by uploads.
+    pub outbox_poll_ms: u64,
+    /// How long a claimed notification stays with one relay before another may take it.
+    pub outbox_lease_secs: u64,
+    /// First retry delay; each further attempt doubles it.
+    pub outbox_backoff_base_ms: u64,
+    pub outbox_backoff_cap_secs: u64,
+    /// An unsent notification older than this marks readiness `degraded` (still 200).
+    pub outbox_degraded_after_secs: u64,
 }
 
 impl Default for Settings {
@@ -110,6 +137,17 @@ impl Default for Settings {
             inference_threads: 1,
             inference_wait_ms: 2_000,
             top_k: 5,
+            notifier: NotifierKind::Log,
+            sns_topic_arn: None,
+            sns_region: None,
+            sns_endpoint_url: None,
+            public_url: "http://127.0.0.1:8000".to_owned(),
+            outbox_max_attempts: 10,
+            outbox_poll_ms: 5_000,
+            outbox_lease_secs: 60,
+            outbox_backoff_base_ms: 2_000,
+            outbox_backoff_cap_secs: 600,
+            outbox_degraded_after_secs: 300,
         }
     }
 }
@@ -248,6 +286,19 @@ impl AppConfig {
         }
         if accepted_formats.is_empty() {
             return Err(invalid("accepted_formats", "must name at least one format"));
+        }
+        if settings.notifier == NotifierKind::Sns {
+            match settings.sns_topic_arn.as_deref() {
+                Some(arn) if arn.starts_with("arn:") && arn.split(':').count() == 6 => {}
+                Some(arn) => return Err(invalid("sns_topic_arn", format!("{arn:?} is not an SNS topic ARN"))),
+                None => return Err(invalid("sns_topic_arn", "required when notifier = \"sns\"")),
+            }
+        }
+        if !(settings.public_url.starts_with("http://") || settings.public_url.starts_with("https://")) {
+            return Err(invalid("public_url", "must start with http:// or https://"));
+        }
+        if settings.outbox_max_attempts < 1 || settings.outbox_lease_secs == 0 || settings.outbox_poll_ms == 0 {
+            return Err(invalid("outbox_max_attempts", "outbox attempts, lease and poll interval must be positive"));
         }
         if !(1..=20).contains(&settings.top_k) {
             return Err(invalid("top_k", "must be between 1 and 20"));

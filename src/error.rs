@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Busy,
     InferenceBusy,
     InferenceFailed,
+    NotifierNotConfigured,
+    NotifierUnavailable,
     NotReady,
     StoreUnavailable,
     DatabaseUnavailable,
@@ -55,6 +57,8 @@ impl ErrorCode {
             ErrorCode::Busy => "BUSY",
             ErrorCode::InferenceBusy => "INFERENCE_BUSY",
             ErrorCode::InferenceFailed => "INFERENCE_FAILED",
+            ErrorCode::NotifierNotConfigured => "NOTIFIER_NOT_CONFIGURED",
+            ErrorCode::NotifierUnavailable => "NOTIFIER_UNAVAILABLE",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
@@ -69,7 +73,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
             ErrorCode::MethodNotAllowed => Status::MethodNotAllowed,
-            ErrorCode::IdempotencyConflict => Status::Conflict,
+            ErrorCode::IdempotencyConflict | ErrorCode::NotifierNotConfigured => Status::Conflict,
             ErrorCode::PayloadTooLarge => Status::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType => Status::UnsupportedMediaType,
             ErrorCode::InvalidRequest | ErrorCode::ImageTooLarge | ErrorCode::CorruptImage => {
@@ -77,6 +81,7 @@ impl ErrorCode {
             }
             ErrorCode::Busy
             | ErrorCode::InferenceBusy
+            | ErrorCode::NotifierUnavailable
             | ErrorCode::NotReady
             | ErrorCode::StoreUnavailable
             | ErrorCode::DatabaseUnavailable => Status::ServiceUnavailable,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod images;
 pub mod inference;
 pub mod ingest;
+pub mod notify;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -38,6 +39,13 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
                     Err(rocket)
                 }
             }
+        }))
+        .attach(AdHoc::on_liftoff("outbox relay", |rocket| {
+            Box::pin(async move {
+                if let Some(state) = rocket.state::<AppState>() {
+                    start_relay(state, rocket.shutdown());
+                }
+            })
         }))
         .mount("/", api::root_routes())
         .mount("/", web::routes())
@@ -80,5 +88,28 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
         engine.classifier_info().version,
         engine.sessions(),
     );
-    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret), engine))
+    let notifier = notify::from_config(&config).await.map_err(|e| format!("notifier: {e}"))?;
+    log::info!("notifications: {}", notifier.describe());
+    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret), engine, notifier))
+}
+
+/// The relay that publishes the outbox, stopped by the server's own shutdown.
+fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
+    let settings = &state.config.settings;
+    let config = notify::relay::RelayConfig {
+        batch: 20,
+        lease: std::time::Duration::from_secs(settings.outbox_lease_secs),
+        poll: std::time::Duration::from_millis(settings.outbox_poll_ms),
+        max_attempts: settings.outbox_max_attempts,
+        backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
+        backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
+        public_url: settings.public_url.clone(),
+    };
+    let relay = notify::relay::Relay::new(state.db.clone(), state.notifier.clone(), config, state.outbox_wake.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    tokio::spawn(relay.run(stopped));
 }

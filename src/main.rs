@@ -19,6 +19,22 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print it without secrets, and exit.
     CheckConfig,
+    /// Inspect the notification outbox, or retry parked notifications.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Counts of unsent and failed notifications, and each failed one with its last error.
+    Status,
+    /// Make failed notifications due again with a fresh attempt budget (all, or the one given).
+    Retry {
+        /// The outbox id of one notification.
+        id: Option<String>,
+    },
 }
 
 fn load_config() -> Result<AppConfig, ExitCode> {
@@ -60,6 +76,21 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Outbox { command } => {
+            let database = config.database.clone();
+            let result = tokio::task::spawn_blocking(move || outbox_command(&database, command)).await;
+            match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(error)) => {
+                    log::error!("{error}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    log::error!("outbox task failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig => {
             let settings = &config.settings;
             let database = match &config.database {
@@ -74,4 +105,33 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn outbox_command(database: &DatabaseUrl, command: OutboxCommand) -> Result<(), upshot::db::DbError> {
+    use upshot::db::outbox;
+    let mut conn = upshot::db::connect(database)?;
+    match command {
+        OutboxCommand::Status => {
+            let backlog = outbox::backlog(&mut conn)?;
+            println!("unsent: {}", backlog.unsent);
+            if let Some(oldest) = backlog.oldest_unsent {
+                println!("oldest unsent: {oldest} UTC");
+            }
+            println!("failed: {}", backlog.failed);
+            for row in outbox::all(&mut conn)?.into_iter().filter(|r| r.status == outbox::FAILED) {
+                println!(
+                    "  {} image {} after {} attempt(s): {}",
+                    row.id,
+                    row.image_id,
+                    row.attempts,
+                    row.last_error.unwrap_or_default()
+                );
+            }
+        }
+        OutboxCommand::Retry { id } => {
+            let retried = outbox::retry_failed(&mut conn, id.as_deref(), upshot::ingest::now())?;
+            println!("{retried} notification(s) due again; a running server publishes them shortly");
+        }
+    }
+    Ok(())
 }

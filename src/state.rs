@@ -11,6 +11,7 @@ use crate::domain::DeleteTokens;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Engine;
 use crate::ingest::{ImageLimits, IngestPolicy};
+use crate::notify::Notifier;
 use crate::store::ObjectStore;
 
 #[derive(Clone)]
@@ -21,6 +22,9 @@ pub struct AppState {
     pub tokens: DeleteTokens,
     pub policy: Arc<IngestPolicy>,
     pub inference: Arc<Engine>,
+    pub notifier: Arc<dyn Notifier>,
+    /// Wakes the outbox relay when an upload commits.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
     cpu: Arc<Semaphore>,
 }
 
@@ -31,6 +35,7 @@ impl AppState {
         store: Arc<dyn ObjectStore>,
         tokens: DeleteTokens,
         inference: Engine,
+        notifier: Arc<dyn Notifier>,
     ) -> Self {
         let settings = &config.settings;
         let policy = IngestPolicy {
@@ -50,6 +55,8 @@ impl AppState {
             tokens,
             policy: Arc::new(policy),
             inference: Arc::new(inference),
+            notifier,
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
             cpu,
         }
     }

@@ -48,6 +48,23 @@ impl Credentials {
         }
     }
 
+    /// Admin routes: 403 while no admin key is configured, 401 without the right one.
+    pub fn require_admin(&self, state: &AppState) -> AppResult<()> {
+        if state.config.settings.admin_api_key.is_none() {
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                "Admin routes are disabled: no admin API key is configured.",
+            ));
+        }
+        if !self.is_admin() {
+            return Err(AppError::new(
+                ErrorCode::Unauthorized,
+                "This route needs the admin API key as a bearer token.",
+            ));
+        }
+        Ok(())
+    }
+
     /// The delete token: `X-Delete-Token`, or a bearer token that is not the admin key.
     pub fn delete_token(&self) -> Option<&str> {
         self.delete_token.as_deref().or(self.bearer.as_deref().filter(|_| !self.is_admin()))

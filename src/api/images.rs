@@ -143,21 +143,11 @@ async fn list(
     cursor: Option<&str>,
     limit: Option<i64>,
 ) -> AppResult<Json<Value>> {
-    require_admin(state, &credentials)?;
+    credentials.require_admin(state)?;
     let limit = limit.unwrap_or(50).clamp(1, 200);
     let before = cursor.map(images::decode_cursor).transpose()?;
     let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, limit)).await?;
     let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
-}
-
-pub fn require_admin(state: &AppState, credentials: &Credentials) -> AppResult<()> {
-    if state.config.settings.admin_api_key.is_none() {
-        return Err(AppError::new(ErrorCode::Forbidden, "Admin routes are disabled: no admin API key is configured."));
-    }
-    if !credentials.is_admin() {
-        return Err(AppError::new(ErrorCode::Unauthorized, "This route needs the admin API key as a bearer token."));
-    }
-    Ok(())
 }

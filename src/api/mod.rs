@@ -7,6 +7,7 @@ pub mod guards;
 mod images;
 pub mod openapi;
 mod ops;
+mod subscriptions;
 pub mod upload;
 
 use rocket::http::Status;
@@ -18,6 +19,7 @@ use crate::state::AppState;
 pub fn v1_routes() -> Vec<Route> {
     let mut routes = images::routes();
     routes.extend(classify::routes());
+    routes.extend(subscriptions::routes());
     routes.extend(openapi::routes());
     routes
 }

@@ -161,6 +161,43 @@ pub fn document() -> Value {
                 "operationId": "classifyStream",
                 "responses": { "101": { "description": "Switching protocols" } }
             } },
+            "/api/v1/subscriptions": {
+                "post": {
+                    "summary": "Subscribe an e-mail address or phone number to upload alerts (admin; SNS notifier only)",
+                    "operationId": "subscribe",
+                    "security": [{ "adminKey": [] }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["protocol", "endpoint"],
+                        "properties": {
+                            "protocol": { "type": "string", "enum": ["email", "sms"] },
+                            "endpoint": { "type": "string", "description": "An e-mail address, or an E.164 phone number such as +14155550100" },
+                            "labels": { "type": "array", "items": { "type": "string" },
+                                "description": "Only uploads whose top label is one of these (an SNS filter policy on top_label)" }
+                        }
+                    } } } },
+                    "responses": with_errors(json!({ "201": { "description": "Subscribed (e-mail subscribers confirm by a link first)",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Subscription" } } } } }),
+                        &[("401", "UNAUTHORIZED"), ("403", "FORBIDDEN: admin routes disabled"), ("409", "NOTIFIER_NOT_CONFIGURED"),
+                          ("422", "INVALID_REQUEST: bad endpoint or unknown label"), ("503", "NOTIFIER_UNAVAILABLE")])
+                },
+                "get": {
+                    "summary": "List subscriptions (admin)",
+                    "operationId": "listSubscriptions",
+                    "security": [{ "adminKey": [] }],
+                    "responses": with_errors(json!({ "200": { "description": "Subscriptions",
+                        "content": { "application/json": { "schema": { "type": "object", "properties": {
+                            "items": { "type": "array", "items": { "$ref": "#/components/schemas/Subscription" } } } } } } } }),
+                        &[("401", "UNAUTHORIZED"), ("409", "NOTIFIER_NOT_CONFIGURED")])
+                }
+            },
+            "/api/v1/subscriptions/{id}": { "delete": {
+                "summary": "Unsubscribe (admin)",
+                "operationId": "unsubscribe",
+                "security": [{ "adminKey": [] }],
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with_errors(json!({ "204": { "description": "Unsubscribed" } }),
+                    &[("401", "UNAUTHORIZED"), ("409", "NOTIFIER_NOT_CONFIGURED")])
+            } },
             "/api/v1/openapi.json": { "get": {
                 "summary": "This document",
                 "operationId": "getOpenApi",
@@ -255,6 +292,16 @@ pub fn document() -> Value {
                         "selfie": { "allOf": [{ "$ref": "#/components/schemas/Selfie" }], "nullable": true },
                         "selfie_reason": { "type": "string", "nullable": true, "description": "Why `selfie` is absent" },
                         "created_at": { "type": "string", "format": "date-time" }
+                    }
+                },
+                "Subscription": {
+                    "type": "object", "required": ["id", "protocol", "endpoint", "labels", "pending_confirmation"],
+                    "properties": {
+                        "id": { "type": "string", "description": "The SNS subscription ARN" },
+                        "protocol": { "type": "string" },
+                        "endpoint": { "type": "string" },
+                        "labels": { "type": "array", "items": { "type": "string" } },
+                        "pending_confirmation": { "type": "boolean" }
                     }
                 },
                 "Model": {

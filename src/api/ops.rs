@@ -35,6 +35,7 @@ async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Re
 #[get("/readyz")]
 async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
     let (database, store) = tokio::join!(check(state.db.ping()), check(state.store.health()));
+    let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
     let mut failing = Vec::new();
     let mut report = |name: &'static str, result: &Result<(), String>| match result {
         Ok(()) => json!({ "status": "ok" }),
@@ -56,8 +57,29 @@ async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json
             "idle_sessions": engine.idle_sessions(),
         },
     });
+    let mut checks = checks;
+    let mut status = "ready";
+    if let Some(backlog) = backlog {
+        let oldest_secs = backlog.oldest_unsent.map(|t| (crate::ingest::now() - t).num_seconds().max(0));
+        // A notification stuck this long means publishing is down: still serving, but worth a look.
+        let stale = oldest_secs.is_some_and(|age| age as u64 > state.config.settings.outbox_degraded_after_secs);
+        if stale {
+            status = "degraded";
+            log::warn!(
+                "readiness degraded: {} notification(s) unsent, oldest {} s",
+                backlog.unsent,
+                oldest_secs.unwrap_or(0)
+            );
+        }
+        checks["outbox"] = json!({
+            "status": if stale { "degraded" } else { "ok" },
+            "unsent": backlog.unsent,
+            "failed": backlog.failed,
+            "oldest_unsent_secs": oldest_secs,
+        });
+    }
     if failing.is_empty() {
-        return (Status::Ok, Json(json!({ "status": "ready", "checks": checks })));
+        return (Status::Ok, Json(json!({ "status": status, "checks": checks })));
     }
     let error = AppError::new(ErrorCode::NotReady, format!("Not ready: {} unavailable.", failing.join(" and ")));
     let mut body = error.body(request_id.as_str());

@@ -2,6 +2,7 @@
 //! that runs blocking Diesel work off the async workers.
 
 pub mod images;
+pub mod outbox;
 pub mod schema;
 
 use std::time::Duration;
@@ -174,5 +175,10 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
 
 /// `upshot migrate`: connect once and apply what is pending.
 pub fn migrate(url: &DatabaseUrl) -> Result<usize, DbError> {
-    run_migrations(&mut Manager { url: url.clone() }.connect()?)
+    run_migrations(&mut connect(url)?)
+}
+
+/// One connection outside the pool, for commands.
+pub fn connect(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
+    Manager { url: url.clone() }.connect()
 }

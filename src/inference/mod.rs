@@ -97,10 +97,10 @@ pub struct Engine {
     top_k: usize,
 }
 
-/// ONNX Runtime is loaded once per process; later engines reuse it.
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-fn environment(library: &Path) -> Result<ort::environment::Environment, InferenceError> {
+/// The process's ONNX Runtime, loaded from `library` on first use; later calls reuse it.
+pub fn onnx_runtime(library: &Path) -> Result<ort::environment::Environment, InferenceError> {
     ENVIRONMENT
         .get_or_init(|| {
             if !library.is_file() {
@@ -123,7 +123,7 @@ impl Engine {
     /// Verifies and loads every model, and fills the session pool. Blocking: call it off the async workers.
     pub fn load(config: &EngineConfig) -> Result<Engine, InferenceError> {
         let manifest = Manifest::load(&config.models_dir).map_err(InferenceError::Load)?;
-        let env = environment(&config.ort_library)?;
+        let env = onnx_runtime(&config.ort_library)?;
         let classifier_bytes = manifest.classifier.read_verified(&config.models_dir).map_err(InferenceError::Load)?;
         let detector_bytes = manifest.detector.read_verified(&config.models_dir).map_err(InferenceError::Load)?;
         // Sessions of one model share their prepacked weights instead of each holding a copy.
@@ -167,6 +167,11 @@ impl Engine {
 
     pub fn idle_sessions(&self) -> usize {
         self.pool.available()
+    }
+
+    /// The classifier's labels, in class order.
+    pub fn labels(&self) -> &[String] {
+        &self.manifest.labels
     }
 
     pub fn classifier_info(&self) -> &ModelInfo {

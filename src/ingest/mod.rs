@@ -216,7 +216,10 @@ async fn persist(
         let (row, msg) = (record.clone(), message.clone());
         let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
         match outcome {
-            Ok(InsertOutcome::Inserted) => return Ok(Uploaded { record, deduplicated, replayed: false }),
+            Ok(InsertOutcome::Inserted) => {
+                state.outbox_wake.notify_one();
+                return Ok(Uploaded { record, deduplicated, replayed: false });
+            }
             // The objects we meant to share were deleted meanwhile: store our own and try again.
             Ok(InsertOutcome::SharedObjectsGone) => continue,
             Ok(InsertOutcome::IdempotencyKeyTaken) => {

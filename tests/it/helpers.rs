@@ -53,6 +53,27 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+async fn shared_aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(required_env("UPSHOT_TEST_AWS_ENDPOINT"))
+        .load()
+        .await
+}
+
+pub async fn sns_client() -> aws_sdk_sns::Client {
+    aws_sdk_sns::Client::new(&shared_aws_config().await)
+}
+
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&shared_aws_config().await)
+}
+
+pub async fn create_topic() -> String {
+    let name = unique_name("upshot-test-");
+    let topic = sns_client().await.create_topic().name(name).send().await.expect("create topic");
+    topic.topic_arn().unwrap().to_owned()
+}
+
 pub async fn create_bucket() -> String {
     let bucket = unique_name("upshot-test-");
     s3_client().await.create_bucket().bucket(&bucket).send().await.expect("create bucket");
@@ -68,6 +89,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub data_dir: TempDir,
     pub bucket: Option<String>,
+    pub topic_arn: Option<String>,
     pub db: Db,
     shutdown: rocket::Shutdown,
 }
@@ -91,6 +113,10 @@ pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Op
         .merge(("shutdown.mercy", 1))
         .merge(("data_dir", data_dir))
         .merge(("secret_key", SECRET))
+        // Quick retries, so outage tests finish in seconds.
+        .merge(("outbox_poll_ms", 200))
+        .merge(("outbox_backoff_base_ms", 100))
+        .merge(("outbox_backoff_cap_secs", 1))
         .merge(("admin_api_key", ADMIN_KEY))
         .merge(("template_dir", Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")))
         .merge(("static_dir", Path::new(env!("CARGO_MANIFEST_DIR")).join("static")));
@@ -108,7 +134,10 @@ pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Op
                 .merge(("s3_bucket", &bucket))
                 .merge(("s3_prefix", "uploads"))
                 .merge(("s3_force_path_style", true))
-                .merge(("s3_endpoint_url", required_env("UPSHOT_TEST_AWS_ENDPOINT")));
+                .merge(("s3_endpoint_url", required_env("UPSHOT_TEST_AWS_ENDPOINT")))
+                .merge(("notifier", "sns"))
+                .merge(("sns_topic_arn", create_topic().await))
+                .merge(("sns_endpoint_url", required_env("UPSHOT_TEST_AWS_ENDPOINT")));
             (figment, url, Some(bucket))
         }
     }
@@ -123,6 +152,7 @@ pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment
     let (figment, _, bucket) = base_figment(stack, data_dir.path()).await;
     let figment = customize(figment);
     let port: u16 = figment.extract_inner("port").unwrap();
+    let topic_arn: Option<String> = figment.extract_inner("sns_topic_arn").ok();
     let config = AppConfig::from_figment(figment).expect("valid test configuration");
     let database = config.database.clone();
     let rocket = upshot::rocket(config).ignite().await.expect("server ignites");
@@ -137,7 +167,7 @@ pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let db = Db::open(database, 2, Duration::from_secs(5)).await.expect("test database handle");
-    TestApp { base, client, data_dir, bucket, db, shutdown }
+    TestApp { base, client, data_dir, bucket, topic_arn, db, shutdown }
 }
 
 impl TestApp {

@@ -6,4 +6,5 @@ mod helpers;
 mod images;
 mod inference;
 mod meta;
+mod notifications;
 mod pages;

@@ -63,6 +63,7 @@ fn each_profile_of_the_example_config_loads() {
         .select("production")
         .merge(("database_url", "postgres://app@db.internal/upshot"))
         .merge(("s3_bucket", "upshot-images-prod"))
+        .merge(("sns_topic_arn", "arn:aws:sns:eu-west-1:123456789012:upshot-uploads"))
         .merge(("secret_key", "k".repeat(40)));
     let config = AppConfig::from_figment(production).expect("production with its environment is valid");
     assert_eq!(config.database.backend_name(), "postgresql");

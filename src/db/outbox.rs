@@ -1,0 +1,144 @@
+//! The notification outbox. A relay claims due rows by moving them to `processing` with a lease (their
+//! `available_at` becomes the lease's end); a relay that dies leaves rows whose lease runs out, and any relay
+//! claims them again. `attempts` grows with each claim and doubles as the claim's token: only the relay
+//! holding the latest claim can settle a row.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::outbox;
+use super::{DbConnection, DbError};
+
+pub const PENDING: &str = "pending";
+pub const PROCESSING: &str = "processing";
+pub const SENT: &str = "sent";
+pub const FAILED: &str = "failed";
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: String,
+    pub image_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub available_at: NaiveDateTime,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub published_at: Option<NaiveDateTime>,
+}
+
+/// Claims up to `limit` due rows until `lease_until`. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets relays on
+/// several instances claim side by side without ever taking the same row; SQLite has a single writer.
+pub fn claim_due(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, DbError> {
+    let due = outbox::table
+        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .filter(outbox::available_at.le(now))
+        .order(outbox::available_at.asc())
+        .limit(limit)
+        .select(outbox::id);
+    let claim = |ids: Vec<String>| {
+        diesel::update(outbox::table.filter(outbox::id.eq_any(ids))).set((
+            outbox::status.eq(PROCESSING),
+            outbox::attempts.eq(outbox::attempts + 1),
+            outbox::available_at.eq(lease_until),
+        ))
+    };
+    Ok(match conn {
+        DbConnection::Postgresql(pg) => pg.transaction(|pg| {
+            let ids: Vec<String> = due.for_update().skip_locked().load(pg)?;
+            claim(ids).returning(OutboxRow::as_returning()).get_results(pg)
+        })?,
+        DbConnection::Sqlite(sqlite) => sqlite.immediate_transaction(|sqlite| {
+            let ids: Vec<String> = due.load(sqlite)?;
+            claim(ids).returning(OutboxRow::as_returning()).get_results(sqlite)
+        })?,
+    })
+}
+
+/// Settles a claimed row; false when the claim was lost (the lease ran out and another relay took it).
+fn settle(
+    conn: &mut DbConnection,
+    row: &OutboxRow,
+    status: &str,
+    available_at: NaiveDateTime,
+    error: Option<&str>,
+    published_at: Option<NaiveDateTime>,
+    attempts: i32,
+) -> Result<bool, DbError> {
+    let changed = diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(&row.id))
+            .filter(outbox::status.eq(PROCESSING))
+            .filter(outbox::attempts.eq(row.attempts)),
+    )
+    .set((
+        outbox::status.eq(status),
+        outbox::available_at.eq(available_at),
+        outbox::last_error.eq(error),
+        outbox::published_at.eq(published_at),
+        outbox::attempts.eq(attempts),
+    ))
+    .execute(conn)?;
+    Ok(changed == 1)
+}
+
+pub fn mark_sent(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
+    settle(conn, row, SENT, now, row.last_error.as_deref(), Some(now), row.attempts)
+}
+
+pub fn mark_retry(
+    conn: &mut DbConnection,
+    row: &OutboxRow,
+    next_attempt: NaiveDateTime,
+    error: &str,
+) -> Result<bool, DbError> {
+    settle(conn, row, PENDING, next_attempt, Some(error), None, row.attempts)
+}
+
+pub fn mark_failed(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime, error: &str) -> Result<bool, DbError> {
+    settle(conn, row, FAILED, now, Some(error), None, row.attempts)
+}
+
+/// Gives back a claimed row that was not tried (shutdown): due at once, the claim not counted.
+pub fn release(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
+    settle(conn, row, PENDING, now, row.last_error.as_deref(), None, row.attempts - 1)
+}
+
+/// `upshot outbox retry`: parked rows (all, or one) become due again with a fresh attempt budget.
+pub fn retry_failed(conn: &mut DbConnection, id: Option<&str>, now: NaiveDateTime) -> Result<usize, DbError> {
+    let mut query = diesel::update(outbox::table).filter(outbox::status.eq(FAILED)).into_boxed();
+    if let Some(id) = id {
+        query = query.filter(outbox::id.eq(id));
+    }
+    Ok(query.set((outbox::status.eq(PENDING), outbox::attempts.eq(0), outbox::available_at.eq(now))).execute(conn)?)
+}
+
+/// Rows not yet published (pending or being published), and the creation time of the oldest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    pub unsent: i64,
+    pub failed: i64,
+    pub oldest_unsent: Option<NaiveDateTime>,
+}
+
+pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
+    let unsent_filter = outbox::status.eq_any([PENDING, PROCESSING]);
+    let unsent = outbox::table.filter(unsent_filter).count().get_result(conn)?;
+    let failed = outbox::table.filter(outbox::status.eq(FAILED)).count().get_result(conn)?;
+    let oldest_unsent = outbox::table
+        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .select(diesel::dsl::min(outbox::created_at))
+        .first(conn)?;
+    Ok(Backlog { unsent, failed, oldest_unsent })
+}
+
+pub fn all(conn: &mut DbConnection) -> Result<Vec<OutboxRow>, DbError> {
+    Ok(outbox::table.order(outbox::created_at.asc()).select(OutboxRow::as_select()).load(conn)?)
+}

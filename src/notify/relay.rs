@@ -1,0 +1,170 @@
+//! The outbox relay: one task per instance that publishes committed notifications. It wakes when an upload
+//! commits (and on a slow poll, for rows from other instances and for retries), claims due rows, publishes,
+//! and settles each: sent, retried later with exponential backoff and jitter, or parked as `failed` after
+//! the last attempt. Publishing is at least once: a crash between publish and settle publishes again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use super::{message, Notifier, NotifyError};
+use crate::db::outbox::{self, OutboxRow};
+use crate::db::{Db, DbError};
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch: i64,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub public_url: String,
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    db: Db,
+    notifier: Arc<dyn Notifier>,
+    config: RelayConfig,
+    wake: Arc<Notify>,
+}
+
+/// What one pass over the outbox did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub released: usize,
+}
+
+/// The delay before attempt `attempts + 1`: base × 2^(attempts − 1), capped, then "equal jitter" (a random
+/// point in its upper half) so relays that failed together do not retry together.
+pub fn backoff(attempts: i32, base: Duration, cap: Duration) -> Duration {
+    let exponent = attempts.clamp(1, 30) as u32 - 1;
+    let full = base.saturating_mul(2u32.saturating_pow(exponent)).min(cap);
+    let half = full / 2;
+    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
+}
+
+fn later(delay: Duration) -> chrono::NaiveDateTime {
+    crate::ingest::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
+}
+
+impl Relay {
+    pub fn new(db: Db, notifier: Arc<dyn Notifier>, config: RelayConfig, wake: Arc<Notify>) -> Self {
+        Relay { db, notifier, config, wake }
+    }
+
+    /// Runs until `shutdown` turns true; a pass under way finishes the message it is publishing and gives
+    /// the rest of its claim back.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        log::info!("outbox relay started, publishing to {}", self.notifier.describe());
+        while !*shutdown.borrow() {
+            let report = match self.pass(&shutdown).await {
+                Ok(report) => report,
+                Err(error) => {
+                    log::warn!("outbox relay: {error}");
+                    PassReport::default()
+                }
+            };
+            if report.claimed as i64 == self.config.batch {
+                continue; // more may be due right now
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        log::info!("outbox relay stopped");
+    }
+
+    /// Claims one batch of due rows and settles each of them.
+    pub async fn pass(&self, shutdown: &watch::Receiver<bool>) -> Result<PassReport, DbError> {
+        let (batch, lease) = (self.config.batch, self.config.lease);
+        let claimed =
+            self.db.run(move |conn| outbox::claim_due(conn, crate::ingest::now(), later(lease), batch)).await?;
+        let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
+        for row in claimed {
+            if *shutdown.borrow() {
+                let now = crate::ingest::now();
+                self.db.run(move |conn| outbox::release(conn, &row, now)).await?;
+                report.released += 1;
+                continue;
+            }
+            match self.publish(&row).await {
+                Ok(()) => {
+                    self.settle(row, |conn, row| outbox::mark_sent(conn, row, crate::ingest::now())).await?;
+                    report.sent += 1;
+                }
+                Err(error) => {
+                    let permanent = matches!(error, NotifyError::Permanent(_));
+                    let text = error.to_string();
+                    if permanent || row.attempts >= self.config.max_attempts {
+                        log::error!(
+                            "outbox message {} for image {} parked as failed after {} attempt(s): {text}",
+                            row.id,
+                            row.image_id,
+                            row.attempts
+                        );
+                        self.settle(row, move |conn, row| outbox::mark_failed(conn, row, crate::ingest::now(), &text))
+                            .await?;
+                        report.failed += 1;
+                    } else {
+                        let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
+                        log::warn!(
+                            "outbox message {} attempt {} failed, next in {:.1} s: {text}",
+                            row.id,
+                            row.attempts,
+                            delay.as_secs_f64()
+                        );
+                        self.settle(row, move |conn, row| outbox::mark_retry(conn, row, later(delay), &text)).await?;
+                        report.retried += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn publish(&self, row: &OutboxRow) -> Result<(), NotifyError> {
+        let payload: serde_json::Value = serde_json::from_str(&row.payload)
+            .map_err(|e| NotifyError::Permanent(format!("unreadable payload: {e}")))?;
+        let notification = message::for_upload(&row.id, &payload, &self.config.public_url);
+        self.notifier.publish(&notification).await
+    }
+
+    async fn settle<F>(&self, row: OutboxRow, settle: F) -> Result<(), DbError>
+    where
+        F: FnOnce(&mut crate::db::DbConnection, &OutboxRow) -> Result<bool, DbError> + Send + 'static,
+    {
+        let id = row.id.clone();
+        if !self.db.run(move |conn| settle(conn, &row)).await? {
+            log::warn!("outbox message {id}: the claim expired before it was settled; another relay owns it now");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (base, cap) = (Duration::from_secs(2), Duration::from_secs(60));
+        for _ in 0..50 {
+            let first = backoff(1, base, cap);
+            assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2), "{first:?}");
+            let third = backoff(3, base, cap);
+            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8), "{third:?}");
+            let late = backoff(20, base, cap);
+            assert!(late >= Duration::from_secs(30) && late <= cap, "{late:?}");
+        }
+    }
+}

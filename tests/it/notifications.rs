@@ -1,0 +1,431 @@
+//! Notifications that are never lost: the outbox, its relay, SNS (moto on 127.0.0.1) delivering into SQS
+//! queues, outages, crashed relays, concurrent relays, filter policies, and the subscription API.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use upshot::db::outbox::{self, OutboxRow};
+use upshot::db::{schema, Db};
+use upshot::notify::relay::{Relay, RelayConfig};
+use upshot::notify::{Notifier, SnsNotifier};
+
+use crate::helpers::{
+    create_pg_database, create_topic, error_code, sns_client, spawn, spawn_with, sqs_client, Stack, ADMIN_KEY,
+};
+
+/// An SQS queue subscribed to the topic with raw delivery, so SNS message attributes arrive as SQS ones.
+async fn subscribed_queue(topic_arn: &str, filter_policy: Option<&str>) -> String {
+    let sqs = sqs_client().await;
+    let name = format!("upshot-test-{}", &upshot::domain::ImageId::generate().as_str()[..12]);
+    let queue_url = sqs.create_queue().queue_name(name).send().await.unwrap().queue_url().unwrap().to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let queue_arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    let mut subscribe = sns_client()
+        .await
+        .subscribe()
+        .topic_arn(topic_arn)
+        .protocol("sqs")
+        .endpoint(queue_arn)
+        .attributes("RawMessageDelivery", "true");
+    if let Some(policy) = filter_policy {
+        subscribe = subscribe.attributes("FilterPolicy", policy);
+    }
+    subscribe.send().await.unwrap();
+    queue_url
+}
+
+/// A message as a subscriber's queue received it.
+#[derive(Debug, Clone)]
+struct Delivered {
+    attributes: HashMap<String, String>,
+    body: String,
+}
+
+/// Receives until `expected` messages arrived or `within` passed, then drains briefly for extras.
+async fn receive(queue_url: &str, expected: usize, within: Duration) -> Vec<Delivered> {
+    let sqs = sqs_client().await;
+    let deadline = Instant::now() + within;
+    let mut delivered = Vec::new();
+    let mut quiet_polls = 0;
+    while Instant::now() < deadline && (delivered.len() < expected || quiet_polls < 2) {
+        let output = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        let batch = output.messages();
+        if batch.is_empty() {
+            quiet_polls += usize::from(delivered.len() >= expected);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        for message in batch {
+            let attributes = message
+                .message_attributes()
+                .map(|map| {
+                    map.iter().map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned())).collect()
+                })
+                .unwrap_or_default();
+            delivered.push(Delivered { attributes, body: message.body().unwrap_or_default().to_owned() });
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    delivered
+}
+
+async fn outbox_rows(db: &Db) -> Vec<OutboxRow> {
+    db.run(outbox::all).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upload_is_delivered_with_its_attributes() {
+    let app = spawn(Stack::Cloud).await;
+    let queue = subscribed_queue(app.topic_arn.as_deref().unwrap(), None).await;
+    let mut uploaded = HashSet::new();
+    for name in ["cat.jpg", "coffee.png", "astronaut.webp", "rocket.gif", "logo-alpha.png"] {
+        uploaded.insert(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
+    }
+    let delivered = receive(&queue, 5, Duration::from_secs(20)).await;
+    let ids: HashSet<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
+    assert_eq!(ids, uploaded, "every upload announced");
+    assert_eq!(delivered.len(), 5, "and each once: {delivered:?}");
+    let coffee = delivered.iter().find(|d| d.attributes["top_label"] == "espresso").expect("the coffee upload");
+    assert_eq!(coffee.attributes["event_type"], "image.uploaded");
+    assert_eq!(coffee.attributes["has_face"], "false");
+    assert_eq!(coffee.attributes["content_type"], "image/png");
+    let face = delivered.iter().find(|d| d.attributes["has_face"] == "true").expect("the astronaut upload");
+    assert_eq!(face.attributes["content_type"], "image/webp");
+    assert!(delivered.iter().all(|d| !d.body.is_empty()));
+    let rows = outbox_rows(&app.db).await;
+    assert!(rows.iter().all(|r| r.status == outbox::SENT && r.published_at.is_some()), "{rows:?}");
+}
+
+/// A TCP proxy to the SNS endpoint that can be cut: while down it refuses new connections and drops the
+/// open ones, as an unreachable endpoint would.
+struct Cuttable {
+    url: String,
+    up: Arc<AtomicBool>,
+    down_signal: watch::Sender<u64>,
+}
+
+impl Cuttable {
+    async fn start(target: String) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let (down_signal, _) = watch::channel(0u64);
+        let (flag, signal) = (up.clone(), down_signal.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { url, up, down_signal }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            self.down_signal.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sns_outage_delays_notifications_but_loses_none() {
+    let endpoint = std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap();
+    let proxy = Cuttable::start(endpoint.trim_start_matches("http://").to_owned()).await;
+    let proxy_url = proxy.url.clone();
+    let app = spawn_with(Stack::Cloud, move |f| f.merge(("sns_endpoint_url", proxy_url))).await;
+    let queue = subscribed_queue(app.topic_arn.as_deref().unwrap(), None).await;
+
+    proxy.set_up(false);
+    let mut uploaded = HashSet::new();
+    for name in ["cat.jpg", "coffee.png", "astronaut.webp", "rocket.gif"] {
+        uploaded.insert(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
+    }
+    // Wait until the relay has failed on every message at least once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let during = loop {
+        let rows = outbox_rows(&app.db).await;
+        if rows.len() == 4 && rows.iter().all(|r| r.last_error.is_some()) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the relay did not try every message: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(during.len(), 4);
+    assert!(during.iter().all(|r| r.status != outbox::SENT), "nothing can be sent during the outage");
+    assert!(during.iter().all(|r| r.attempts >= 1 && r.last_error.is_some()), "{during:?}");
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["outbox"]["unsent"], 4);
+
+    let restored = Instant::now();
+    proxy.set_up(true);
+    let delivered = receive(&queue, 4, Duration::from_secs(20)).await;
+    let drain = restored.elapsed();
+    let ids: Vec<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
+    let distinct: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(distinct, uploaded, "every notification arrived after the outage");
+    let after = outbox_rows(&app.db).await;
+    assert!(after.iter().all(|r| r.status == outbox::SENT), "{after:?}");
+    let attempts: Vec<i32> = after.iter().map(|r| r.attempts).collect();
+    eprintln!(
+        "outage: uploaded {}, delivered {}, duplicates {}, attempts per message {attempts:?}, drained {:.2} s after recovery",
+        uploaded.len(),
+        distinct.len(),
+        ids.len() - distinct.len(),
+        drain.as_secs_f64()
+    );
+}
+
+/// Outbox rows straight into the database, as committed uploads would leave them.
+async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..count).map(|_| upshot::domain::ImageId::generate().to_string()).collect();
+    let rows: Vec<upshot::db::images::NewOutboxMessage> = ids
+        .iter()
+        .map(|image_id| upshot::db::images::NewOutboxMessage {
+            id: upshot::domain::ImageId::generate().to_string(),
+            image_id: image_id.clone(),
+            event_type: "image.uploaded".to_owned(),
+            payload: json!({ "event_type": "image.uploaded", "image_id": image_id, "top_label": "tabby",
+                             "top_score": 0.5, "has_face": false, "content_type": "image/jpeg" })
+            .to_string(),
+            status: outbox::PENDING.to_owned(),
+            attempts: 0,
+            available_at: upshot::ingest::now(),
+            created_at: upshot::ingest::now(),
+        })
+        .collect();
+    db.run(move |conn| {
+        for row in &rows {
+            diesel::insert_into(schema::outbox::table).values(row).execute(conn)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    ids
+}
+
+async fn relay_on(db: &Db, topic_arn: &str, lease: Duration) -> Relay {
+    let settings = upshot::config::Settings {
+        sns_topic_arn: Some(topic_arn.to_owned()),
+        sns_endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
+        ..Default::default()
+    };
+    let notifier: Arc<dyn Notifier> = Arc::new(SnsNotifier::connect(&settings).await.unwrap());
+    let config = RelayConfig {
+        batch: 5,
+        lease,
+        poll: Duration::from_millis(100),
+        max_attempts: 5,
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+        public_url: "http://127.0.0.1:8000".to_owned(),
+    };
+    Relay::new(db.clone(), notifier, config, Arc::new(tokio::sync::Notify::new()))
+}
+
+async fn database(stack: Stack, dir: &std::path::Path) -> Db {
+    let url = match stack {
+        Stack::Embedded => upshot::config::DatabaseUrl::Sqlite(dir.join("relay.sqlite3")),
+        Stack::Cloud => upshot::config::DatabaseUrl::Postgres(create_pg_database()),
+    };
+    Db::open(url, 4, Duration::from_secs(5)).await.unwrap()
+}
+
+crate::on_both_stacks!(a_relay_that_dies_after_claiming_leaves_work_for_the_next);
+
+async fn a_relay_that_dies_after_claiming_leaves_work_for_the_next(stack: Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(stack, dir.path()).await;
+    let topic = create_topic().await;
+    let queue = subscribed_queue(&topic, None).await;
+    let seeded = seed_outbox(&db, 3).await;
+
+    // The first relay claims everything and dies before publishing: its claim is all that remains.
+    let lease = Duration::from_millis(600);
+    let claimed = {
+        let lease_end = upshot::ingest::now() + chrono::Duration::from_std(lease).unwrap();
+        db.run(move |conn| outbox::claim_due(conn, upshot::ingest::now(), lease_end, 10)).await.unwrap()
+    };
+    assert_eq!(claimed.len(), 3);
+    let (_, running) = watch::channel(false);
+    let survivor = relay_on(&db, &topic, Duration::from_secs(30)).await;
+    assert_eq!(survivor.pass(&running).await.unwrap().claimed, 0, "claimed rows are not taken before the lease ends");
+
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let report = survivor.pass(&running).await.unwrap();
+    assert_eq!((report.claimed, report.sent), (3, 3));
+    let delivered = receive(&queue, 3, Duration::from_secs(10)).await;
+    let ids: HashSet<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
+    assert_eq!(ids, seeded.into_iter().collect());
+    let rows = outbox_rows(&db).await;
+    assert!(rows.iter().all(|r| r.status == outbox::SENT && r.attempts == 2), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_postgres_publish_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(Stack::Cloud, dir.path()).await;
+    let topic = create_topic().await;
+    let queue = subscribed_queue(&topic, None).await;
+    let seeded = seed_outbox(&db, 30).await;
+    let (_, running) = watch::channel(false);
+    let (first, second) =
+        (relay_on(&db, &topic, Duration::from_secs(30)).await, relay_on(&db, &topic, Duration::from_secs(30)).await);
+    let drain = |relay: Relay, running: watch::Receiver<bool>| async move {
+        let mut sent = 0;
+        loop {
+            let report = relay.pass(&running).await.unwrap();
+            sent += report.sent;
+            if report.claimed == 0 {
+                return sent;
+            }
+        }
+    };
+    let (a, b) = tokio::join!(drain(first, running.clone()), drain(second, running.clone()));
+    assert_eq!(a + b, 30, "relays sent {a} + {b}");
+    assert!(a > 0 && b > 0, "both relays took part: {a} + {b}");
+    let delivered = receive(&queue, 30, Duration::from_secs(20)).await;
+    let ids: Vec<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
+    assert_eq!(ids.len(), 30, "no duplicates, none missing");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), seeded.into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_filter_delivers_only_matching_uploads() {
+    let app = spawn(Stack::Cloud).await;
+    let topic = app.topic_arn.clone().unwrap();
+    // Subscribed through the API: the filter policy it sets on the subscription is the one used below.
+    let response = app
+        .client
+        .post(app.url("/api/v1/subscriptions"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "protocol": "sms", "endpoint": "+14155550100", "labels": ["espresso"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let arn = created["id"].as_str().unwrap().to_owned();
+    let attributes = sns_client().await.get_subscription_attributes().subscription_arn(&arn).send().await.unwrap();
+    let policy = attributes.attributes().unwrap()["FilterPolicy"].clone();
+    assert_eq!(serde_json::from_str::<Value>(&policy).unwrap(), json!({ "top_label": ["espresso"] }));
+
+    let filtered = subscribed_queue(&topic, Some(&policy)).await;
+    let everything = subscribed_queue(&topic, None).await;
+    app.upload_ok("cat.jpg").await;
+    let coffee = app.upload_ok("coffee.png").await;
+    let all = receive(&everything, 2, Duration::from_secs(20)).await;
+    assert_eq!(all.len(), 2);
+    let only = receive(&filtered, 1, Duration::from_secs(5)).await;
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0].attributes["image_id"], coffee["id"].as_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_validated_and_need_the_admin_key() {
+    let app = spawn(Stack::Cloud).await;
+    let post = |body: Value, key: Option<&'static str>| {
+        let mut request = app.client.post(app.url("/api/v1/subscriptions")).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let email = json!({ "protocol": "email", "endpoint": "ana@example.com" });
+    let (status, code, _) = error_code(post(email.clone(), None).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    let (status, code, _) = error_code(post(email.clone(), Some("wrong-key-wrong-key-wrong")).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    for bad in [
+        json!({ "protocol": "email", "endpoint": "not-an-address" }),
+        json!({ "protocol": "sms", "endpoint": "555-0100" }),
+        json!({ "protocol": "sms", "endpoint": "+14155550100", "labels": ["unicorn"] }),
+        json!({ "protocol": "pigeon", "endpoint": "ana@example.com" }),
+    ] {
+        let (status, code, body) = error_code(post(bad.clone(), Some(ADMIN_KEY)).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (422, "INVALID_REQUEST"), "{bad} → {body}");
+    }
+    let created = post(email, Some(ADMIN_KEY)).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let listed: Value = app
+        .client
+        .get(app.url("/api/v1/subscriptions"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["items"].as_array().unwrap().iter().any(|s| s["endpoint"] == "ana@example.com"), "{listed}");
+    let id = created["id"].as_str().unwrap();
+    let removed =
+        app.client.delete(app.url(&format!("/api/v1/subscriptions/{id}"))).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+
+    // With the log notifier there is nobody to subscribe.
+    let embedded = spawn(Stack::Embedded).await;
+    let response = embedded
+        .client
+        .post(embedded.url("/api/v1/subscriptions"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "protocol": "sms", "endpoint": "+14155550100" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (409, "NOTIFIER_NOT_CONFIGURED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_notifier_publishes_the_embedded_outbox() {
+    let app = spawn(Stack::Embedded).await;
+    app.upload_ok("cat.jpg").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = outbox_rows(&app.db).await;
+        if rows.len() == 1 && rows[0].status == outbox::SENT {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay never published: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
