@@ -90,6 +90,7 @@ pub struct TestApp {
     pub data_dir: TempDir,
     pub bucket: Option<String>,
     pub topic_arn: Option<String>,
+    pub database_url: String,
     pub db: Db,
     shutdown: rocket::Shutdown,
 }
@@ -149,7 +150,7 @@ pub async fn spawn(stack: Stack) -> TestApp {
 
 pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
-    let (figment, _, bucket) = base_figment(stack, data_dir.path()).await;
+    let (figment, database_url, bucket) = base_figment(stack, data_dir.path()).await;
     let figment = customize(figment);
     let port: u16 = figment.extract_inner("port").unwrap();
     let topic_arn: Option<String> = figment.extract_inner("sns_topic_arn").ok();
@@ -167,7 +168,7 @@ pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let db = Db::open(database, 2, Duration::from_secs(5)).await.expect("test database handle");
-    TestApp { base, client, data_dir, bucket, topic_arn, db, shutdown }
+    TestApp { base, client, data_dir, bucket, topic_arn, database_url, db, shutdown }
 }
 
 impl TestApp {

@@ -169,7 +169,10 @@ async fn an_sns_outage_delays_notifications_but_loses_none() {
     let endpoint = std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap();
     let proxy = Cuttable::start(endpoint.trim_start_matches("http://").to_owned()).await;
     let proxy_url = proxy.url.clone();
-    let app = spawn_with(Stack::Cloud, move |f| f.merge(("sns_endpoint_url", proxy_url))).await;
+    let app = spawn_with(Stack::Cloud, move |f| {
+        f.merge(("sns_endpoint_url", proxy_url)).merge(("outbox_degraded_after_secs", 1))
+    })
+    .await;
     let queue = subscribed_queue(app.topic_arn.as_deref().unwrap(), None).await;
 
     proxy.set_up(false);
@@ -190,8 +193,19 @@ async fn an_sns_outage_delays_notifications_but_loses_none() {
     assert_eq!(during.len(), 4);
     assert!(during.iter().all(|r| r.status != outbox::SENT), "nothing can be sent during the outage");
     assert!(during.iter().all(|r| r.attempts >= 1 && r.last_error.is_some()), "{during:?}");
-    let ready: Value = app.get("/readyz").await.json().await.unwrap();
-    assert_eq!(ready["checks"]["outbox"]["unsent"], 4);
+    // A backlog older than the threshold (1 s here) degrades readiness without failing it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), 200, "an outbox backlog never fails readiness");
+        let ready: Value = response.json().await.unwrap();
+        assert_eq!(ready["checks"]["outbox"]["unsent"], 4);
+        if ready["status"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never degraded: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let restored = Instant::now();
     proxy.set_up(true);
@@ -428,4 +442,48 @@ async fn the_log_notifier_publishes_the_embedded_outbox() {
         assert!(Instant::now() < deadline, "the relay never published: {rows:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_notification_is_parked_and_the_retry_command_revives_it() {
+    // A topic that does not exist yet: SNS refuses, so the message is parked at once, not retried forever.
+    let name = format!("upshot-test-later-{}", &upshot::domain::ImageId::generate().as_str()[..12]);
+    let arn = format!("arn:aws:sns:us-east-1:123456789012:{name}");
+    let configured = arn.clone();
+    let app = spawn_with(Stack::Cloud, move |f| f.merge(("sns_topic_arn", configured))).await;
+    let uploaded = app.upload_ok("coffee.png").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let rows = outbox_rows(&app.db).await;
+        if rows.first().is_some_and(|r| r.status == outbox::FAILED) {
+            break rows[0].clone();
+        }
+        assert!(Instant::now() < deadline, "never parked: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(parked.attempts, 1, "a refusal is not retried");
+    assert!(parked.last_error.as_deref().is_some_and(|e| e.contains("refused")), "{parked:?}");
+
+    let created = sns_client().await.create_topic().name(&name).send().await.unwrap();
+    assert_eq!(created.topic_arn(), Some(arn.as_str()));
+    let queue = subscribed_queue(&arn, None).await;
+    let cli = |command: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_upshot"))
+            .args(command)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("UPSHOT_DATABASE_URL", &app.database_url)
+            .env("UPSHOT_SECRET_KEY", crate::helpers::SECRET)
+            .output()
+            .unwrap()
+    };
+    let status = cli(&["outbox", "status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success() && text.contains("failed: 1") && text.contains(&parked.id), "{text}");
+    let retry = cli(&["outbox", "retry"]);
+    assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
+    assert!(String::from_utf8_lossy(&retry.stdout).starts_with("1 notification(s) due again"));
+
+    let delivered = receive(&queue, 1, Duration::from_secs(15)).await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].attributes["image_id"], uploaded["id"].as_str().unwrap());
 }
