@@ -102,6 +102,8 @@ pub struct Settings {
     pub outbox_backoff_cap_secs: u64,
     /// An unsent notification older than this marks readiness `degraded` (still 200).
     pub outbox_degraded_after_secs: u64,
+    /// Proxies in front of Upshot that append to `X-Forwarded-For` (1 behind an ALB); 0 trusts no header.
+    pub trusted_proxy_hops: usize,
 }
 
 impl Default for Settings {
@@ -148,6 +150,7 @@ impl Default for Settings {
             outbox_backoff_base_ms: 2_000,
             outbox_backoff_cap_secs: 600,
             outbox_degraded_after_secs: 300,
+            trusted_proxy_hops: 0,
         }
     }
 }

@@ -64,14 +64,33 @@ impl Fairing for RequestLog {
         let elapsed = req.local_cache(|| RequestStart(Instant::now())).0.elapsed();
         // The route's template, not the raw path: raw paths and queries may carry tokens.
         let route = req.route().map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
+        let hops = req.rocket().state::<crate::state::AppState>().map_or(0, |s| s.config.settings.trusted_proxy_hops);
+        let client = client_ip(req, hops).map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         log::info!(
             target: "upshot::access",
-            "request_id={request_id} method={} route={route} status={} latency_ms={:.1}",
+            "request_id={request_id} client={client} method={} route={route} status={} latency_ms={:.1}",
             req.method(),
             res.status().code,
             elapsed.as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// The client's address. Behind `hops` trusted proxies (the load balancer appends the address it saw to
+/// `X-Forwarded-For`), it is the entry that many places from the right; entries further left are whatever the
+/// client sent and are not trusted. With no trusted proxy, it is the connection's peer.
+pub fn client_ip(req: &Request<'_>, hops: usize) -> Option<std::net::IpAddr> {
+    let peer = req.remote().map(|addr| addr.ip());
+    if hops == 0 {
+        return peer;
+    }
+    let forwarded: Vec<&str> = req.headers().get("X-Forwarded-For").flat_map(|v| v.split(',')).map(str::trim).collect();
+    forwarded_client(&forwarded, hops).or(peer)
+}
+
+fn forwarded_client(forwarded: &[&str], hops: usize) -> Option<std::net::IpAddr> {
+    let index = forwarded.len().checked_sub(hops)?;
+    forwarded.get(index)?.parse().ok()
 }
 
 /// Installs the process logger; `UPSHOT_LOG` sets the level (default `info`).
@@ -126,4 +145,20 @@ impl log::Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_client;
+
+    #[test]
+    fn trusts_only_the_configured_number_of_hops() {
+        let chain = ["203.0.113.9", "198.51.100.7", "10.0.1.23"];
+        // One trusted hop (the ALB): the address the ALB saw connecting, the rightmost entry.
+        assert_eq!(forwarded_client(&chain, 1), Some("10.0.1.23".parse().unwrap()));
+        assert_eq!(forwarded_client(&chain, 2), Some("198.51.100.7".parse().unwrap()));
+        // More hops than entries, or garbage: fall back to the peer.
+        assert_eq!(forwarded_client(&chain, 4), None);
+        assert_eq!(forwarded_client(&["not-an-ip"], 1), None);
+    }
 }

@@ -31,7 +31,7 @@ fn documented_configuration_matches_the_settings() {
     let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
     let file: toml_like::Table = Figment::from(Toml::file(&rocket_toml)).extract_inner("default").unwrap();
     let defaults = serde_json::to_value(Settings::default()).unwrap();
-    let rocket_keys = ["address", "port", "keep_alive", "template_dir", "shutdown"];
+    let rocket_keys = ["address", "port", "keep_alive", "ip_header", "template_dir", "shutdown"];
     for (key, value) in &file {
         if rocket_keys.contains(&key.as_str()) {
             continue;
