@@ -75,6 +75,14 @@ impl DeleteTokens {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
+    /// A signature of `message` under the same key, for other server-issued values (admin sessions).
+    pub fn sign(&self, message: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(b"upshot signature v1:");
+        mac.update(message.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
     pub fn hash(token: &str) -> String {
         sha256_hex(token.as_bytes())
     }

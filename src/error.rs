@@ -31,6 +31,7 @@ pub enum ErrorCode {
     InferenceBusy,
     InferenceFailed,
     NotifierNotConfigured,
+    CsrfTokenInvalid,
     NotifierUnavailable,
     NotReady,
     StoreUnavailable,
@@ -58,6 +59,7 @@ impl ErrorCode {
             ErrorCode::InferenceBusy => "INFERENCE_BUSY",
             ErrorCode::InferenceFailed => "INFERENCE_FAILED",
             ErrorCode::NotifierNotConfigured => "NOTIFIER_NOT_CONFIGURED",
+            ErrorCode::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
             ErrorCode::NotifierUnavailable => "NOTIFIER_UNAVAILABLE",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
@@ -70,7 +72,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => Status::BadRequest,
             ErrorCode::Unauthorized => Status::Unauthorized,
-            ErrorCode::Forbidden => Status::Forbidden,
+            ErrorCode::Forbidden | ErrorCode::CsrfTokenInvalid => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
             ErrorCode::MethodNotAllowed => Status::MethodNotAllowed,
             ErrorCode::IdempotencyConflict | ErrorCode::NotifierNotConfigured => Status::Conflict,
@@ -205,9 +207,12 @@ impl<'r> Responder<'r, 'static> for PageError {
         error.log(request_id);
         let status = error.status();
         // A 5xx page shows the request id only: its message could say more than a visitor should see.
+        let asset_version = req.rocket().state::<crate::state::AppState>().map(|s| s.asset_version.clone());
         let message = if status.code >= 500 { "Please try again later.".to_owned() } else { error.message.clone() };
-        let page =
-            Template::render("error", context! { status: status.code, code: error.code.as_str(), message, request_id });
+        let page = Template::render(
+            "error",
+            context! { status: status.code, code: error.code.as_str(), message, request_id, asset_version },
+        );
         let mut response = Response::build_from(page.respond_to(req)?);
         response.status(status);
         if let Some(secs) = error.retry_after_secs {

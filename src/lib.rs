@@ -30,6 +30,7 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
     let static_dir = config.settings.static_dir.clone();
     rocket::custom(config.rocket_figment())
         .attach(telemetry::RequestLog)
+        .attach(web::security::SecurityHeaders)
         .attach(Template::fairing())
         .attach(AdHoc::try_on_ignite("database and object store", move |rocket| async move {
             match connect(config).await {

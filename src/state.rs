@@ -25,6 +25,8 @@ pub struct AppState {
     pub notifier: Arc<dyn Notifier>,
     /// Wakes the outbox relay when an upload commits.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Fingerprint of the static assets, for cache-busting URLs.
+    pub asset_version: String,
     cpu: Arc<Semaphore>,
 }
 
@@ -48,6 +50,7 @@ impl AppState {
             thumbnail_size: settings.thumbnail_size,
         };
         let cpu = Arc::new(Semaphore::new(config.cpu_slots));
+        let asset_version = crate::web::security::asset_version(&settings.static_dir);
         AppState {
             config: Arc::new(config),
             db,
@@ -57,6 +60,7 @@ impl AppState {
             inference: Arc::new(inference),
             notifier,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            asset_version,
             cpu,
         }
     }

@@ -49,7 +49,7 @@ impl<'r> Responder<'r, 'static> for Created {
 
 #[post("/images", data = "<data>")]
 async fn create(state: &State<AppState>, data: UploadData<'_>, key: IdempotencyHeader) -> AppResult<Created> {
-    let uploaded = upload::handle(state, data, key.key()?).await?;
+    let uploaded = upload::handle(state, data, key.key()?, None).await?;
     Ok(Created::new(state, &uploaded))
 }
 
@@ -146,7 +146,7 @@ async fn list(
     credentials.require_admin(state)?;
     let limit = limit.unwrap_or(50).clamp(1, 200);
     let before = cursor.map(images::decode_cursor).transpose()?;
-    let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, limit)).await?;
+    let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, None, limit)).await?;
     let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))

@@ -15,6 +15,8 @@ use crate::state::AppState;
 pub struct UploadForm<'r> {
     pub file: TempFile<'r>,
     pub description: Option<String>,
+    /// Only the HTML form sends it; the JSON API uses no cookies and ignores it.
+    pub csrf_token: Option<String>,
 }
 
 pub type UploadData<'r> = Result<Form<UploadForm<'r>>, form::Errors<'r>>;
@@ -46,8 +48,12 @@ pub async fn handle(
     state: &AppState,
     data: UploadData<'_>,
     idempotency_key: Option<crate::domain::IdempotencyKey>,
+    csrf_cookies: Option<&rocket::http::CookieJar<'_>>,
 ) -> AppResult<Uploaded> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner();
+    if let Some(cookies) = csrf_cookies {
+        crate::web::csrf::verify(cookies, form.csrf_token.as_deref())?;
+    }
     let file = form.file;
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));

@@ -38,6 +38,7 @@ pub struct ImageRecord {
     pub inference_ms: Option<f64>,
     /// JSON: faces, the selfie analysis (or why there is none), the face model.
     pub analysis: String,
+    pub top_label: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -180,9 +181,13 @@ pub fn delete_row(conn: &mut DbConnection, id: &str) -> Result<(), DbError> {
 pub fn list_page(
     conn: &mut DbConnection,
     before: Option<(NaiveDateTime, String)>,
+    top_label: Option<String>,
     limit: i64,
 ) -> Result<Vec<ImageRecord>, DbError> {
     let mut query = images::table.filter(images::status.eq(STATUS_STORED)).into_boxed();
+    if let Some(label) = top_label {
+        query = query.filter(images::top_label.eq(label));
+    }
     if let Some((created_at, id)) = before {
         query = query
             .filter(images::created_at.lt(created_at).or(images::created_at.eq(created_at).and(images::id.lt(id))));

@@ -25,6 +25,7 @@ diesel::table! {
         model_sha256 -> Nullable<Text>,
         inference_ms -> Nullable<Double>,
         analysis -> Text,
+        top_label -> Nullable<Text>,
     }
 }
 

@@ -305,6 +305,7 @@ fn new_record(
         model_sha256: Some(analysis.model.sha256.clone()),
         inference_ms: Some(analysis.inference_ms),
         analysis: details.to_string(),
+        top_label: analysis.predictions.first().map(|p| p.label.clone()),
     }
 }
 

@@ -1,45 +1,66 @@
-//! The server-rendered pages. They work without JavaScript; the same error codes as the API appear on them.
+//! The server-rendered pages. They work without JavaScript (which only makes them nicer); the same error
+//! codes as the API appear on them; every form carries a CSRF token.
+
+mod admin;
+pub mod csrf;
+pub mod security;
 
 use rocket::form::Form;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
 use rocket::response::Redirect;
 use rocket::{get, post, routes, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
+use serde_json::Value;
 
 use crate::api::upload::{self, UploadData};
 use crate::config::human_bytes;
+use crate::db::images::ImageRecord;
 use crate::domain::ImageId;
 use crate::error::{AppError, PageError};
 use crate::images::{self, DeleteAuthority, ImageView};
 use crate::state::AppState;
+use csrf::CsrfToken;
 
 pub fn routes() -> Vec<Route> {
-    routes![index, upload_form, image_page, delete_form]
+    let mut routes = routes![index, upload_form, image_page, delete_form];
+    routes.extend(admin::routes());
+    routes
 }
 
 /// Carries a fresh upload's delete token to its result page, once, in the uploader's own browser.
 const DELETE_TOKEN_COOKIE: &str = "upshot_delete_token";
 
-fn index_page(state: &AppState, notice: Option<&str>, error: Option<&AppError>) -> Template {
+/// An image as the templates show it: the API's view plus human-friendly extras.
+pub fn page_image(record: &ImageRecord) -> Value {
+    let mut image = serde_json::to_value(ImageView::from(record)).expect("views serialize");
+    image["byte_size_human"] = human_bytes(record.byte_size.max(0) as u64).into();
+    image["created_at"] = record.created_at.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+    image
+}
+
+fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
     let formats = &state.config.accepted_formats;
     let error = error.map(|e| context! { code: e.code.as_str(), message: &e.message });
     Template::render(
         "index",
         context! {
             max_upload_human: human_bytes(state.config.settings.max_upload_bytes),
+            max_upload_bytes: state.config.settings.max_upload_bytes,
             accepted_formats: formats.iter().map(|f| f.label()).collect::<Vec<_>>(),
             accept_attr: formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(","),
             max_description_chars: state.config.settings.max_description_chars,
             notice,
             error,
+            csrf_token: &csrf.0,
+            asset_version: &state.asset_version,
         },
     )
 }
 
 #[get("/?<deleted>")]
-fn index(state: &State<AppState>, deleted: Option<bool>) -> Template {
+fn index(state: &State<AppState>, csrf: CsrfToken, deleted: Option<bool>) -> Template {
     let notice = deleted.unwrap_or(false).then_some("The image was deleted.");
-    index_page(state, notice, None)
+    index_page(state, &csrf, notice, None)
 }
 
 /// The no-JavaScript upload: success lands on the result page; failure shows the form again with the error.
@@ -48,8 +69,9 @@ async fn upload_form(
     state: &State<AppState>,
     data: UploadData<'_>,
     cookies: &CookieJar<'_>,
+    csrf: CsrfToken,
 ) -> Result<Redirect, (Status, Template)> {
-    match upload::handle(state, data, None).await {
+    match upload::handle(state, data, None, Some(cookies)).await {
         Ok(uploaded) => {
             let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
             let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.tokens.token_for(&id)))
@@ -62,33 +84,53 @@ async fn upload_form(
         }
         Err(error) => {
             log::info!("upload form refused: {} {}", error.code, error.detail.as_deref().unwrap_or(""));
-            Err((error.status(), index_page(state, None, Some(&error))))
+            Err((error.status(), index_page(state, &csrf, None, Some(&error))))
         }
     }
 }
 
 #[get("/images/<id>")]
-async fn image_page(state: &State<AppState>, id: &str, cookies: &CookieJar<'_>) -> Result<Template, PageError> {
+async fn image_page(
+    state: &State<AppState>,
+    id: &str,
+    cookies: &CookieJar<'_>,
+    csrf: CsrfToken,
+) -> Result<Template, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
     let record = images::find(state, &id).await?;
     let delete_token = cookies.get(DELETE_TOKEN_COOKIE).map(|c| c.value().to_owned());
     if delete_token.is_some() {
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
     }
-    let mut image = serde_json::to_value(ImageView::from(&record)).map_err(AppError::internal)?;
-    image["byte_size_human"] = human_bytes(record.byte_size.max(0) as u64).into();
-    image["created_at"] = record.created_at.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
     let just_uploaded = delete_token.is_some();
-    Ok(Template::render("image", context! { image, delete_token, just_uploaded }))
+    let page_url = format!("{}/images/{id}", state.config.settings.public_url.trim_end_matches('/'));
+    Ok(Template::render(
+        "image",
+        context! {
+            image: page_image(&record),
+            delete_token,
+            just_uploaded,
+            page_url,
+            csrf_token: csrf.0,
+            asset_version: &state.asset_version,
+        },
+    ))
 }
 
 #[derive(FromForm)]
 struct DeleteForm {
     delete_token: String,
+    csrf_token: Option<String>,
 }
 
 #[post("/images/<id>/delete", data = "<form>")]
-async fn delete_form(state: &State<AppState>, id: &str, form: Form<DeleteForm>) -> Result<Redirect, PageError> {
+async fn delete_form(
+    state: &State<AppState>,
+    id: &str,
+    form: Form<DeleteForm>,
+    cookies: &CookieJar<'_>,
+) -> Result<Redirect, PageError> {
+    csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
     images::delete(state, &id, DeleteAuthority::Token(&form.delete_token)).await?;
     Ok(Redirect::to("/?deleted=true"))

@@ -1,0 +1,103 @@
+// The result page: the image with its face boxes, predictions chart, selfie analysis, metadata, copyable link;
+// user text rendered as text.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { launch, newPage, apiUpload, fixture, screenshot, PHONE, url } from './helpers.mjs';
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+test('the selfie result page shows one face box over the image and a colour season', async () => {
+  const image = await apiUpload('astronaut.webp', { description: 'Eileen Collins, NASA portrait' });
+  assert.equal(image.faces.length, 1, JSON.stringify(image.faces));
+  assert.ok(image.selfie, `a selfie analysis (reason: ${image.selfie_reason})`);
+
+  const { context, page, problems } = await newPage(browser);
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url('/') });
+  await page.goto(image.urls.page);
+  const boxes = await page.$$('.face-overlay .face-box');
+  assert.equal(boxes.length, 1);
+  assert.equal(await page.getAttribute('.face-overlay', 'viewBox'), `0 0 ${image.width} ${image.height}`);
+
+  // The box is drawn where the face is: inside the picture, at the bbox's fractions of it.
+  const img = await page.locator('.main-image').boundingBox();
+  const box = await boxes[0].boundingBox();
+  const [x0, y0, x1, y1] = image.faces[0].bbox;
+  const near = (a, b) => Math.abs(a - b) < 3;
+  assert.ok(near(box.x, img.x + x0 * img.width), `${box.x} vs ${img.x + x0 * img.width}`);
+  assert.ok(near(box.y, img.y + y0 * img.height), `${box.y} vs ${img.y + y0 * img.height}`);
+  assert.ok(near(box.width, (x1 - x0) * img.width));
+  assert.ok(near(box.height, (y1 - y0) * img.height));
+
+  assert.equal((await page.textContent('#season-name')).trim(), image.selfie.season);
+  assert.match(await page.textContent('.season-confidence'), new RegExp(`${Math.round(image.selfie.confidence * 100)}%`));
+  assert.equal((await page.$$('.palette rect')).length, 5);
+  assert.match(await page.textContent('main'), /Body type: not estimated/);
+  assert.equal((await page.$$('.prediction')).length, image.predictions.length);
+  assert.match(await page.getAttribute('.hash', 'title'), new RegExp(`^${image.sha256}$`));
+  assert.match(await page.textContent('main'), new RegExp(image.model.name));
+  assert.match(await page.getAttribute('.thumbnail', 'src'), /\/thumbnail$/);
+  // The main image is shown upright at its stored size ratio.
+  const natural = await page.$eval('.main-image', (el) => [el.naturalWidth, el.naturalHeight]);
+  assert.deepEqual(natural, [image.width, image.height]);
+
+  // Copyable link.
+  assert.equal(await page.inputValue('#page-link'), url(`/images/${image.id}`));
+  await page.click('#copy-link');
+  await page.waitForFunction(() => document.getElementById('copy-status').textContent.length > 0);
+  assert.match(await page.textContent('#copy-status'), /copied/i);
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), url(`/images/${image.id}`));
+  // Not the uploader's browser (the API client kept the token): no delete button.
+  assert.ok(await page.isHidden('#owner-delete'));
+
+  await screenshot(page, 'result-selfie-desktop.png');
+  await page.setViewportSize(PHONE);
+  await screenshot(page, 'result-selfie-phone.png');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('a photo without a face says why there is no selfie analysis', async () => {
+  const image = await apiUpload('coffee.png');
+  const { context, page, problems } = await newPage(browser);
+  await page.goto(image.urls.page);
+  assert.equal((await page.$$('.face-box')).length, 0);
+  assert.equal(await page.$('#season-name'), null);
+  if (image.selfie_reason) assert.match(await page.textContent('main'), new RegExp(image.selfie_reason.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('a hostile filename and description are shown as text, never run', async () => {
+  const hostile = '<script>alert(1)</script>';
+  const { context, page, problems } = await newPage(browser);
+  await page.goto('/');
+  await page.setInputFiles('#file', { name: `${hostile}.jpg`, mimeType: 'image/jpeg', buffer: await fixture('cat.jpg') });
+  await page.fill('#description', `${hostile} & friends`);
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/api/v1/images')),
+    page.click('#upload-button'),
+  ]);
+  const image = await response.json();
+  await page.waitForSelector('#result:not([hidden])');
+  const onlyOurs = async () => page.$$eval('script', (nodes) => nodes.map((n) => n.getAttribute('src')));
+  let scripts = await onlyOurs();
+  assert.equal(scripts.length, 1);
+  assert.match(scripts[0], /^\/static\/app\.js\?v=/);
+  if (image.original_filename) assert.ok((await page.textContent('#result .result-name')).includes(image.original_filename));
+  assert.equal(await page.getAttribute('#result .result-thumb', 'alt'), `${hostile} & friends`);
+
+  await page.goto(image.urls.page);
+  scripts = await onlyOurs();
+  assert.equal(scripts.length, 1);
+  assert.ok(await page.isVisible(`.description >> text=${hostile} & friends`));
+  if (image.original_filename) assert.equal((await page.textContent('#image-heading')).trim(), image.original_filename);
+  assert.equal(await page.getAttribute('.main-image', 'alt'), `${hostile} & friends`);
+  assert.deepEqual(problems, [], 'no alert dialog, no errors');
+  await context.close();
+});
