@@ -5,6 +5,7 @@ use rocket::form::Form;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::Redirect;
+use rocket::Either;
 use rocket::{get, post, routes, uri, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
 
@@ -79,14 +80,20 @@ fn login(
     form: Form<LoginForm>,
     cookies: &CookieJar<'_>,
     csrf: CsrfToken,
-) -> Result<Redirect, (Status, Template)> {
-    let refuse = |error: AppError| (error.status(), login_template(state, &csrf.0, Some(&error)));
-    csrf::verify(cookies, form.csrf_token.as_deref()).map_err(refuse)?;
+) -> Either<Redirect, (Status, Template)> {
+    match try_login(state, &form, cookies) {
+        Ok(redirect) => Either::Left(redirect),
+        Err(error) => Either::Right((error.status(), login_template(state, &csrf.0, Some(&error)))),
+    }
+}
+
+fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {
+    csrf::verify(cookies, form.csrf_token.as_deref())?;
     let Some(expected) = state.config.settings.admin_api_key.as_deref() else {
-        return Err(refuse(AppError::new(ErrorCode::Forbidden, "Admin pages are disabled.")));
+        return Err(AppError::new(ErrorCode::Forbidden, "Admin pages are disabled."));
     };
     if !constant_time_eq(form.api_key.trim().as_bytes(), expected.as_bytes()) {
-        return Err(refuse(AppError::new(ErrorCode::Unauthorized, "That is not the admin key.")));
+        return Err(AppError::new(ErrorCode::Unauthorized, "That is not the admin key."));
     }
     let expires = chrono::Utc::now().timestamp() + SESSION_HOURS * 3600;
     let secure = state.config.settings.public_url.starts_with("https://");
