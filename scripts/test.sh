@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, and the integration tests on both stacks (SQLite + local files,
-# and a throwaway PostgreSQL cluster + a moto S3 endpoint on 127.0.0.1, started here and stopped on exit).
+# Runs the whole test suite: unit tests, the integration tests on both stacks (SQLite + local files, and a
+# throwaway PostgreSQL cluster + a moto S3/SNS/SQS endpoint on 127.0.0.1, started here and stopped on exit),
+# the offline deployment checks (cfn-lint, checkov, shellcheck, systemd, schemas) and a local rehearsal of a
+# CodeDeploy deployment.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh dedup`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +24,9 @@ export AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
 cargo test --locked "$@"
+
+# With a filter, only the matching Rust tests run; the whole suite also checks the deployment.
+if [ $# -eq 0 ]; then
+    scripts/check-deploy.sh
+    scripts/rehearse-deploy.sh target/debug/upshot
+fi

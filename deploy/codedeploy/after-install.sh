@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# CodeDeploy AfterInstall: turns the copied revision (staging/) into releases/<deployment id>, writes the
+# service's environment file, configures the CloudWatch agent and installs the systemd unit. The service is
+# started (and `current` switched) by ApplicationStart.
+#
+# Environment file sources (UPSHOT_ENV_SOURCE):
+#   aws        (default) /etc/upshot/deploy.conf names the environment; SSM parameters /upshot/<env>/* give the
+#              bucket, topic, database endpoint and the two secret ARNs; Secrets Manager gives the RDS-managed
+#              master credentials (-> UPSHOT_DATABASE_URL with sslmode=require) and UPSHOT_SECRET_KEY. The AWS CLI
+#              uses the instance role (IMDSv2).
+#   file:PATH  copy PATH as it is (tests and the local rehearsal; no AWS call).
+set -euo pipefail
+HOOK_NAME=AfterInstall
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
+
+[ -x "$UPSHOT_STAGING/bin/upshot" ] || die "$UPSHOT_STAGING/bin/upshot missing: did CodeDeploy copy the revision?"
+[ -f "$UPSHOT_STAGING/lib/$ORT_LIB_NAME" ] || die "$UPSHOT_STAGING/lib/$ORT_LIB_NAME missing"
+
+id=$(release_id)
+release=$UPSHOT_RELEASES/$id
+if [ -L "$UPSHOT_CURRENT" ] && [ "$(readlink -f -- "$UPSHOT_CURRENT")" = "$(readlink -f -- "$release")" ]; then
+    die "release $id is the current one; refusing to replace it in place"
+fi
+rm -rf -- "$release"
+mv -T -- "$UPSHOT_STAGING" "$release"
+install -d -m 0755 "$UPSHOT_STAGING"
+log "release $id: $(cat "$release/VERSION" 2>/dev/null || echo 'no VERSION')"
+
+# Release files: owned by root, readable by all, nothing writable by the service.
+chown -R root:root -- "$release"
+chmod -R u=rwX,go=rX -- "$release"
+chmod 0755 -- "$release/bin/upshot"
+find "$release/deploy/codedeploy" -name '*.sh' -exec chmod 0755 {} +
+
+# ------------------------------------------------------------------ environment file
+imds_token() {
+    curl -fsS --max-time 2 -X PUT "$UPSHOT_IMDS_URL/latest/api/token" \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 300'
+}
+
+# Reads deploy.conf (KEY=VALUE lines written by the instance's user data) without executing it.
+conf_value() {
+    local key=$1 line
+    [ -f "$UPSHOT_DEPLOY_CONF" ] || return 0
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in "$key="*) printf '%s\n' "${line#*=}"; return 0 ;; esac
+    done <"$UPSHOT_DEPLOY_CONF"
+}
+
+write_env_from_aws() {
+    local out=$1 env_name region prefix token params bucket topic endpoint db_name db_secret_arn app_secret_arn
+    env_name=$(conf_value UPSHOT_ENVIRONMENT)
+    [ -n "$env_name" ] || die "UPSHOT_ENVIRONMENT missing in $UPSHOT_DEPLOY_CONF"
+    prefix=$(conf_value UPSHOT_PARAMETER_PREFIX)
+    prefix=${prefix:-/upshot/$env_name}
+    region=$(conf_value AWS_REGION)
+    if [ -z "$region" ]; then
+        token=$(imds_token) || die "no IMDSv2 token"
+        region=$(curl -fsS --max-time 2 -H "X-aws-ec2-metadata-token: $token" \
+            "$UPSHOT_IMDS_URL/latest/meta-data/placement/region") || die "region not in instance metadata"
+    fi
+    export AWS_REGION=$region AWS_DEFAULT_REGION=$region
+
+    params=$("$UPSHOT_AWS" ssm get-parameters-by-path --path "$prefix/" \
+        --query 'Parameters[].[Name,Value]' --output text) || die "cannot read SSM parameters under $prefix/"
+    param() { awk -v n="$prefix/$1" '$1 == n { print $2 }' <<<"$params"; }
+    bucket=$(param s3-bucket)
+    topic=$(param sns-topic-arn)
+    endpoint=$(param db-endpoint)
+    db_name=$(param db-name)
+    db_secret_arn=$(param db-secret-arn)
+    app_secret_arn=$(param app-secret-arn)
+    log_group=$(param log-group)
+    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn; do
+        [ -n "${!v}" ] || die "SSM parameter for $v missing under $prefix/"
+    done
+
+    # Secrets travel through pipes and variables only, never through a command line.
+    local db_json app_key db_url
+    db_json=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$db_secret_arn" \
+        --query SecretString --output text) || die "cannot read the database secret"
+    app_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$app_secret_arn" \
+        --query SecretString --output text) || die "cannot read the application secret"
+    db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name python3 -c '
+import json, os, sys, urllib.parse as u
+s = json.load(sys.stdin)
+q = lambda v: u.quote(str(v), safe="")
+print("postgres://%s:%s@%s/%s?sslmode=require" % (q(s["username"]), q(s["password"]), os.environ["DB_ENDPOINT"], q(os.environ["DB_NAME"])))
+' <<<"$db_json") || die "database secret is not the RDS JSON form"
+
+    {
+        echo "# Written by deploy/codedeploy/after-install.sh at deployment ${DEPLOYMENT_ID:-manual}; do not edit."
+        echo "ROCKET_PROFILE=production"
+        echo "AWS_REGION=$region"
+        echo "UPSHOT_DATABASE_URL=$db_url"
+        echo "UPSHOT_S3_BUCKET=$bucket"
+        echo "UPSHOT_SECRET_KEY=$app_key"
+        echo "UPSHOT_NOTIFIER=sns"
+        echo "UPSHOT_SNS_TOPIC_ARN=$topic"
+        echo "UPSHOT_DATA_DIR=/var/lib/upshot"
+        echo "UPSHOT_ORT_LIB=$UPSHOT_CURRENT/lib/$ORT_LIB_NAME"
+    } >"$out"
+
+    configure_cloudwatch_agent "$log_group"
+}
+
+configure_cloudwatch_agent() {
+    local log_group=$1 tmp
+    if [ ! -x "$UPSHOT_CWAGENT_CTL" ]; then
+        log "CloudWatch agent not installed ($UPSHOT_CWAGENT_CTL): skipped"
+        return 0
+    fi
+    tmp=$(mktemp "$UPSHOT_CWAGENT_CONFIG.XXXXXX")
+    sed "s#@LOG_GROUP@#${log_group:-/upshot/app}#g" "$release/deploy/cloudwatch/agent.json" >"$tmp"
+    mv -f -- "$tmp" "$UPSHOT_CWAGENT_CONFIG"
+    "$UPSHOT_CWAGENT_CTL" -a fetch-config -m ec2 -s -c "file:$UPSHOT_CWAGENT_CONFIG" >&2
+}
+
+umask 077
+tmp_env=$(mktemp "$UPSHOT_ETC_DIR/.upshot.env.XXXXXX")
+trap 'rm -f -- "$tmp_env"' EXIT
+case $UPSHOT_ENV_SOURCE in
+    file:*)
+        src=${UPSHOT_ENV_SOURCE#file:}
+        [ -f "$src" ] || die "UPSHOT_ENV_SOURCE file $src not found"
+        cat -- "$src" >"$tmp_env"
+        log "environment file copied from $src (test mode: no AWS calls)"
+        ;;
+    aws)
+        write_env_from_aws "$tmp_env"
+        log "environment file written from SSM parameters and Secrets Manager"
+        ;;
+    *) die "UPSHOT_ENV_SOURCE must be 'aws' or 'file:PATH' (got '$UPSHOT_ENV_SOURCE')" ;;
+esac
+chown "root:$UPSHOT_GROUP" -- "$tmp_env"
+chmod 0640 -- "$tmp_env"
+mv -f -- "$tmp_env" "$UPSHOT_ENV_FILE"
+trap - EXIT
+umask 022
+
+# ------------------------------------------------------------------ systemd unit
+tmp_unit=$(mktemp "$UPSHOT_UNIT_DIR/.$UPSHOT_UNIT.XXXXXX")
+sed -e "s#/etc/upshot/upshot.env#$UPSHOT_ENV_FILE#g" \
+    -e "s#/opt/upshot#$UPSHOT_HOME#g" \
+    -e "s#/var/lib/upshot#$UPSHOT_STATE_DIR#g" \
+    -e "s#^User=.*#User=$UPSHOT_USER#" \
+    -e "s#^Group=.*#Group=$UPSHOT_GROUP#" \
+    "$release/deploy/systemd/upshot.service" >"$tmp_unit"
+chmod 0644 -- "$tmp_unit"
+mv -f -- "$tmp_unit" "$UPSHOT_UNIT_FILE"
+systemctl_ daemon-reload
+
+printf '%s\n' "$id" >"$UPSHOT_PENDING"
+log "installed $release; ApplicationStart switches $UPSHOT_CURRENT to it"

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Shared settings and helpers for the CodeDeploy hook scripts (sourced, not run).
+#
+# Every system path can be overridden so that the hooks run against a staging root (scripts/rehearse-deploy.sh):
+#   UPSHOT_ROOT         /                         prefix of every default path below
+#   UPSHOT_HOME         $ROOT/opt/upshot          releases/<id>, current -> releases/<id>, staging/ (CodeDeploy copies here)
+#   UPSHOT_ETC_DIR      $ROOT/etc/upshot
+#   UPSHOT_ENV_FILE     $ETC_DIR/upshot.env       the service's EnvironmentFile (0640 root:upshot)
+#   UPSHOT_DEPLOY_CONF  $ETC_DIR/deploy.conf      written by the instance's user data (environment name, region)
+#   UPSHOT_UNIT_DIR     $ROOT/etc/systemd/system
+#   UPSHOT_STATE_DIR    $ROOT/var/lib/upshot      UPSHOT_DATA_DIR of the service
+#   UPSHOT_LOG_DIR      $ROOT/var/log/upshot
+#   UPSHOT_SYSTEMCTL    systemctl
+#   UPSHOT_USER/GROUP   upshot
+#   UPSHOT_HEALTH_URL   http://127.0.0.1:8080
+#   UPSHOT_ENV_SOURCE   aws (SSM + Secrets Manager with the instance role) or file:PATH (copy PATH; tests)
+# shellcheck disable=SC2034  # the variables are used by the scripts that source this file
+set -euo pipefail
+
+UPSHOT_ROOT=${UPSHOT_ROOT:-/}
+_root=${UPSHOT_ROOT%/}
+UPSHOT_HOME=${UPSHOT_HOME:-$_root/opt/upshot}
+UPSHOT_ETC_DIR=${UPSHOT_ETC_DIR:-$_root/etc/upshot}
+UPSHOT_ENV_FILE=${UPSHOT_ENV_FILE:-$UPSHOT_ETC_DIR/upshot.env}
+UPSHOT_DEPLOY_CONF=${UPSHOT_DEPLOY_CONF:-$UPSHOT_ETC_DIR/deploy.conf}
+UPSHOT_UNIT_DIR=${UPSHOT_UNIT_DIR:-$_root/etc/systemd/system}
+UPSHOT_STATE_DIR=${UPSHOT_STATE_DIR:-$_root/var/lib/upshot}
+UPSHOT_LOG_DIR=${UPSHOT_LOG_DIR:-$_root/var/log/upshot}
+UPSHOT_SYSTEMCTL=${UPSHOT_SYSTEMCTL:-systemctl}
+UPSHOT_USER=${UPSHOT_USER:-upshot}
+UPSHOT_GROUP=${UPSHOT_GROUP:-$UPSHOT_USER}
+UPSHOT_HEALTH_URL=${UPSHOT_HEALTH_URL:-http://127.0.0.1:8080}
+UPSHOT_ENV_SOURCE=${UPSHOT_ENV_SOURCE:-aws}
+UPSHOT_KEEP_RELEASES=${UPSHOT_KEEP_RELEASES:-3}
+UPSHOT_AWS=${UPSHOT_AWS:-aws}
+UPSHOT_IMDS_URL=${UPSHOT_IMDS_URL:-http://169.254.169.254}
+UPSHOT_CWAGENT_CTL=${UPSHOT_CWAGENT_CTL:-$_root/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl}
+UPSHOT_CWAGENT_CONFIG=${UPSHOT_CWAGENT_CONFIG:-$_root/opt/aws/amazon-cloudwatch-agent/etc/upshot.json}
+
+UPSHOT_UNIT=upshot.service
+UPSHOT_UNIT_FILE=$UPSHOT_UNIT_DIR/$UPSHOT_UNIT
+UPSHOT_STAGING=$UPSHOT_HOME/staging
+UPSHOT_RELEASES=$UPSHOT_HOME/releases
+UPSHOT_CURRENT=$UPSHOT_HOME/current
+UPSHOT_PENDING=$UPSHOT_HOME/pending-release
+ORT_LIB_NAME=libonnxruntime.so.1.31.1
+
+log() { printf '%s: %s\n' "${HOOK_NAME:-hook}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+systemctl_() { "$UPSHOT_SYSTEMCTL" "$@"; }
+
+# Exports the KEY=VALUE lines of a systemd-style environment file, literally (no shell expansion).
+load_env_file() {
+    local line
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in
+            '' | '#'*) continue ;;
+        esac
+        [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || continue
+        export "${line?}"
+    done <"$1"
+}
+
+# Runs a command as the service user, in DIR, with only PATH and the service's environment file: the same
+# environment systemd gives the service.
+run_as_service() {
+    local _dir=$1 _user=$UPSHOT_USER _env=$UPSHOT_ENV_FILE _name
+    shift
+    (
+        cd "$_dir"
+        while IFS= read -r _name; do
+            unset "$_name" 2>/dev/null || true
+        done < <(compgen -e)
+        export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+        load_env_file "$_env"
+        if [ "$(id -un)" = "$_user" ]; then
+            exec "$@"
+        fi
+        exec runuser -u "$_user" -- "$@"
+    )
+}
+
+# A release id from the CodeDeploy deployment id (or a timestamp outside CodeDeploy).
+release_id() {
+    local id=${DEPLOYMENT_ID:-manual-$(date -u +%Y%m%dT%H%M%SZ)}
+    id=${id//[^A-Za-z0-9_.-]/_}
+    printf '%s\n' "$id"
+}
