@@ -2,7 +2,7 @@
 # Runs the whole test suite: unit tests, the integration tests on both stacks (SQLite + local files, and a
 # throwaway PostgreSQL cluster + a moto S3/SNS/SQS endpoint on 127.0.0.1, started here and stopped on exit),
 # the offline deployment checks (cfn-lint, checkov, shellcheck, systemd, schemas) and a local rehearsal of a
-# CodeDeploy deployment.
+# CodeDeploy deployment, then the pages in headless Chromium (tests/browser).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh dedup`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +29,5 @@ cargo test --locked "$@"
 if [ $# -eq 0 ]; then
     scripts/check-deploy.sh
     scripts/rehearse-deploy.sh target/debug/upshot
+    tests/browser/run.sh
 fi

@@ -26,7 +26,6 @@ impl Fairing for SecurityHeaders {
         }
         res.set_header(Header::new("X-Frame-Options", "DENY"));
         res.set_header(Header::new("Referrer-Policy", "same-origin"));
-        res.set_header(Header::new("X-Content-Type-Options", "nosniff"));
         if req.uri().path().starts_with("/static/") && res.status().code == 200 {
             // Pages link assets as `?v=<fingerprint>`: a changed file gets a new URL, so caching can be long.
             let versioned = req.uri().query().is_some_and(|q| q.as_str().starts_with("v="));

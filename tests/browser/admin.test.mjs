@@ -87,7 +87,7 @@ test('the gallery pages through uploads newest first, filters by label, and dele
   assert.ok(filtered.every((t) => t.includes(label)), filtered.join(' | '));
   assert.ok(!(await ids()).includes(newest.id), 'the cat is not in the filtered list');
   const filteredNext = await page.getAttribute('a[rel=next]', 'href');
-  if (filteredNext) assert.match(filteredNext, new RegExp(`label=${encodeURIComponent(label).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  if (filteredNext) assert.equal(new URL(filteredNext, url('/')).searchParams.get('label'), label);
 
   // Delete the newest from the gallery.
   await page.goto('/admin/images');

@@ -1,7 +1,5 @@
 // Shared by the browser tests: the server's address, Debian's Chromium, fixtures, API uploads, page watchers.
 import { readFile, mkdir } from 'node:fs/promises';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
@@ -19,10 +17,12 @@ export const url = (p) => new URL(p, BASE).toString();
 export const fixturePath = (name) => path.join(ROOT, 'tests', 'fixtures', name);
 export const fixture = (name) => readFile(fixturePath(name));
 
-/** A fresh Chromium with its own throwaway profile; close() removes the profile too. */
+/**
+ * Debian's Chromium, headless. Playwright's launch() gives every browser a fresh, throwaway user-data-dir of
+ * its own (and refuses a --user-data-dir argument), so no profile is shared between runs or test files.
+ */
 export async function launch() {
-  const profile = mkdtempSync(path.join(tmpdir(), 'upshot-chromium-'));
-  const browser = await chromium.launch({
+  return chromium.launch({
     executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
     headless: true,
     args: [
@@ -33,15 +33,8 @@ export async function launch() {
       '--disable-component-update',
       '--disable-sync',
       '--no-first-run',
-      `--user-data-dir=${profile}`,
     ],
   });
-  const close = browser.close.bind(browser);
-  browser.close = async () => {
-    await close();
-    rmSync(profile, { recursive: true, force: true });
-  };
-  return browser;
 }
 
 export async function newPage(browser, options = {}) {
@@ -87,7 +80,11 @@ export async function apiGet(id) {
 export async function screenshot(page, name) {
   await mkdir(SCREENSHOTS, { recursive: true });
   // Settle fonts and images so the picture is what a person would see.
-  await page.evaluate(() => document.fonts.ready);
+  await page.evaluate(() => {
+    document.activeElement?.blur();
+    window.getSelection()?.removeAllRanges();
+    return document.fonts.ready;
+  });
   await page.waitForFunction(() => [...document.images].every((img) => img.complete));
   await page.screenshot({ path: path.join(SCREENSHOTS, name), fullPage: true, animations: 'disabled' });
 }

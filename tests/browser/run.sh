@@ -76,7 +76,7 @@ for _ in $(seq 1 120); do
     echo "run.sh: the server exited during start-up" >&2
     exit 1
   fi
-  if curl -fsS -o /dev/null --max-time 2 "$base/readyz"; then
+  if curl -fs -o /dev/null --max-time 2 "$base/readyz" 2>/dev/null; then
     ready=1
     break
   fi
