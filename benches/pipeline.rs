@@ -55,8 +55,9 @@ fn stages(c: &mut Criterion) {
         thumbnail_size: 320,
     };
     let cat_bytes = fixture("cat-gps-rotated.jpg");
-    let cat = image::load_from_memory(&fixture("cat.jpg")).unwrap();
-    let astronaut = image::load_from_memory(&fixture("astronaut.webp")).unwrap();
+    let cat = image::load_from_memory(&fixture("cat.jpg")).unwrap().to_rgb8();
+    let astronaut_image = Arc::new(image::load_from_memory(&fixture("astronaut.webp")).unwrap());
+    let astronaut = astronaut_image.to_rgb8();
 
     let mut group = c.benchmark_group("stages");
     group.sample_size(30).measurement_time(Duration::from_secs(4));
@@ -90,9 +91,8 @@ fn stages(c: &mut Criterion) {
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let astronaut = Arc::new(astronaut);
     group.bench_function("whole analysis (classify + faces + season)", |b| {
-        b.iter(|| runtime.block_on(engine.analyse(astronaut.clone())).unwrap())
+        b.iter(|| runtime.block_on(engine.analyse(astronaut_image.clone())).unwrap())
     });
     group.finish();
 }

@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::outbox::OutboxRow;
 use super::schema::{images, outbox};
 use super::{DbConnection, DbError};
 
@@ -39,19 +40,6 @@ pub struct ImageRecord {
     /// JSON: faces, the selfie analysis (or why there is none), the face model.
     pub analysis: String,
     pub top_label: Option<String>,
-}
-
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = outbox)]
-pub struct NewOutboxMessage {
-    pub id: String,
-    pub image_id: String,
-    pub event_type: String,
-    pub payload: String,
-    pub status: String,
-    pub attempts: i32,
-    pub available_at: NaiveDateTime,
-    pub created_at: NaiveDateTime,
 }
 
 /// Objects already stored for identical bytes, which a new upload may point at instead of storing again.
@@ -109,7 +97,7 @@ pub enum InsertOutcome {
 pub fn insert_with_outbox(
     conn: &mut DbConnection,
     record: &ImageRecord,
-    message: &NewOutboxMessage,
+    message: &OutboxRow,
     shares_objects: bool,
 ) -> Result<InsertOutcome, DbError> {
     let result = conn.transaction::<_, diesel::result::Error, _>(|conn| {

@@ -2,7 +2,7 @@
 //! filter; centre crop 224; ImageNet normalisation), then softmax and top-k.
 
 use image::imageops::FilterType;
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use ndarray::Array4;
 use serde::Deserialize;
 
@@ -50,10 +50,9 @@ fn half_to_even(x: u32) -> u32 {
 }
 
 /// The classifier's input tensor, [1, 3, crop_h, crop_w] in NCHW order.
-pub fn preprocess(image: &DynamicImage, spec: &ClassifierPreprocessing) -> Array4<f32> {
+pub fn preprocess(rgb: &RgbImage, spec: &ClassifierPreprocessing) -> Array4<f32> {
     let [crop_w, crop_h] = spec.center_crop.size;
-    let rgb = image.to_rgb8();
-    let resized = resize_shorter_side(&rgb, spec.resize.shorter_side.max(crop_w.max(crop_h)));
+    let resized = resize_shorter_side(rgb, spec.resize.shorter_side.max(crop_w.max(crop_h)));
     let (w, h) = resized.dimensions();
     let (left, top) = (half_to_even(w - crop_w), half_to_even(h - crop_h));
     let mut tensor = Array4::<f32>::zeros((1, 3, crop_h as usize, crop_w as usize));

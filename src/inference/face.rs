@@ -2,7 +2,7 @@
 //! SsdAnchorsCalculator does, box and keypoint decoding, and weighted non-maximum suppression.
 
 use image::imageops::FilterType;
-use image::{DynamicImage, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 use ndarray::Array4;
 use serde::{Deserialize, Serialize};
 
@@ -79,13 +79,13 @@ pub struct Letterbox {
 
 /// The detector's input: the image scaled to fit a `size`×`size` square (aspect ratio kept, black border),
 /// as NHWC floats in [-1, 1].
-pub fn preprocess(image: &DynamicImage, size: u32) -> (Array4<f32>, Letterbox) {
-    let rgb = image.to_rgb8();
+pub fn preprocess(rgb: &RgbImage, size: u32) -> (Array4<f32>, Letterbox) {
     let (w, h) = rgb.dimensions();
     let scale = size as f32 / w.max(h) as f32;
     let nw = ((w as f32 * scale + 0.5).floor() as u32).clamp(1, size);
     let nh = ((h as f32 * scale + 0.5).floor() as u32).clamp(1, size);
-    let resized = if (nw, nh) == (w, h) { rgb } else { image::imageops::resize(&rgb, nw, nh, FilterType::Triangle) };
+    let resized =
+        if (nw, nh) == (w, h) { rgb.clone() } else { image::imageops::resize(rgb, nw, nh, FilterType::Triangle) };
     let mut canvas = RgbImage::from_pixel(size, size, Rgb([0, 0, 0]));
     let (ox, oy) = ((size - nw) / 2, (size - nh) / 2);
     image::imageops::replace(&mut canvas, &resized, i64::from(ox), i64::from(oy));

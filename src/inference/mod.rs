@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 use ort::session::Session;
 use ort::value::TensorRef;
 use serde::Serialize;
@@ -184,11 +184,13 @@ impl Engine {
         let (manifest, anchors, top_k) = (self.manifest.clone(), self.anchors.clone(), self.top_k);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            // One 8-bit RGB copy serves both models and the colour analysis.
+            let rgb = image.to_rgb8();
             let slot = lease.get();
-            let predictions = classify(&mut slot.classifier, &manifest, &image, top_k)?;
-            let faces = detect_faces(&mut slot.detector, &manifest, &anchors, &image)?;
+            let predictions = classify(&mut slot.classifier, &manifest, &rgb, top_k)?;
+            let faces = detect_faces(&mut slot.detector, &manifest, &anchors, &rgb)?;
             drop(lease);
-            let (selfie, selfie_reason) = analyse_selfie(&image, &faces);
+            let (selfie, selfie_reason) = analyse_selfie(&rgb, &faces);
             Ok(Analysis {
                 predictions,
                 model: manifest.classifier.info.clone(),
@@ -207,7 +209,7 @@ impl Engine {
 fn classify(
     session: &mut Session,
     manifest: &Manifest,
-    image: &DynamicImage,
+    image: &RgbImage,
     top_k: usize,
 ) -> Result<Vec<Prediction>, InferenceError> {
     let tensor = classifier::preprocess(image, &manifest.classifier_spec);
@@ -222,7 +224,7 @@ fn detect_faces(
     session: &mut Session,
     manifest: &Manifest,
     anchors: &[face::Anchor],
-    image: &DynamicImage,
+    image: &RgbImage,
 ) -> Result<Vec<Face>, InferenceError> {
     let spec = &manifest.detector_spec;
     let (tensor, letterbox) = face::preprocess(image, spec.anchors.input_size_width);
@@ -238,10 +240,10 @@ fn detect_faces(
     Ok(face::decode(&regressors, &logits, anchors, &spec.decoding, &letterbox))
 }
 
-fn analyse_selfie(image: &DynamicImage, faces: &[Face]) -> (Option<SeasonAnalysis>, Option<String>) {
+fn analyse_selfie(image: &RgbImage, faces: &[Face]) -> (Option<SeasonAnalysis>, Option<String>) {
     match faces {
         [] => (None, Some("no face found".to_owned())),
-        [face] => match selfie::face_colours(&image.to_rgb8(), face) {
+        [face] => match selfie::face_colours(image, face) {
             Some(colours) => (Some(season::analyse(&colours)), None),
             None => (None, Some("the face is too small or too dark to read its colours".to_owned())),
         },

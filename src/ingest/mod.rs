@@ -18,7 +18,8 @@ use serde_json::json;
 pub use format::ImageFormat;
 pub use validate::ImageLimits;
 
-use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, NewOutboxMessage, StoredObjects};
+use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, StoredObjects};
+use crate::db::outbox::{self, OutboxRow};
 use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
@@ -309,7 +310,7 @@ fn new_record(
     }
 }
 
-fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> NewOutboxMessage {
+fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
     let top = analysis.predictions.first();
     let payload = json!({
         "event_type": "image.uploaded",
@@ -325,14 +326,16 @@ fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> NewOutboxMessage
         "has_face": !analysis.faces.is_empty(),
         "season": analysis.selfie.as_ref().map(|s| s.season),
     });
-    NewOutboxMessage {
+    OutboxRow {
         id: ImageId::generate().to_string(),
         image_id: record.id.clone(),
         event_type: "image.uploaded".to_owned(),
         payload: payload.to_string(),
-        status: "pending".to_owned(),
+        status: outbox::PENDING.to_owned(),
         attempts: 0,
         available_at: record.created_at,
+        last_error: None,
         created_at: record.created_at,
+        published_at: None,
     }
 }

@@ -26,8 +26,8 @@ fn manifest_model(name: &str) -> Value {
     manifest["models"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone()
 }
 
-fn decoded(name: &str) -> image::DynamicImage {
-    image::load_from_memory(&fixture(name)).unwrap()
+fn decoded(name: &str) -> image::RgbImage {
+    image::load_from_memory(&fixture(name)).unwrap().to_rgb8()
 }
 
 /// Largest and mean absolute difference between two tensors of equal length.

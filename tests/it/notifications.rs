@@ -229,9 +229,9 @@ async fn an_sns_outage_delays_notifications_but_loses_none() {
 /// Outbox rows straight into the database, as committed uploads would leave them.
 async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
     let ids: Vec<String> = (0..count).map(|_| upshot::domain::ImageId::generate().to_string()).collect();
-    let rows: Vec<upshot::db::images::NewOutboxMessage> = ids
+    let rows: Vec<OutboxRow> = ids
         .iter()
-        .map(|image_id| upshot::db::images::NewOutboxMessage {
+        .map(|image_id| OutboxRow {
             id: upshot::domain::ImageId::generate().to_string(),
             image_id: image_id.clone(),
             event_type: "image.uploaded".to_owned(),
@@ -241,7 +241,9 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
             status: outbox::PENDING.to_owned(),
             attempts: 0,
             available_at: upshot::ingest::now(),
+            last_error: None,
             created_at: upshot::ingest::now(),
+            published_at: None,
         })
         .collect();
     db.run(move |conn| {
