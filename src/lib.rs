@@ -9,6 +9,7 @@ pub mod error;
 pub mod images;
 pub mod inference;
 pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod state;
 pub mod store;

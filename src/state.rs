@@ -27,6 +27,7 @@ pub struct AppState {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Fingerprint of the static assets, for cache-busting URLs.
     pub asset_version: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
     cpu: Arc<Semaphore>,
 }
 
@@ -61,8 +62,14 @@ impl AppState {
             notifier,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             asset_version,
+            metrics: Arc::default(),
             cpu,
         }
+    }
+
+    /// Image decoding slots free right now.
+    pub fn cpu_slots_free(&self) -> usize {
+        self.cpu.available_permits()
     }
 
     /// Runs CPU-heavy work (decoding, encoding) on a blocking thread, at most `cpu_slots` at once. A request

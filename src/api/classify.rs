@@ -35,7 +35,9 @@ pub fn analysis_body(analysis: &Analysis) -> Value {
 
 async fn analyse_bytes(state: &AppState, bytes: Vec<u8>) -> AppResult<Analysis> {
     let image = state.run_cpu(move |policy| ingest::decode_upright(&bytes, policy).map_err(AppError::from)).await?;
-    Ok(state.inference.analyse(Arc::new(image)).await?)
+    let analysis = state.inference.analyse(Arc::new(image)).await?;
+    state.metrics.observe_inference(analysis.inference_ms);
+    Ok(analysis)
 }
 
 #[post("/classify", data = "<data>")]

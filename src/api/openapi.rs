@@ -234,6 +234,11 @@ pub fn document() -> Value {
                 "operationId": "health",
                 "responses": { "200": { "description": "Up", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } }
             } },
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics: requests and latency by route and status, upload bytes, inference time, queues, outbox backlog",
+                "operationId": "metrics",
+                "responses": { "200": { "description": "Prometheus text format 0.0.4", "content": { "text/plain": { "schema": { "type": "string" } } } } }
+            } },
             "/healthz": { "get": {
                 "summary": "Liveness",
                 "operationId": "healthz",

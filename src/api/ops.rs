@@ -1,4 +1,4 @@
-//! Liveness and readiness, for the load balancer and systemd.
+//! Liveness and readiness for the load balancer and systemd, and metrics for Prometheus.
 
 use std::time::Duration;
 
@@ -12,7 +12,24 @@ use crate::state::AppState;
 use crate::telemetry::RequestId;
 
 pub fn routes() -> Vec<Route> {
-    routes![healthz, readyz]
+    routes![healthz, readyz, metrics]
+}
+
+/// Prometheus text format.
+#[get("/metrics")]
+async fn metrics(state: &State<AppState>) -> (rocket::http::ContentType, String) {
+    let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
+    let gauges = crate::metrics::Gauges {
+        cpu_slots_free: state.cpu_slots_free(),
+        inference_sessions_idle: state.inference.idle_sessions(),
+        outbox_unsent: backlog.map(|b| b.unsent),
+        outbox_failed: backlog.map(|b| b.failed),
+        outbox_oldest_unsent_secs: backlog
+            .and_then(|b| b.oldest_unsent)
+            .map(|t| (crate::ingest::now() - t).num_seconds().max(0)),
+    };
+    let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
+    (text_format, state.metrics.render(&gauges))
 }
 
 /// The process is up and answering; says nothing about its dependencies.

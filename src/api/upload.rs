@@ -63,6 +63,7 @@ pub async fn handle(
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
     let mut bytes = Vec::with_capacity(file.len() as usize);
     file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
+    state.metrics.add_upload_bytes(bytes.len() as u64);
     ingest::ingest(state, bytes, UploadMeta { original_filename, description, idempotency_key }).await
 }
 

@@ -168,6 +168,7 @@ pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppR
     let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
     // The model runs before anything is written, so a model failure leaves nothing behind.
     let analysis = state.inference.analyse(prepared.image.clone()).await?;
+    state.metrics.observe_inference(analysis.inference_ms);
     let state = state.clone();
     tokio::spawn(async move { persist(&state, prepared, analysis, meta).await })
         .await

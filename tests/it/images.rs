@@ -21,6 +21,7 @@ crate::on_both_stacks!(
     errors_have_one_shape_and_echo_request_ids,
     selfie_compatibility_routes,
     admin_listing_pages_newest_first,
+    metrics_count_requests_uploads_and_inference,
 );
 
 fn decode(bytes: &[u8]) -> image::DynamicImage {
@@ -372,4 +373,27 @@ async fn admin_listing_pages_newest_first(stack: Stack) {
     }
     ids.reverse();
     assert_eq!(seen, ids);
+}
+
+async fn metrics_count_requests_uploads_and_inference(stack: Stack) {
+    let app = spawn(stack).await;
+    app.upload_ok("cat.jpg").await;
+    let (status, _, _) = error_code(app.upload("not-an-image.jpg").await).await;
+    assert_eq!(status, 415);
+    let response = app.get("/metrics").await;
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"upshot_http_requests_total{method="POST",route="/api/v1/images",status="201"} 1"#,
+        r#"upshot_http_requests_total{method="POST",route="/api/v1/images",status="415"} 1"#,
+        r#"upshot_http_request_duration_seconds_count{method="POST",route="/api/v1/images"} 2"#,
+        "upshot_inference_seconds_count 1",
+        "upshot_inference_sessions_idle ",
+        "upshot_cpu_slots_free ",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    let bytes = fixture("cat.jpg").len() + fixture("not-an-image.jpg").len();
+    assert!(text.contains(&format!("upshot_upload_bytes_total {bytes}")), "{text}");
+    assert!(text.contains("upshot_outbox_unsent "), "{text}");
 }
