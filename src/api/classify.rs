@@ -8,9 +8,8 @@ use rocket::serde::json::Json;
 use rocket::{get, post, routes, Route, State};
 use rocket_ws::{Message, WebSocket};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 
-use super::upload::{form_error, UploadData};
+use super::upload::{form_error, read_file, UploadData};
 use crate::error::{AppError, AppResult};
 use crate::inference::Analysis;
 use crate::ingest;
@@ -43,11 +42,7 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>) -> AppResult<Analysis> 
 #[post("/classify", data = "<data>")]
 async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
     let file = data.map_err(|errors| form_error(&errors, state))?.into_inner().file;
-    let mut bytes = Vec::with_capacity(file.len() as usize);
-    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
-    if bytes.is_empty() {
-        return Err(AppError::new(crate::error::ErrorCode::MissingFile, "The uploaded file is empty."));
-    }
+    let bytes = read_file(&file).await?;
     Ok(Json(analysis_body(&analyse_bytes(state, bytes).await?)))
 }
 

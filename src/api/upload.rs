@@ -43,6 +43,16 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     .with_detail(detail)
 }
 
+/// The uploaded file's bytes (bounded by the form limits); an empty file is a missing one.
+pub async fn read_file(file: &TempFile<'_>) -> AppResult<Vec<u8>> {
+    if file.len() == 0 {
+        return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
+    }
+    let mut bytes = Vec::with_capacity(file.len() as usize);
+    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
+    Ok(bytes)
+}
+
 /// Validates the form's fields and runs the upload.
 pub async fn handle(
     state: &AppState,
@@ -55,14 +65,10 @@ pub async fn handle(
         crate::web::csrf::verify(cookies, form.csrf_token.as_deref())?;
     }
     let file = form.file;
-    if file.len() == 0 {
-        return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
-    }
+    let bytes = read_file(&file).await?;
     let description = clean_description(form.description, state.config.settings.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
-    let mut bytes = Vec::with_capacity(file.len() as usize);
-    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
     state.metrics.add_upload_bytes(bytes.len() as u64);
     ingest::ingest(state, bytes, UploadMeta { original_filename, description, idempotency_key }).await
 }

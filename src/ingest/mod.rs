@@ -90,10 +90,7 @@ pub struct PreparedImage {
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
 pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
     let source_sha256 = sha256_hex(upload);
-    let format = ImageFormat::sniff(upload)
-        .filter(|f| policy.accepted.contains(f))
-        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
-    let header = validate::read_header(upload, format, &policy.limits)?;
+    let (format, header) = identify(upload, policy)?;
     let stripped = sanitize::strip_metadata(upload, format)?;
     // Decoding the stripped bytes, not the upload, proves that what we store is a valid image.
     let mut image = validate::decode(&stripped, format, &policy.limits)?;
@@ -119,13 +116,18 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
 
 /// Identifies, checks and decodes an upload for the models alone (nothing is stored), upright.
 pub fn decode_upright(upload: &[u8], policy: &IngestPolicy) -> Result<DynamicImage, IngestError> {
-    let format = ImageFormat::sniff(upload)
-        .filter(|f| policy.accepted.contains(f))
-        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
-    let header = validate::read_header(upload, format, &policy.limits)?;
+    let (format, header) = identify(upload, policy)?;
     let mut image = validate::decode(upload, format, &policy.limits)?;
     image.apply_orientation(header.orientation);
     Ok(image)
+}
+
+/// The accepted format, by content, and the header within the limits; no pixel decoded yet.
+fn identify(upload: &[u8], policy: &IngestPolicy) -> Result<(ImageFormat, validate::Header), IngestError> {
+    let format = ImageFormat::sniff(upload)
+        .filter(|f| policy.accepted.contains(f))
+        .ok_or_else(|| IngestError::Unsupported { detected: describe(upload) })?;
+    Ok((format, validate::read_header(upload, format, &policy.limits)?))
 }
 
 fn describe(upload: &[u8]) -> &'static str {
