@@ -15,6 +15,11 @@
 # that the `eval` fails too (eval alone would ignore the exit status).
 # `stop` stops both; it tolerates services that are already gone.
 #
+# For outage tests, a PostgreSQL cluster of its own that a test stops and starts again on the same port:
+#   pg-start <state-dir>            create (first time) and start it; prints the export line for its URL
+#   pg-stop <state-dir> [MODE]      stop it, keeping its data (MODE: fast, or immediate as a crash does)
+#   pg-remove <state-dir>           stop it and remove it
+#
 # Works on a fresh Debian as root or with sudo: installs postgresql and python3-venv
 # with apt-get when missing, and moto into ${UPSHOT_TOOLS_DIR:-<repo>/target/tools}/venv.
 # Env overrides: UPSHOT_PG_BIN (dir holding initdb/pg_ctl), UPSHOT_TOOLS_DIR.
@@ -77,7 +82,7 @@ find_pg_bin() {
 # ---------------------------------------------------------------- PostgreSQL
 
 start_pg() {
-    local state=$1 pgbin pgdir port sockdir
+    local state=$1 pgbin pgdir
     pgbin=$(find_pg_bin)
     if [ -z "$pgbin" ]; then
         apt_install postgresql
@@ -109,7 +114,17 @@ start_pg() {
     as_pg "$pgbin/initdb" -D "$pgdir" -U postgres -A trust -E UTF8 --no-locale --no-sync >"$state/initdb.log" 2>&1 ||
         { cat "$state/initdb.log" >&2; die "initdb failed"; }
 
-    port=$(free_port)
+    free_port >"$state/pg.port"
+    run_pg "$state"
+    printf 'export UPSHOT_TEST_PG_URL=%q\n' "postgres://postgres@127.0.0.1:$(cat "$state/pg.port")/postgres" >>"$state/env"
+}
+
+# Starts the cluster that start_pg created, on the port it chose.
+run_pg() {
+    local state=$1 pgbin pgdir port sockdir
+    pgbin=$(cat "$state/pg.bin")
+    pgdir=$(cat "$state/pg.dir")
+    port=$(cat "$state/pg.port")
     # Unix socket paths are limited to ~107 bytes; skip the socket if the dir is too deep.
     sockdir=$pgdir
     if [ $(( ${#pgdir} + 20 )) -gt 100 ]; then sockdir=''; fi
@@ -120,7 +135,14 @@ start_pg() {
         tail -n 30 "$pgdir/log" >&2 || true
         die "postgres failed to start"
     fi
-    printf 'export UPSHOT_TEST_PG_URL=%q\n' "postgres://postgres@127.0.0.1:$port/postgres" >>"$state/env"
+}
+
+# Stops the cluster and keeps it, as a database restart or failover would.
+halt_pg() {
+    local state=$1 mode=${2:-fast}
+    case $mode in fast | immediate) ;; *) die "unknown stop mode: $mode" ;; esac
+    log "stopping postgres (-m $mode)"
+    as_pg "$(cat "$state/pg.bin")/pg_ctl" -D "$(cat "$state/pg.dir")" -w -t "$WAIT_SECONDS" -m "$mode" stop >&2
 }
 
 stop_pg() {
@@ -215,9 +237,9 @@ cleanup_failed_start() {
     fi
 }
 
-usage() { die "usage: $0 start|stop <state-dir>"; }
+usage() { die "usage: $0 start|stop|pg-start|pg-stop|pg-remove <state-dir> [stop mode]"; }
 
-[ $# -eq 2 ] || usage
+[ $# -eq 2 ] || { [ $# -eq 3 ] && [ "$1" = pg-stop ]; } || usage
 cmd=$1
 mkdir -p "$2"
 state=$(cd "$2" && pwd)
@@ -240,6 +262,22 @@ case $cmd in
     stop)
         stop_moto "$state"
         stop_pg "$state"
+        ;;
+    pg-start)
+        if [ -f "$state/pg.port" ] && [ -f "$state/pg.dir" ]; then
+            run_pg "$state"
+        else
+            rm -f "$state/env"
+            trap 'cleanup_failed_start $?' EXIT
+            start_pg "$state"
+            trap - EXIT
+        fi
+        cat "$state/env"
+        ;;
+    pg-stop) halt_pg "$state" "${3:-fast}" ;;
+    pg-remove)
+        stop_pg "$state"
+        rm -f "$state/pg.port" "$state/env"
         ;;
     *) usage ;;
 esac

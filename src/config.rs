@@ -244,6 +244,9 @@ impl AppConfig {
         if settings.database_pool_size == 0 {
             return Err(invalid("database_pool_size", "must be at least 1"));
         }
+        if settings.database_timeout_secs == 0 {
+            return Err(invalid("database_timeout_secs", "must be at least 1"));
+        }
         if settings.store == StoreKind::S3 {
             match settings.s3_bucket.as_deref() {
                 None | Some("") => return Err(invalid("s3_bucket", "required when store = \"s3\"")),

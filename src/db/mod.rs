@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{self, ManageConnection};
+use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use diesel::PgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -44,6 +44,16 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The database could not be reached or dropped the connection, or (SQLite) stayed locked past the busy
+    /// timeout: the request may succeed if retried shortly, so it is a 503, not our bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(_) | DbError::Connect(_) => true,
+            DbError::Query(error) => query_error_is_unavailable(error),
+            DbError::Migration(_) | DbError::Task(_) => false,
+        }
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         matches!(
             self,
@@ -52,15 +62,30 @@ impl DbError {
     }
 }
 
+fn query_error_is_unavailable(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        // SQLite's SQLITE_BUSY / SQLITE_LOCKED after busy_timeout; diesel reports them by message only.
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            message.starts_with("database is locked") || message.starts_with("database table is locked")
+        }
+        // A connection that died mid-transaction cannot roll back either.
+        Error::BrokenTransactionManager => true,
+        Error::RollbackErrorOnCommit { commit_error, .. } => query_error_is_unavailable(commit_error),
+        _ => false,
+    }
+}
+
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
-        match error {
-            DbError::Pool(_) | DbError::Connect(_) => {
-                AppError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; try again shortly.")
-                    .with_detail(error)
-                    .retry_after(5)
-            }
-            other => AppError::internal(other),
+        if error.is_unavailable() {
+            AppError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; try again shortly.")
+                .with_detail(error)
+                .retry_after(2)
+        } else {
+            AppError::internal(error)
         }
     }
 }
@@ -69,6 +94,8 @@ impl From<DbError> for AppError {
 #[derive(Debug, Clone)]
 struct Manager {
     url: DatabaseUrl,
+    /// SQLite's busy timeout: how long a writer queues behind another before giving up.
+    busy_timeout: Duration,
 }
 
 impl Manager {
@@ -77,11 +104,13 @@ impl Manager {
             DatabaseUrl::Postgres(url) => Ok(DbConnection::Postgresql(PgConnection::establish(url)?)),
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
-                // WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail.
-                conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                // WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail,
+                // for as long as a request would wait for a pooled connection.
+                conn.batch_execute(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {}; \
                      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                )?;
+                    self.busy_timeout.as_millis()
+                ))?;
                 Ok(DbConnection::Sqlite(conn))
             }
         }
@@ -96,12 +125,15 @@ impl ManageConnection for Manager {
         Manager::connect(self)
     }
 
+    /// Run on every checkout: a connection the server closed (restart, failover) fails here and is replaced,
+    /// instead of failing the request that drew it. One loopback round trip.
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
-        conn.batch_execute("SELECT 1").map_err(DbError::from)
+        conn.ping().map_err(DbError::from)
     }
 
-    fn has_broken(&self, _: &mut DbConnection) -> bool {
-        false
+    /// Run on every return: a connection whose transaction could not be closed is never handed out again.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || conn.is_broken()
     }
 }
 
@@ -123,13 +155,13 @@ impl Db {
                         .map_err(|e| DbError::Migration(format!("cannot create {}: {e}", parent.display())))?;
                 }
             }
-            let manager = Manager { url };
+            let manager = Manager { url, busy_timeout: timeout };
             run_migrations(&mut manager.connect()?)?;
             let pool = r2d2::Pool::builder()
                 .max_size(pool_size)
                 .min_idle(Some(1))
                 .connection_timeout(timeout)
-                .test_on_check_out(false)
+                .test_on_check_out(true)
                 .build(manager)?;
             Ok(Db { pool, backend })
         })
@@ -180,5 +212,5 @@ pub fn migrate(url: &DatabaseUrl) -> Result<usize, DbError> {
 
 /// One connection outside the pool, for commands.
 pub fn connect(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
-    Manager { url: url.clone() }.connect()
+    Manager { url: url.clone(), busy_timeout: Duration::from_secs(10) }.connect()
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use chrono::{NaiveDateTime, Timelike, Utc};
 use image::metadata::Orientation;
 use std::sync::Arc;
+use std::time::Duration;
 
 use image::DynamicImage;
 use serde_json::json;
@@ -231,9 +232,48 @@ async fn persist(
                 let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
                 return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
             }
+            // The connection broke: the commit may have landed all the same, so the objects go only once the
+            // database, back again, says that no row points at them.
+            Err(error) if error.is_unavailable() => {
+                if !deduplicated {
+                    tokio::spawn(remove_unless_committed(state.clone(), id.clone(), objects));
+                }
+                return Err(error.into());
+            }
             Err(error) => {
                 remove_objects(state, deduplicated, &objects).await;
                 return Err(error.into());
+            }
+        }
+    }
+}
+
+/// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
+/// operators (they are logged by key).
+const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
+
+async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredObjects) {
+    let deadline = tokio::time::Instant::now() + UNANSWERED_COMMIT_PATIENCE;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let row_id = id.to_string();
+        match state.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
+            Ok(Some(_)) => {
+                log::info!("upload {id}: its commit landed before the database connection broke; objects kept");
+                return;
+            }
+            Ok(None) => return remove_objects(&state, false, &objects).await,
+            Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                log::error!(
+                    "upload {id}: cannot tell whether its row was written ({error}); objects {} and {} left in place",
+                    objects.original_key,
+                    objects.thumbnail_key
+                );
+                return;
             }
         }
     }

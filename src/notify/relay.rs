@@ -51,6 +51,9 @@ pub fn backoff(attempts: i32, base: Duration, cap: Duration) -> Duration {
     half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
 }
 
+/// How often a publish outcome is offered again to a database that could not take it.
+const SETTLE_RETRY: Duration = Duration::from_millis(500);
+
 fn later(delay: Duration) -> chrono::NaiveDateTime {
     crate::ingest::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
 }
@@ -99,7 +102,7 @@ impl Relay {
             }
             match self.publish(&row).await {
                 Ok(()) => {
-                    self.settle(row, |conn, row| outbox::mark_sent(conn, row, crate::ingest::now())).await?;
+                    self.settle(row, shutdown, |conn, row| outbox::mark_sent(conn, row, crate::ingest::now())).await?;
                     report.sent += 1;
                 }
                 Err(error) => {
@@ -112,8 +115,9 @@ impl Relay {
                             row.image_id,
                             row.attempts
                         );
-                        self.settle(row, move |conn, row| outbox::mark_failed(conn, row, crate::ingest::now(), &text))
-                            .await?;
+                        let park =
+                            move |conn: &mut _, row: &_| outbox::mark_failed(conn, row, crate::ingest::now(), &text);
+                        self.settle(row, shutdown, park).await?;
                         report.failed += 1;
                     } else {
                         let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
@@ -123,7 +127,8 @@ impl Relay {
                             row.attempts,
                             delay.as_secs_f64()
                         );
-                        self.settle(row, move |conn, row| outbox::mark_retry(conn, row, later(delay), &text)).await?;
+                        let retry = move |conn: &mut _, row: &_| outbox::mark_retry(conn, row, later(delay), &text);
+                        self.settle(row, shutdown, retry).await?;
                         report.retried += 1;
                     }
                 }
@@ -139,15 +144,32 @@ impl Relay {
         self.notifier.publish(&notification).await
     }
 
-    async fn settle<F>(&self, row: OutboxRow, settle: F) -> Result<(), DbError>
+    /// Records the outcome of a publish. When the database is briefly unreachable (a restart, a failover) the
+    /// outcome is kept and retried until the claim's lease runs out, so a message already published is not
+    /// published again once the database is back.
+    async fn settle<F>(&self, row: OutboxRow, shutdown: &watch::Receiver<bool>, settle: F) -> Result<(), DbError>
     where
-        F: FnOnce(&mut crate::db::DbConnection, &OutboxRow) -> Result<bool, DbError> + Send + 'static,
+        F: Fn(&mut crate::db::DbConnection, &OutboxRow) -> Result<bool, DbError> + Clone + Send + 'static,
     {
-        let id = row.id.clone();
-        if !self.db.run(move |conn| settle(conn, &row)).await? {
-            log::warn!("outbox message {id}: the claim expired before it was settled; another relay owns it now");
+        let lease_ends = row.available_at;
+        loop {
+            let (attempt, claimed) = (settle.clone(), row.clone());
+            match self.db.run(move |conn| attempt(conn, &claimed)).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    log::warn!(
+                        "outbox message {}: the claim expired before it was settled; another relay owns it now",
+                        row.id
+                    );
+                    return Ok(());
+                }
+                Err(error) if error.is_unavailable() && crate::ingest::now() < lease_ends && !*shutdown.borrow() => {
+                    log::debug!("outbox message {}: settling waits for the database: {error}", row.id);
+                    tokio::time::sleep(SETTLE_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
         }
-        Ok(())
     }
 }
 

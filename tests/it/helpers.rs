@@ -38,9 +38,13 @@ fn unique_name(prefix: &str) -> String {
 
 /// A fresh PostgreSQL database on the test cluster; returns its URL.
 pub fn create_pg_database() -> String {
-    let admin_url = required_env("UPSHOT_TEST_PG_URL");
+    create_pg_database_on(&required_env("UPSHOT_TEST_PG_URL"))
+}
+
+/// A fresh PostgreSQL database on the cluster that `admin_url` reaches; returns its URL.
+pub fn create_pg_database_on(admin_url: &str) -> String {
     let name = unique_name("upshot_test_");
-    let mut admin = PgConnection::establish(&admin_url).expect("connect to the test cluster");
+    let mut admin = PgConnection::establish(admin_url).expect("connect to the test cluster");
     diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).expect("create database");
     let base = admin_url.rsplit_once('/').expect("URL with a database name").0;
     format!("{base}/{name}")
@@ -150,8 +154,9 @@ pub async fn spawn(stack: Stack) -> TestApp {
 
 pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
-    let (figment, database_url, bucket) = base_figment(stack, data_dir.path()).await;
+    let (figment, _, bucket) = base_figment(stack, data_dir.path()).await;
     let figment = customize(figment);
+    let database_url: String = figment.extract_inner("database_url").unwrap();
     let port: u16 = figment.extract_inner("port").unwrap();
     let topic_arn: Option<String> = figment.extract_inner("sns_topic_arn").ok();
     let config = AppConfig::from_figment(figment).expect("valid test configuration");

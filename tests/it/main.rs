@@ -7,4 +7,5 @@ mod images;
 mod inference;
 mod meta;
 mod notifications;
+mod outage;
 mod pages;
