@@ -1,5 +1,6 @@
 //! Per-stage cost of an upload on the fixtures: decode, metadata strip + decode + thumbnail (`prepare`),
-//! classifier preprocessing and run, face detector preprocessing and run, and the whole analysis.
+//! classifier preprocessing and run, face detector preprocessing and run, and the whole analysis; then a
+//! 12 MP photo (the 4000x3000 JPEG of `../shared/bench/images`) through `prepare` and the models.
 //!
 //! Run with `scripts/bench.sh` (it fetches ONNX Runtime first), or `cargo bench --bench pipeline` with
 //! `UPSHOT_ORT_LIB` set.
@@ -12,6 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ort::session::Session;
 use ort::value::TensorRef;
+use upshot::imaging::WorkingSize;
 use upshot::inference::{classifier, face, Engine, EngineConfig};
 use upshot::ingest::{self, ImageFormat, ImageLimits, IngestPolicy};
 
@@ -49,15 +51,17 @@ fn stages(c: &mut Criterion) {
     };
     let engine = Arc::new(Engine::load(&engine_config).expect("models load"));
     let env = upshot::inference::onnx_runtime(&engine_config.ort_library).unwrap();
+    let needs = engine.input_size();
     let policy = IngestPolicy {
         accepted: ImageFormat::ALL.to_vec(),
         limits: ImageLimits { max_width: 12_000, max_height: 12_000, max_pixels: 50_000_000 },
         thumbnail_size: 320,
+        working: WorkingSize { min_long_side: needs.min_long_side.max(320), ..needs },
     };
     let cat_bytes = fixture("cat-gps-rotated.jpg");
     let cat = image::load_from_memory(&fixture("cat.jpg")).unwrap().to_rgb8();
-    let astronaut_image = Arc::new(image::load_from_memory(&fixture("astronaut.webp")).unwrap());
-    let astronaut = astronaut_image.to_rgb8();
+    let astronaut = image::load_from_memory(&fixture("astronaut.webp")).unwrap().to_rgb8();
+    let astronaut_image = Arc::new(astronaut.clone());
 
     let mut group = c.benchmark_group("stages");
     group.sample_size(30).measurement_time(Duration::from_secs(4));
@@ -95,6 +99,35 @@ fn stages(c: &mut Criterion) {
         b.iter(|| runtime.block_on(engine.analyse(astronaut_image.clone())).unwrap())
     });
     group.finish();
+
+    let photo = large_photo();
+    let mut group = c.benchmark_group("12 MP photo");
+    group.sample_size(20).measurement_time(Duration::from_secs(6));
+    group.bench_function("prepare 4000x3000 jpeg", |b| b.iter(|| ingest::prepare(black_box(&photo), &policy).unwrap()));
+    group.bench_function("prepare + models, 4000x3000 jpeg", |b| {
+        b.iter(|| {
+            let prepared = ingest::prepare(black_box(&photo), &policy).unwrap();
+            runtime.block_on(engine.analyse(prepared.pixels)).unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// The benchmark mix's 12 MP JPEG, or (without `../shared` beside the repository) the astronaut fixture
+/// enlarged to the same size.
+fn large_photo() -> Vec<u8> {
+    let shared = std::env::var("BENCH_IMAGES")
+        .map_or_else(|_| repo("../shared/bench/images"), Into::into)
+        .join("astronaut_4000x3000.jpg");
+    std::fs::read(&shared).unwrap_or_else(|_| {
+        let large = image::load_from_memory(&fixture("astronaut.webp"))
+            .unwrap()
+            .resize_exact(4000, 3000, image::imageops::FilterType::Triangle)
+            .to_rgb8();
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&large).unwrap();
+        bytes
+    })
 }
 
 criterion_group!(benches, stages);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages Upshot builds against (libpq for PostgreSQL, pkg-config), from Debian's
+# Installs the system packages Upshot builds against (libpq for PostgreSQL, pkg-config, cmake and nasm for
+# libjpeg-turbo), from Debian's
 # archive, when they are missing. Needs root or sudo only when something is missing.
 set -euo pipefail
 
@@ -7,6 +8,9 @@ missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 { command -v pg_config >/dev/null 2>&1 || [ -e /usr/include/postgresql/libpq-fe.h ]; } || missing+=(libpq-dev)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# libjpeg-turbo is built from source with its SIMD code.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-deps: installing ${missing[*]}" >&2

@@ -69,6 +69,9 @@ pub struct Settings {
     pub cpu_slots: usize,
     /// How long an upload waits for a free CPU slot before 503 `BUSY`.
     pub cpu_wait_ms: u64,
+    /// Upload bytes held in memory at once, across all requests; an upload that finds no room within
+    /// `cpu_wait_ms` gets 503 `BUSY`. Memory follows this budget, not the number of connections.
+    pub upload_budget_bytes: u64,
     pub static_dir: PathBuf,
     /// Directory of `manifest.json` and the model files it names.
     pub models_dir: PathBuf,
@@ -132,6 +135,7 @@ impl Default for Settings {
             dedup: true,
             cpu_slots: 0,
             cpu_wait_ms: 10_000,
+            upload_budget_bytes: 48 * MIB,
             static_dir: PathBuf::from("static"),
             models_dir: PathBuf::from("models"),
             ort_lib: PathBuf::from(DEFAULT_ORT_LIB),
@@ -276,6 +280,15 @@ impl AppConfig {
         }
         if settings.max_upload_bytes < 1024 {
             return Err(invalid("max_upload_bytes", "must be at least 1024"));
+        }
+        if settings.upload_budget_bytes < settings.max_upload_bytes {
+            return Err(invalid(
+                "upload_budget_bytes",
+                "must be at least max_upload_bytes, so that the largest upload fits",
+            ));
+        }
+        if settings.upload_budget_bytes / 1024 > u64::from(u32::MAX) {
+            return Err(invalid("upload_budget_bytes", "must be below 4 TiB"));
         }
         if settings.max_image_width == 0 || settings.max_image_height == 0 || settings.max_image_pixels == 0 {
             return Err(invalid("max_image_pixels", "image limits must be positive"));

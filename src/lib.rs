@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod images;
+pub mod imaging;
 pub mod inference;
 pub mod ingest;
 pub mod metrics;

@@ -53,6 +53,7 @@ pub struct Metrics {
 /// Values read at scrape time rather than counted.
 pub struct Gauges {
     pub cpu_slots_free: usize,
+    pub upload_budget_free_bytes: u64,
     pub inference_sessions_idle: usize,
     pub outbox_unsent: Option<i64>,
     pub outbox_failed: Option<i64>,
@@ -120,6 +121,12 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "upshot_upload_budget_free_bytes",
+            "Room left for upload bytes in memory (upload_budget_bytes).",
+            Some(gauges.upload_budget_free_bytes as i64),
+        );
+        gauge(
+            &mut out,
             "upshot_inference_sessions_idle",
             "Model sessions not in use right now.",
             Some(gauges.inference_sessions_idle as i64),
@@ -149,6 +156,7 @@ mod tests {
         metrics.observe_inference(7.5);
         let text = metrics.render(&Gauges {
             cpu_slots_free: 2,
+            upload_budget_free_bytes: 1 << 20,
             inference_sessions_idle: 1,
             outbox_unsent: Some(3),
             outbox_failed: Some(0),

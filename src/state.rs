@@ -1,14 +1,15 @@
-//! What every request handler shares: configuration, database, object store, and the CPU budget.
+//! What every request handler shares: configuration, database, object store, and the CPU and upload budgets.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::AppConfig;
 use crate::db::Db;
 use crate::domain::DeleteTokens;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::imaging::WorkingSize;
 use crate::inference::Engine;
 use crate::ingest::{ImageLimits, IngestPolicy};
 use crate::notify::Notifier;
@@ -29,6 +30,13 @@ pub struct AppState {
     pub asset_version: String,
     pub metrics: Arc<crate::metrics::Metrics>,
     cpu: Arc<Semaphore>,
+    /// The upload budget, in KiB.
+    upload_budget: Arc<Semaphore>,
+}
+
+/// Room in the upload budget, held for as long as an upload's bytes are in memory.
+pub struct UploadPermit {
+    _room: OwnedSemaphorePermit,
 }
 
 impl AppState {
@@ -49,8 +57,13 @@ impl AppState {
                 max_pixels: settings.max_image_pixels,
             },
             thumbnail_size: settings.thumbnail_size,
+            working: WorkingSize {
+                min_long_side: inference.input_size().min_long_side.max(settings.thumbnail_size),
+                ..inference.input_size()
+            },
         };
         let cpu = Arc::new(Semaphore::new(config.cpu_slots));
+        let upload_budget = Arc::new(Semaphore::new((settings.upload_budget_bytes / 1024) as usize));
         let asset_version = crate::web::security::asset_version(&settings.static_dir);
         AppState {
             config: Arc::new(config),
@@ -64,7 +77,30 @@ impl AppState {
             asset_version,
             metrics: Arc::default(),
             cpu,
+            upload_budget,
         }
+    }
+
+    /// Room left in the upload budget, in bytes.
+    pub fn upload_budget_free(&self) -> u64 {
+        self.upload_budget.available_permits() as u64 * 1024
+    }
+
+    /// Waits (at most `cpu_wait_ms`) for room for `bytes` of upload in memory; a request that finds none is
+    /// told to come back, so memory is bounded by the budget however many clients send at once.
+    pub async fn admit_upload(&self, bytes: u64) -> AppResult<UploadPermit> {
+        let budget_kib = self.config.settings.upload_budget_bytes / 1024;
+        let kib = bytes.div_ceil(1024).clamp(1, budget_kib) as u32;
+        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let permit = tokio::time::timeout(wait, self.upload_budget.clone().acquire_many_owned(kib))
+            .await
+            .map_err(|_| {
+                AppError::new(ErrorCode::Busy, "The server is receiving too many uploads at once; try again shortly.")
+                    .with_detail(format!("upload budget full: {bytes} bytes waited {wait:?}"))
+                    .retry_after(2)
+            })?
+            .map_err(AppError::internal)?;
+        Ok(UploadPermit { _room: permit })
     }
 
     /// Image decoding slots free right now.

@@ -13,7 +13,7 @@ use super::upload::{form_error, read_file, UploadData};
 use crate::error::{AppError, AppResult};
 use crate::inference::Analysis;
 use crate::ingest;
-use crate::state::AppState;
+use crate::state::{AppState, UploadPermit};
 
 pub fn routes() -> Vec<Route> {
     routes![classify, stream]
@@ -32,8 +32,16 @@ pub fn analysis_body(analysis: &Analysis) -> Value {
     })
 }
 
-async fn analyse_bytes(state: &AppState, bytes: Vec<u8>) -> AppResult<Analysis> {
-    let image = state.run_cpu(move |policy| ingest::decode_upright(&bytes, policy).map_err(AppError::from)).await?;
+/// Decodes at the working size and runs the models; the upload's room in the budget is given back once the
+/// bytes are decoded.
+async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -> AppResult<Analysis> {
+    let image = state
+        .run_cpu(move |policy| {
+            let image = ingest::decode_upright(&bytes, policy).map_err(AppError::from);
+            drop((bytes, permit));
+            image
+        })
+        .await?;
     let analysis = state.inference.analyse(Arc::new(image)).await?;
     state.metrics.observe_inference(analysis.inference_ms);
     Ok(analysis)
@@ -42,8 +50,8 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>) -> AppResult<Analysis> 
 #[post("/classify", data = "<data>")]
 async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
     let file = data.map_err(|errors| form_error(&errors, state))?.into_inner().file;
-    let bytes = read_file(&file).await?;
-    Ok(Json(analysis_body(&analyse_bytes(state, bytes).await?)))
+    let (bytes, permit) = read_file(state, &file).await?;
+    Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
 }
 
 /// Frames larger than the upload limit close the connection (WebSocket status 1009, message too big).
@@ -60,7 +68,7 @@ fn stream(ws: WebSocket, state: &State<AppState>) -> rocket_ws::Channel<'static>
         Box::pin(async move {
             while let Some(message) = stream.next().await {
                 let reply = match message? {
-                    Message::Binary(frame) => match analyse_bytes(&state, frame.to_vec()).await {
+                    Message::Binary(frame) => match admitted_analysis(&state, frame.to_vec()).await {
                         Ok(analysis) => analysis_body(&analysis),
                         Err(error) => frame_error(&error),
                     },
@@ -76,6 +84,11 @@ fn stream(ws: WebSocket, state: &State<AppState>) -> rocket_ws::Channel<'static>
             Ok(())
         })
     })
+}
+
+async fn admitted_analysis(state: &AppState, frame: Vec<u8>) -> AppResult<Analysis> {
+    let permit = state.admit_upload(frame.len() as u64).await?;
+    analyse_bytes(state, frame, permit).await
 }
 
 /// A bad frame gets an error message in the API's error shape; the connection stays open.

@@ -21,6 +21,7 @@ async fn metrics(state: &State<AppState>) -> (rocket::http::ContentType, String)
     let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
     let gauges = crate::metrics::Gauges {
         cpu_slots_free: state.cpu_slots_free(),
+        upload_budget_free_bytes: state.upload_budget_free(),
         inference_sessions_idle: state.inference.idle_sessions(),
         outbox_unsent: backlog.map(|b| b.unsent),
         outbox_failed: backlog.map(|b| b.failed),

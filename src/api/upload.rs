@@ -9,7 +9,7 @@ use crate::config::human_bytes;
 use crate::domain::display_filename;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::ingest::{self, UploadMeta, Uploaded};
-use crate::state::AppState;
+use crate::state::{AppState, UploadPermit};
 
 #[derive(FromForm)]
 pub struct UploadForm<'r> {
@@ -43,14 +43,16 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     .with_detail(detail)
 }
 
-/// The uploaded file's bytes (bounded by the form limits); an empty file is a missing one.
-pub async fn read_file(file: &TempFile<'_>) -> AppResult<Vec<u8>> {
+/// The uploaded file's bytes (bounded by the form limits), read from its spool file once the upload budget
+/// has room for them; an empty file is a missing one.
+pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<u8>, UploadPermit)> {
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
+    let permit = state.admit_upload(file.len()).await?;
     let mut bytes = Vec::with_capacity(file.len() as usize);
     file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
-    Ok(bytes)
+    Ok((bytes, permit))
 }
 
 /// Validates the form's fields and runs the upload.
@@ -65,12 +67,12 @@ pub async fn handle(
         crate::web::csrf::verify(cookies, form.csrf_token.as_deref())?;
     }
     let file = form.file;
-    let bytes = read_file(&file).await?;
+    let (bytes, permit) = read_file(state, &file).await?;
     let description = clean_description(form.description, state.config.settings.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
     state.metrics.add_upload_bytes(bytes.len() as u64);
-    ingest::ingest(state, bytes, UploadMeta { original_filename, description, idempotency_key }).await
+    ingest::ingest(state, bytes, permit, UploadMeta { original_filename, description, idempotency_key }).await
 }
 
 fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {

@@ -1,7 +1,6 @@
 //! ImageNet classification: the manifest's preprocessing (shorter side to 256 with a bilinear, antialiased
 //! filter; centre crop 224; ImageNet normalisation), then softmax and top-k.
 
-use image::imageops::FilterType;
 use image::RgbImage;
 use ndarray::Array4;
 use serde::Deserialize;
@@ -33,10 +32,7 @@ fn resize_shorter_side(rgb: &RgbImage, shorter: u32) -> RgbImage {
     } else {
         ((u64::from(shorter) * u64::from(w) / u64::from(h)) as u32, shorter)
     };
-    if (nw, nh) == (w, h) {
-        return rgb.clone();
-    }
-    image::imageops::resize(rgb, nw, nh, FilterType::Triangle)
+    crate::imaging::resize(rgb, nw, nh)
 }
 
 /// Python's `round(x / 2.0)` for a non-negative integer x: halves go to the even neighbour.

@@ -1,7 +1,6 @@
 //! BlazeFace (MediaPipe's short-range face detector): letterboxed input, SSD anchors generated as MediaPipe's
 //! SsdAnchorsCalculator does, box and keypoint decoding, and weighted non-maximum suppression.
 
-use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
 use ndarray::Array4;
 use serde::{Deserialize, Serialize};
@@ -84,8 +83,7 @@ pub fn preprocess(rgb: &RgbImage, size: u32) -> (Array4<f32>, Letterbox) {
     let scale = size as f32 / w.max(h) as f32;
     let nw = ((w as f32 * scale + 0.5).floor() as u32).clamp(1, size);
     let nh = ((h as f32 * scale + 0.5).floor() as u32).clamp(1, size);
-    let resized =
-        if (nw, nh) == (w, h) { rgb.clone() } else { image::imageops::resize(rgb, nw, nh, FilterType::Triangle) };
+    let resized = crate::imaging::resize(rgb, nw, nh);
     let mut canvas = RgbImage::from_pixel(size, size, Rgb([0, 0, 0]));
     let (ox, oy) = ((size - nw) / 2, (size - nh) / 2);
     image::imageops::replace(&mut canvas, &resized, i64::from(ox), i64::from(oy));

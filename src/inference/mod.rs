@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 use serde::Serialize;
@@ -174,18 +174,28 @@ impl Engine {
         &self.manifest.labels
     }
 
+    /// The smallest image the models' preprocessing reduces from without enlarging: the classifier's shorter
+    /// side, the face detector's square.
+    pub fn input_size(&self) -> crate::imaging::WorkingSize {
+        let classifier = &self.manifest.classifier_spec;
+        let [crop_width, crop_height] = classifier.center_crop.size;
+        let detector = &self.manifest.detector_spec.anchors;
+        crate::imaging::WorkingSize {
+            min_short_side: classifier.resize.shorter_side.max(crop_width).max(crop_height),
+            min_long_side: detector.input_size_width.max(detector.input_size_height),
+        }
+    }
+
     pub fn classifier_info(&self) -> &ModelInfo {
         &self.manifest.classifier.info
     }
 
     /// Classifies the image and analyses faces. Waits at most the configured time for a free session.
-    pub async fn analyse(&self, image: Arc<DynamicImage>) -> Result<Analysis, InferenceError> {
+    pub async fn analyse(&self, rgb: Arc<RgbImage>) -> Result<Analysis, InferenceError> {
         let mut lease = self.pool.acquire(self.wait).await?;
         let (manifest, anchors, top_k) = (self.manifest.clone(), self.anchors.clone(), self.top_k);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            // One 8-bit RGB copy serves both models and the colour analysis.
-            let rgb = image.to_rgb8();
             let slot = lease.get();
             let predictions = classify(&mut slot.classifier, &manifest, &rgb, top_k)?;
             let faces = detect_faces(&mut slot.detector, &manifest, &anchors, &rgb)?;

@@ -3,17 +3,18 @@
 //! whatever was written when a later step fails.
 
 mod format;
+mod jpeg;
+mod pixels;
 pub mod sanitize;
 mod thumbnail;
 pub mod validate;
 
 use bytes::Bytes;
 use chrono::{NaiveDateTime, Timelike, Utc};
-use image::metadata::Orientation;
 use std::sync::Arc;
 use std::time::Duration;
 
-use image::DynamicImage;
+use image::RgbImage;
 use serde_json::json;
 
 pub use format::ImageFormat;
@@ -24,7 +25,7 @@ use crate::db::outbox::{self, OutboxRow};
 use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
-use crate::state::AppState;
+use crate::state::{AppState, UploadPermit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -72,9 +73,11 @@ pub struct IngestPolicy {
     pub accepted: Vec<ImageFormat>,
     pub limits: ImageLimits,
     pub thumbnail_size: u32,
+    /// The size images are decoded to: enough for the thumbnail and the models' inputs.
+    pub working: crate::imaging::WorkingSize,
 }
 
-/// A validated upload, ready to store: metadata stripped, orientation applied, thumbnail made.
+/// A validated upload, ready to store: metadata stripped, upright, thumbnail made.
 pub struct PreparedImage {
     pub format: ImageFormat,
     pub original: Bytes,
@@ -84,8 +87,8 @@ pub struct PreparedImage {
     pub height: u32,
     pub thumbnail: Bytes,
     pub thumbnail_format: ImageFormat,
-    /// The upright pixels, for the models.
-    pub image: Arc<DynamicImage>,
+    /// The upright working image (a few hundred pixels a side), for the models.
+    pub pixels: Arc<RgbImage>,
 }
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
@@ -93,34 +96,28 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
     let source_sha256 = sha256_hex(upload);
     let (format, header) = identify(upload, policy)?;
     let stripped = sanitize::strip_metadata(upload, format)?;
-    // Decoding the stripped bytes, not the upload, proves that what we store is a valid image.
-    let mut image = validate::decode(&stripped, format, &policy.limits)?;
-    image.apply_orientation(header.orientation);
-    let original = if header.orientation == Orientation::NoTransforms {
-        stripped
-    } else {
-        thumbnail::encode_as(&image, format).map_err(|e| IngestError::Corrupt(e.to_string()))?
-    };
-    let thumb = thumbnail::make(&image, policy.thumbnail_size).map_err(|e| IngestError::Corrupt(e.to_string()))?;
+    // Decoding the stored bytes (or, for a JPEG turned upright, every scan of them), not the upload, proves
+    // that what we store is a valid image.
+    let upright = pixels::for_storage(stripped, format, header.orientation, policy)?;
+    let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
     Ok(PreparedImage {
         format,
-        sha256: sha256_hex(&original),
+        sha256: sha256_hex(&upright.original),
         source_sha256,
-        original: original.into(),
-        width: image.width(),
-        height: image.height(),
+        original: upright.original.into(),
+        width: upright.width,
+        height: upright.height,
         thumbnail: thumb.bytes.into(),
         thumbnail_format: thumb.format,
-        image: Arc::new(image),
+        pixels: Arc::new(upright.working.into_rgb8()),
     })
 }
 
-/// Identifies, checks and decodes an upload for the models alone (nothing is stored), upright.
-pub fn decode_upright(upload: &[u8], policy: &IngestPolicy) -> Result<DynamicImage, IngestError> {
+/// Identifies, checks and decodes an upload for the models alone (nothing is stored): the upright working
+/// image.
+pub fn decode_upright(upload: &[u8], policy: &IngestPolicy) -> Result<RgbImage, IngestError> {
     let (format, header) = identify(upload, policy)?;
-    let mut image = validate::decode(upload, format, &policy.limits)?;
-    image.apply_orientation(header.orientation);
-    Ok(image)
+    pixels::for_models(upload, format, header.orientation, policy)
 }
 
 /// The accepted format, by content, and the header within the limits; no pixel decoded yet.
@@ -161,21 +158,23 @@ pub struct Uploaded {
 }
 
 /// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
-/// client that hangs up mid-way cannot leave objects without a row.
-pub async fn ingest(state: &AppState, upload: Vec<u8>, meta: UploadMeta) -> AppResult<Uploaded> {
+/// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
+/// upload budget until its bytes are stored.
+pub async fn ingest(state: &AppState, upload: Vec<u8>, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
     if let Some(key) = &meta.idempotency_key {
         if let Some(done) = replay(state, key, sha256_hex(&upload)).await? {
             return Ok(done);
         }
     }
     let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
-    // The model runs before anything is written, so a model failure leaves nothing behind.
-    let analysis = state.inference.analyse(prepared.image.clone()).await?;
-    state.metrics.observe_inference(analysis.inference_ms);
     let state = state.clone();
-    tokio::spawn(async move { persist(&state, prepared, analysis, meta).await })
-        .await
-        .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
+    tokio::spawn(async move {
+        let stored = persist(&state, prepared, meta).await;
+        drop(permit);
+        stored
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
@@ -196,26 +195,19 @@ async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -
     Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
 }
 
-async fn persist(
-    state: &AppState,
-    prepared: PreparedImage,
-    analysis: Analysis,
-    meta: UploadMeta,
-) -> AppResult<Uploaded> {
+/// The models run while the objects are stored; the row and its outbox message are written once both are done.
+async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let id = ImageId::generate();
-    let mut shared = match state.config.settings.dedup {
-        true => {
-            let sha = prepared.sha256.clone();
-            state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await?
+    let (analysis, stored) = tokio::join!(analyse(state, &prepared), store_or_share(state, &id, &prepared));
+    let (mut objects, mut deduplicated) = stored?;
+    let analysis = match analysis {
+        Ok(analysis) => analysis,
+        Err(error) => {
+            remove_objects(state, deduplicated, &objects).await;
+            return Err(error);
         }
-        false => None,
     };
     loop {
-        let deduplicated = shared.is_some();
-        let objects = match shared.take() {
-            Some(objects) => objects,
-            None => store_objects(state, &id, &prepared).await?,
-        };
         let record = new_record(state, &id, &prepared, &analysis, &meta, &objects);
         let message = outbox_message(&record, &analysis);
         let (row, msg) = (record.clone(), message.clone());
@@ -226,7 +218,10 @@ async fn persist(
                 return Ok(Uploaded { record, deduplicated, replayed: false });
             }
             // The objects we meant to share were deleted meanwhile: store our own and try again.
-            Ok(InsertOutcome::SharedObjectsGone) => continue,
+            Ok(InsertOutcome::SharedObjectsGone) => {
+                objects = store_objects(state, &id, &prepared).await?;
+                deduplicated = false;
+            }
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
                 remove_objects(state, deduplicated, &objects).await;
                 let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
@@ -246,6 +241,23 @@ async fn persist(
             }
         }
     }
+}
+
+async fn analyse(state: &AppState, prepared: &PreparedImage) -> AppResult<Analysis> {
+    let analysis = state.inference.analyse(prepared.pixels.clone()).await?;
+    state.metrics.observe_inference(analysis.inference_ms);
+    Ok(analysis)
+}
+
+/// The objects of identical bytes stored earlier (with dedup on), else this upload's own; and whether shared.
+async fn store_or_share(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
+    if state.config.settings.dedup {
+        let sha = prepared.sha256.clone();
+        if let Some(shared) = state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
+            return Ok((shared, true));
+        }
+    }
+    Ok((store_objects(state, id, prepared).await?, false))
 }
 
 /// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
@@ -282,13 +294,26 @@ async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredOb
 async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
     let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
-    state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()).await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
-    if let Err(error) = state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type).await {
-        delete_logged(state, &original_key).await;
-        return Err(error.into());
+    let (original, thumbnail) = tokio::join!(
+        state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
+        state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+    );
+    // Whichever of the two was written goes again when the other failed.
+    match (original, thumbnail) {
+        (Ok(()), Ok(())) => {
+            Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
+        }
+        (Err(error), Ok(())) => {
+            delete_logged(state, &thumbnail_key).await;
+            Err(error.into())
+        }
+        (Ok(()), Err(error)) => {
+            delete_logged(state, &original_key).await;
+            Err(error.into())
+        }
+        (Err(error), Err(_)) => Err(error.into()),
     }
-    Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
 }
 
 async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects) {

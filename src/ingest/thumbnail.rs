@@ -1,45 +1,61 @@
-//! Thumbnails: bounded in size, JPEG for opaque images, PNG where transparency must survive.
+//! Thumbnails, made from the working image: bounded in size, JPEG for opaque images, PNG where transparency
+//! must survive.
 
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::DynamicImage;
 
-use super::ImageFormat;
+use super::{jpeg, ImageFormat, IngestError};
+use crate::imaging;
 
 pub struct Thumbnail {
     pub bytes: Vec<u8>,
     pub format: ImageFormat,
 }
 
-pub fn make(image: &DynamicImage, max_side: u32) -> Result<Thumbnail, image::ImageError> {
-    let small = if image.width() > max_side || image.height() > max_side {
-        image.resize(max_side, max_side, image::imageops::FilterType::Triangle)
-    } else {
-        image.clone()
-    };
-    let mut bytes = Vec::new();
-    if has_transparency(&small) {
-        small.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        Ok(Thumbnail { bytes, format: ImageFormat::Png })
-    } else {
-        JpegEncoder::new_with_quality(&mut bytes, 82).encode_image(&small.to_rgb8())?;
-        Ok(Thumbnail { bytes, format: ImageFormat::Jpeg })
+fn encode_error(error: image::ImageError) -> IngestError {
+    IngestError::Corrupt(error.to_string())
+}
+
+/// A thumbnail of an image of `original` size whose pixels `working` holds (RGB or RGBA, at least as large
+/// as the thumbnail).
+pub fn make(working: &DynamicImage, original: (u32, u32), max_side: u32) -> Result<Thumbnail, IngestError> {
+    let (width, height) = imaging::fit_within(original.0, original.1, max_side);
+    match working {
+        DynamicImage::ImageRgba8(rgba) => {
+            let small = imaging::resize(rgba, width, height);
+            if small.pixels().any(|p| p[3] < u8::MAX) {
+                let mut bytes = Vec::new();
+                small.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(encode_error)?;
+                return Ok(Thumbnail { bytes, format: ImageFormat::Png });
+            }
+            let opaque = DynamicImage::ImageRgba8(small).into_rgb8();
+            Ok(Thumbnail { bytes: jpeg::encode_thumbnail(&opaque)?, format: ImageFormat::Jpeg })
+        }
+        DynamicImage::ImageRgb8(rgb) => {
+            let small = imaging::resize(rgb, width, height);
+            Ok(Thumbnail { bytes: jpeg::encode_thumbnail(&small)?, format: ImageFormat::Jpeg })
+        }
+        other => make(&DynamicImage::ImageRgb8(other.to_rgb8()), original, max_side),
     }
 }
 
-fn has_transparency(image: &DynamicImage) -> bool {
-    image.color().has_alpha() && image.to_rgba8().pixels().any(|p| p[3] < u8::MAX)
-}
-
-/// Re-encodes pixels in their upload format, for images whose orientation had to be applied. Lossless
-/// formats stay lossless; JPEG is re-encoded at a high quality.
-pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, image::ImageError> {
+/// Re-encodes pixels in their upload format, for non-JPEG images whose orientation had to be applied (and
+/// CMYK JPEGs, which cannot be turned losslessly here). Lossless formats stay lossless; JPEG is re-encoded
+/// at a high quality.
+pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, IngestError> {
     let mut bytes = Vec::new();
     match format {
-        ImageFormat::Jpeg => JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(&image.to_rgb8())?,
-        ImageFormat::Webp => image.to_rgba8().write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP)?,
-        ImageFormat::Png | ImageFormat::Gif => image.write_to(&mut Cursor::new(&mut bytes), format.codec())?,
+        ImageFormat::Jpeg => {
+            JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(&image.to_rgb8()).map_err(encode_error)?
+        }
+        ImageFormat::Webp => {
+            image.to_rgba8().write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP).map_err(encode_error)?
+        }
+        ImageFormat::Png | ImageFormat::Gif => {
+            image.write_to(&mut Cursor::new(&mut bytes), format.codec()).map_err(encode_error)?
+        }
     }
     Ok(bytes)
 }

@@ -259,7 +259,11 @@ fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) {
 }
 
 pub fn file_form(fixture_name: &str) -> Form {
-    Form::new().part("file", Part::bytes(fixture(fixture_name)).file_name(fixture_name.to_owned()))
+    bytes_form(fixture_name, fixture(fixture_name))
+}
+
+pub fn bytes_form(file_name: &str, bytes: Vec<u8>) -> Form {
+    Form::new().part("file", Part::bytes(bytes).file_name(file_name.to_owned()))
 }
 
 /// A multipart body built by hand, for what reqwest will not send (non-UTF-8 filenames).

@@ -142,7 +142,10 @@ async fn thirty_two_parallel_requests_share_two_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_answers_503_with_retry_after() {
-    let app = spawn_with(Stack::Embedded, |f| f.merge(("inference_sessions", 1)).merge(("inference_wait_ms", 0))).await;
+    let app = spawn_with(Stack::Embedded, |f| {
+        f.merge(("inference_sessions", 1)).merge(("inference_wait_ms", 0)).merge(("dedup", false))
+    })
+    .await;
     let responses =
         futures_util::future::join_all((0..16).map(|_| app.upload_form("/api/v1/classify", file_form("cat.jpg"))))
             .await;
@@ -164,6 +167,8 @@ async fn a_saturated_pool_answers_503_with_retry_after() {
     let busy_uploads = futures_util::future::join_all((0..8).map(|_| app.upload("coffee.png"))).await;
     let stored = busy_uploads.iter().filter(|r| r.status() == 201).count() as i64;
     assert_eq!(app.image_rows().await, stored);
+    // The models run while the objects are stored: a busy model removes them again.
+    assert_eq!(app.object_keys().await.len() as i64, 2 * stored);
 }
 
 #[test]

@@ -9,3 +9,4 @@ mod meta;
 mod notifications;
 mod outage;
 mod pages;
+mod pipeline;

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Makes the load benchmark's extra inputs from the shared benchmark photos, deterministically:
+
+- phone-upright.jpg: a 12 MP phone photo held upright, as a phone camera writes it: 4032x3024 pixels stored
+  sideways, EXIF orientation 6 (rotate 90 degrees clockwise to view), GPS position, sensor grain, quality 92;
+- large-10mb.png: about 10 MB of incompressible pixels, for the burst of large uploads.
+
+    bench-photos.py SOURCE_DIR OUT_DIR
+"""
+import os
+import random
+import sys
+
+from PIL import Image, ImageChops
+
+source, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
+
+# The upright scene is 3024 wide and 4032 tall; the sensor stores it rotated, and EXIF says how to turn it.
+upright = Image.open(os.path.join(source, "astronaut_4000x3000.jpg")).convert("RGB").resize((3024, 4032))
+# Sensor grain, so the file is as large as a phone's (3-4 MB), not a smooth upscale's.
+grain = Image.effect_noise((3024, 4032), 5).convert("RGB")
+upright = ImageChops.add(upright, grain, scale=1.0, offset=-128)
+stored = upright.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise: orientation 6 turns it back
+exif = Image.Exif()
+exif[0x0112] = 6  # Orientation
+exif[0x010F] = "Upshot bench camera"  # Make
+gps = exif.get_ifd(0x8825)
+gps.update({1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)})
+stored.save(os.path.join(out, "phone-upright.jpg"), quality=92, exif=exif, subsampling="4:2:0")
+
+random.seed(10)
+side = 1830  # 1830 * 1830 * 3 bytes of noise: a PNG of about 10 MB
+noise = Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3))
+noise.save(os.path.join(out, "large-10mb.png"), compress_level=1)
+for name in ("phone-upright.jpg", "large-10mb.png"):
+    print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes", file=sys.stderr)

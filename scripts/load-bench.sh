@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The load benchmark: builds the release binary, starts it on PostgreSQL + the S3/SNS endpoint (a throwaway
+# cluster and moto on 127.0.0.1, as the test suite starts them), dedup off, and measures with closed-loop
+# clients (scripts/loadgen.py):
+#   - the photo mix of ../shared/bench/images (in name order, in turn) at concurrency 1, 4 and 16;
+#   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, and a 12 MP phone photo held
+#     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS);
+#   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY.
+# Per run: uploads/s, p50/p99 latency, the service's CPU ms per upload (from /proc, excluding the database
+# and the endpoint) and its peak RSS (VmHWM). Bounded in time and count; loopback only.
+#
+#   scripts/load-bench.sh                      # about 3 minutes after the build
+# Environment: LOAD_SECONDS (15) and LOAD_WARMUP (3) per level, SINGLE_SECONDS (8) per single photo,
+# BENCH_IMAGES (../shared/bench/images), UPSHOT_BIN (a prebuilt binary to measure instead of building).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+seconds=${LOAD_SECONDS:-15}
+warmup=${LOAD_WARMUP:-3}
+single_seconds=${SINGLE_SECONDS:-8}
+images=${BENCH_IMAGES:-$repo/../shared/bench/images}
+[ -d "$images" ] || { echo "load-bench: no benchmark photos in $images (set BENCH_IMAGES)" >&2; exit 1; }
+images=$(cd "$images" && pwd)
+
+scripts/install-deps.sh
+UPSHOT_ORT_LIB=$(scripts/fetch-onnxruntime.sh)
+export UPSHOT_ORT_LIB
+binary=${UPSHOT_BIN:-}
+if [ -z "$binary" ]; then
+    cargo build --release --locked >&2
+    binary=$repo/target/release/upshot
+fi
+
+state=$(mktemp -d -t upshot-bench.XXXXXX)
+server_pid=''
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=''
+    fi
+}
+cleanup() {
+    stop_server
+    scripts/test-services.sh stop "$state" || true
+    rm -rf "$state"
+}
+trap cleanup EXIT
+eval "$(scripts/test-services.sh start "$state")"
+venv=${UPSHOT_TOOLS_DIR:-$repo/target/tools}/venv
+"$venv/bin/python" -c 'import PIL' 2>/dev/null ||
+    "$venv/bin/pip" install -q --disable-pip-version-check 'pillow==11.3.0' >&2
+
+export AWS_ACCESS_KEY_ID=upshot-bench AWS_SECRET_ACCESS_KEY=upshot-bench AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN
+"$venv/bin/python" scripts/bench-photos.py "$images" "$state/photos"
+read -r bucket topic < <("$venv/bin/python" - "$UPSHOT_TEST_AWS_ENDPOINT" <<'PY'
+import sys, boto3
+endpoint = sys.argv[1]
+boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="upshot-bench")
+arn = boto3.client("sns", endpoint_url=endpoint, region_name="us-east-1").create_topic(Name="upshot-bench")["TopicArn"]
+print("upshot-bench", arn)
+PY
+)
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+start_server() {
+    stop_server
+    rm -rf "$state/data"
+    UPSHOT_DATA_DIR=$state/data UPSHOT_DATABASE_URL=$UPSHOT_TEST_PG_URL \
+        UPSHOT_STORE=s3 UPSHOT_S3_BUCKET=$bucket UPSHOT_S3_FORCE_PATH_STYLE=true \
+        UPSHOT_S3_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_NOTIFIER=sns UPSHOT_SNS_TOPIC_ARN=$topic \
+        UPSHOT_SNS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_DEDUP=false \
+        UPSHOT_SECRET_KEY=bench-secret-key-0123456789-0123456789-0123 \
+        ROCKET_ADDRESS=127.0.0.1 ROCKET_PORT=$port \
+        "$binary" serve >>"$state/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 150); do
+        curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && return 0
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    tail -n 30 "$state/server.log" >&2
+    echo "load-bench: the server did not become ready" >&2
+    exit 1
+}
+
+results=$state/results.jsonl
+load() { python3 scripts/loadgen.py --url "http://127.0.0.1:$port" --pid "$server_pid" "$@" | tee -a "$results" >&2; }
+
+start_server
+load --label mix --images "$images" --levels 1,4,16 --warmup "$warmup" --seconds "$seconds"
+load --label "4000x3000 JPEG" --file "$images/astronaut_4000x3000.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
+load --label "451x300 JPEG" --file "$images/chelsea.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
+load --label "12 MP upright phone photo" --file "$state/photos/phone-upright.jpg" --levels 1 --warmup 1 \
+    --seconds "$single_seconds"
+start_server
+load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients 32
+stop_server
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("| run | concurrency | uploads/s | p50 ms | p99 ms | CPU ms/upload | peak RSS MB | errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    if "outcomes" in r:
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))
+        print(f"| {r['label']} | {r['clients']} | | | | | {r['peak_rss_mb']:.0f} | {outcomes} |")
+        continue
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"
+    print(f"| {r['label']} | {r['clients']} | {r['uploads_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+          f"| {r['cpu_ms_per_upload']:.1f} | {r['peak_rss_mb']:.0f} | {errors} |")
+PY

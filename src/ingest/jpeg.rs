@@ -1,0 +1,133 @@
+//! JPEG with libjpeg-turbo: decoding at the DCT scale (1/8, 1/4, 1/2) that still covers the working size,
+//! lossless orientation in the DCT domain (as `jpegtran` does it), and thumbnail encoding. Every
+//! entropy-coded scan is decoded at any scale, and libjpeg's warnings (a truncated file, corrupt data) count
+//! as errors, so a damaged file is refused however small it is decoded.
+
+use image::metadata::Orientation;
+use image::RgbImage;
+use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp, Transform, TransformOp};
+
+use super::IngestError;
+use crate::imaging::WorkingSize;
+
+/// Progressive files with more scans than any encoder writes are a CPU bomb, not a photo.
+const MAX_SCANS: u32 = 100;
+
+/// Thumbnails are small, so a quality that hides blocking costs few bytes.
+const THUMBNAIL_QUALITY: i32 = 82;
+
+fn corrupt(error: turbojpeg::Error) -> IngestError {
+    IngestError::Corrupt(error.to_string())
+}
+
+/// CMYK and YCCK files (print workflows) are left to the general decoder, which converts them to RGB.
+pub fn is_cmyk(data: &[u8]) -> Result<bool, IngestError> {
+    let header = turbojpeg::read_header(data).map_err(corrupt)?;
+    Ok(matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK))
+}
+
+/// Width and height as libjpeg reads them from the frame header.
+pub fn dimensions(data: &[u8]) -> Result<(u32, u32), IngestError> {
+    let header = turbojpeg::read_header(data).map_err(corrupt)?;
+    Ok((header.width as u32, header.height as u32))
+}
+
+/// The smallest power-of-two DCT scale whose output still covers `needs` (so it is only ever downscaled).
+fn scale_for(width: usize, height: usize, needs: WorkingSize) -> ScalingFactor {
+    let (target_width, target_height) = needs.target(width as u32, height as u32);
+    [ScalingFactor::ONE_EIGHTH, ScalingFactor::ONE_QUARTER, ScalingFactor::ONE_HALF]
+        .into_iter()
+        .find(|factor| factor.scale(width) >= target_width as usize && factor.scale(height) >= target_height as usize)
+        .unwrap_or(ScalingFactor::ONE)
+}
+
+/// Decodes every scan, at the smallest DCT scale that covers `needs`, to 8-bit RGB.
+pub fn decode_scaled(data: &[u8], needs: WorkingSize) -> Result<RgbImage, IngestError> {
+    let mut decompressor = Decompressor::new().map_err(corrupt)?;
+    decompressor.set_scan_limit(MAX_SCANS).map_err(corrupt)?;
+    let header = decompressor.read_header(data).map_err(corrupt)?;
+    // Lossless JPEGs have no DCT to scale.
+    let factor = if header.is_lossless { ScalingFactor::ONE } else { scale_for(header.width, header.height, needs) };
+    decompressor.set_scaling_factor(factor).map_err(corrupt)?;
+    let scaled = header.scaled(factor);
+    let mut image = Image {
+        pixels: vec![0; scaled.width * scaled.height * 3],
+        width: scaled.width,
+        pitch: scaled.width * 3,
+        height: scaled.height,
+        format: PixelFormat::RGB,
+    };
+    decompressor.decompress(data, image.as_deref_mut()).map_err(corrupt)?;
+    Ok(RgbImage::from_raw(scaled.width as u32, scaled.height as u32, image.pixels).expect("decoded to its size"))
+}
+
+fn transform_for(orientation: Orientation) -> TransformOp {
+    match orientation {
+        Orientation::NoTransforms => TransformOp::None,
+        Orientation::FlipHorizontal => TransformOp::Hflip,
+        Orientation::Rotate180 => TransformOp::Rot180,
+        Orientation::FlipVertical => TransformOp::Vflip,
+        Orientation::Rotate90FlipH => TransformOp::Transpose,
+        Orientation::Rotate90 => TransformOp::Rot90,
+        Orientation::Rotate270FlipH => TransformOp::Transverse,
+        Orientation::Rotate270 => TransformOp::Rot270,
+    }
+}
+
+/// How much of an edge a lossless turn may trim before re-encoding is the better trade.
+const MAX_TRIMMED_FRACTION: f64 = 0.01;
+
+/// Turns the JPEG upright in the DCT domain: no pixel is decoded or compressed again. Markers are kept (the
+/// caller strips metadata). When a side that moves is not a whole number of MCU blocks (16 pixels for 4:2:0),
+/// its partial blocks cannot move losslessly and are trimmed, as `jpegtran -trim` does; `None` when that
+/// would cut more than 1 % of a side (small images), where decoding and re-encoding is the better trade.
+pub fn orient_losslessly(data: &[u8], orientation: Orientation) -> Result<Option<Vec<u8>>, IngestError> {
+    let mut transformer = turbojpeg::Transformer::new().map_err(corrupt)?;
+    let mut transform = Transform::op(transform_for(orientation));
+    transform.perfect = true;
+    if let Ok(upright) = transformer.transform_to_vec(&transform, data) {
+        return Ok(Some(upright));
+    }
+    transform.perfect = false;
+    transform.trim = true;
+    let upright = transformer.transform_to_vec(&transform, data).map_err(corrupt)?;
+    let (width, height) = dimensions(data)?;
+    let (turned_width, turned_height) = dimensions(&upright)?;
+    let (expected_width, expected_height) = match orientation {
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH => {
+            (height, width)
+        }
+        _ => (width, height),
+    };
+    let kept = |turned: u32, expected: u32| f64::from(turned) >= f64::from(expected) * (1.0 - MAX_TRIMMED_FRACTION);
+    Ok((kept(turned_width, expected_width) && kept(turned_height, expected_height)).then_some(upright))
+}
+
+/// A baseline JPEG of the pixels, 4:2:0, for thumbnails.
+pub fn encode_thumbnail(image: &RgbImage) -> Result<Vec<u8>, IngestError> {
+    let pixels = Image {
+        pixels: image.as_raw().as_slice(),
+        width: image.width() as usize,
+        pitch: image.width() as usize * 3,
+        height: image.height() as usize,
+        format: PixelFormat::RGB,
+    };
+    let encoded = turbojpeg::compress(pixels, THUMBNAIL_QUALITY, Subsamp::Sub2x2).map_err(corrupt)?;
+    Ok(encoded.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_smallest_scale_that_still_covers_the_working_size() {
+        let needs = WorkingSize { min_short_side: 256, min_long_side: 320 };
+        assert_eq!(scale_for(4000, 3000, needs), ScalingFactor::ONE_EIGHTH);
+        assert_eq!(scale_for(4032, 3024, needs), ScalingFactor::ONE_EIGHTH);
+        assert_eq!(scale_for(2000, 2000, needs), ScalingFactor::ONE_QUARTER);
+        assert_eq!(scale_for(1000, 750, needs), ScalingFactor::ONE_HALF);
+        assert_eq!(scale_for(451, 300, needs), ScalingFactor::ONE);
+        assert_eq!(scale_for(100, 80, needs), ScalingFactor::ONE);
+    }
+}
