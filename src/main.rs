@@ -44,14 +44,15 @@ fn load_config() -> Result<AppConfig, ExitCode> {
     })
 }
 
-/// An upload's buffers are megabytes that live for one request. glibc would serve them from per-thread arenas
-/// and, after the first large free, raise its mmap threshold, so the memory stays with the process long after
-/// the request. A fixed threshold maps every buffer of 512 KiB or more on its own and unmaps it when freed.
+/// An upload's large buffers (the upload, its stripped copy, a decoder's coefficients) are megabytes that live
+/// for one request. glibc would serve them from per-thread arenas and, after the first large free, raise its
+/// mmap threshold, so the memory stays with the process long after the request. A fixed threshold maps every
+/// buffer of 4 MiB or more on its own and unmaps it when freed; smaller ones are reused from the arenas.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn return_large_buffers_to_the_os() {
     // SAFETY: mallopt only sets a tuning parameter of glibc's allocator.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
