@@ -11,6 +11,13 @@
 #   buildspec       check-jsonschema with deploy/schemas/buildspec.schema.json
 #   references      every file appspec.yml's hooks and buildspec.yml's commands name exists (and is executable),
 #                   and every file scripts/package.sh copies exists; deploy/cloudwatch/agent.json is valid JSON
+#   contract        scripts/deploy-contract.py: liveness health checks, no stop alarm a broken fleet raises, the
+#                   running revision never expires, CodeDeploy may launch from the template, /metrics not public
+#   env-file        AfterInstall, run against a fake AWS CLI (deploy/codedeploy/testing/fake-aws), writes every
+#                   setting production needs: database, bucket, topic, secret key, admin key, public URL
+#   build-stage     buildspec.yml's build commands run with apt-get, apt, dpkg and the tools only they install here
+#                   (shellcheck, systemd-analyze, chromium) failing on PATH: the CodeBuild image is Amazon Linux.
+#                   cargo is recorded instead of run, since the suite has just built and tested the same tree
 #
 # Tools: cfn-lint, checkov and check-jsonschema (pinned below) go into ${UPSHOT_TOOLS_DIR:-target/tools}/deploy-venv
 # when missing; shellcheck (and systemd for systemd-analyze) from Debian's archive when missing.
@@ -202,6 +209,79 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+check_contract() {
+    "$venv/bin/python" scripts/deploy-contract.py deploy/cloudformation/upshot.yaml
+}
+
+check_env_file() {
+    local root=$work/env-root staging state=$work/fake-aws.json env
+    staging=$root/opt/upshot/staging
+    # What BeforeInstall leaves: the staging copy of the revision and the releases directory.
+    install -d "$staging/bin" "$staging/lib" "$root/opt/upshot/releases" "$root/etc/upshot" "$root/etc/systemd/system"
+    cp -R deploy "$staging/deploy"
+    printf '#!/bin/sh\nexit 0\n' >"$staging/bin/upshot"
+    chmod 0755 "$staging/bin/upshot"
+    : >"$staging/lib/libonnxruntime.so.1.31.1"
+    printf 'UPSHOT_ENVIRONMENT=prod\nAWS_REGION=eu-west-1\n' >"$root/etc/upshot/deploy.conf"
+    cat >"$state" <<'JSON'
+{"parameters": {
+  "/upshot/prod/s3-bucket": "upshot-images-prod", "/upshot/prod/sns-topic-arn": "arn:aws:sns:eu-west-1:123456789012:uploads",
+  "/upshot/prod/db-endpoint": "db.internal:5432", "/upshot/prod/db-name": "upshot",
+  "/upshot/prod/db-secret-arn": "arn:db", "/upshot/prod/app-secret-arn": "arn:app",
+  "/upshot/prod/admin-secret-arn": "arn:admin", "/upshot/prod/public-url": "https://upshot.example.com",
+  "/upshot/prod/log-group": "/upshot/prod/app"},
+ "secrets": {"arn:db": "{\"username\": \"upshot\", \"password\": \"p@ss word\"}",
+  "arn:app": "app-secret-key-0123456789-0123456789-0123456789", "arn:admin": "admin-key-0123456789-0123456789"}}
+JSON
+    UPSHOT_ROOT=$root UPSHOT_ENV_SOURCE=aws UPSHOT_AWS=deploy/codedeploy/testing/fake-aws FAKE_AWS_STATE=$state \
+        UPSHOT_SYSTEMCTL=deploy/codedeploy/testing/fake-systemctl UPSHOT_USER=$(id -un) UPSHOT_GROUP=$(id -gn) \
+        DEPLOYMENT_ID=d-CHECK deploy/codedeploy/after-install.sh || return 1
+    env=$root/etc/upshot/upshot.env
+    for line in ROCKET_PROFILE=production UPSHOT_PUBLIC_URL=https://upshot.example.com \
+        UPSHOT_ADMIN_API_KEY=admin-key-0123456789-0123456789 UPSHOT_S3_BUCKET=upshot-images-prod \
+        UPSHOT_SECRET_KEY=app-secret-key-0123456789-0123456789-0123456789 \
+        'UPSHOT_DATABASE_URL=postgres://upshot:p%40ss%20word@db.internal:5432/upshot?sslmode=require'; do
+        grep -qxF -- "$line" "$env" || { echo "the environment file lacks ${line%%=*} (or has another value)"; return 1; }
+    done
+    echo "AfterInstall writes the production environment: $(grep -c = "$env") settings, from SSM and Secrets Manager"
+}
+
+check_build_stage() {
+    local shims=$work/no-apt calls=$work/no-apt.calls cmd
+    if [ -n "${UPSHOT_CHECKING_BUILD_STAGE:-}" ]; then
+        echo "the build stage runs the deployment checks, which need Debian's tools"
+        return 1
+    fi
+    install -d "$shims"
+    # Debian's package tools, and what only they install here, are not on the CodeBuild image.
+    for cmd in apt-get apt apt-cache dpkg shellcheck systemd-analyze chromium chromedriver; do
+        printf '#!/bin/sh\necho "%s $*" >>"%s"\necho "%s is not on the CodeBuild image" >&2\nexit 127\n' \
+            "$cmd" "$calls" "$cmd" >"$shims/$cmd"
+    done
+    printf '#!/bin/sh\necho "cargo $*" >>"%s.cargo"\n' "$calls" >"$shims/cargo"
+    chmod 0755 "$shims"/*
+    "$venv/bin/python" - >"$work/build-stage.sh" <<'PY'
+import yaml
+spec = yaml.safe_load(open("buildspec.yml"))
+print("set -e")
+for name, value in spec.get("env", {}).get("variables", {}).items():
+    print(f"export {name}={value!r}")
+for phase in ("pre_build", "build"):
+    for command in spec["phases"][phase]["commands"]:
+        print(command)
+PY
+    # A HOME of its own, so the buildspec's `PATH=$HOME/.cargo/bin:$PATH` cannot put the real cargo first.
+    install -d "$work/build-home"
+    UPSHOT_CHECKING_BUILD_STAGE=1 HOME=$work/build-home PATH=$shims:$PATH \
+        bash "$work/build-stage.sh" >"$work/build-stage.log" 2>&1 || {
+        tail -n 30 "$work/build-stage.log"
+        [ -f "$calls" ] && cat "$calls"
+        return 1
+    }
+    [ ! -f "$calls" ] || { echo "the build stage called what the image does not have:"; cat "$calls"; return 1; }
+    echo "buildspec pre_build and build ran without apt ($(wc -l <"$calls.cargo") cargo commands recorded)"
+}
+
 ensure_tools
 run cfn-lint check_cfn_lint
 run checkov check_checkov
@@ -210,6 +290,9 @@ run systemd check_systemd
 run appspec check_appspec
 run buildspec check_buildspec
 run references check_references
+run contract check_contract
+run env-file check_env_file
+run build-stage check_build_stage
 
 if [ "$failed" -gt 0 ]; then
     echo "failed: ${failures[*]}"

@@ -67,16 +67,17 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# Debian keeps the server binaries in /usr/lib/postgresql/<version>/bin; Amazon Linux in /usr/bin.
 find_pg_bin() {
-    if [ -n "${UPSHOT_PG_BIN:-}" ]; then
-        printf '%s\n' "$UPSHOT_PG_BIN"
-        return 0
-    fi
     local d
-    d=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
-        printf '%s\n' "$d"
-    fi
+    for d in "${UPSHOT_PG_BIN:-}" \
+        "$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)" \
+        "$(dirname -- "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"; do
+        if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
+            printf '%s\n' "$d"
+            return 0
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- PostgreSQL

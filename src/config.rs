@@ -313,6 +313,9 @@ impl AppConfig {
                 None => return Err(invalid("sns_topic_arn", "required when notifier = \"sns\"")),
             }
         }
+        if settings.public_url.is_empty() {
+            return Err(invalid("public_url", "required: the address people reach Upshot at, for links and cookies"));
+        }
         if !(settings.public_url.starts_with("http://") || settings.public_url.starts_with("https://")) {
             return Err(invalid("public_url", "must start with http:// or https://"));
         }

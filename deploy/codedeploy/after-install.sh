@@ -5,9 +5,9 @@
 #
 # Environment file sources (UPSHOT_ENV_SOURCE):
 #   aws        (default) /etc/upshot/deploy.conf names the environment; SSM parameters /upshot/<env>/* give the
-#              bucket, topic, database endpoint and the two secret ARNs; Secrets Manager gives the RDS-managed
-#              master credentials (-> UPSHOT_DATABASE_URL with sslmode=require) and UPSHOT_SECRET_KEY. The AWS CLI
-#              uses the instance role (IMDSv2).
+#              bucket, topic, database endpoint, public URL and the three secret ARNs; Secrets Manager gives the
+#              RDS-managed master credentials (-> UPSHOT_DATABASE_URL with sslmode=require), UPSHOT_SECRET_KEY and
+#              UPSHOT_ADMIN_API_KEY. The AWS CLI uses the instance role (IMDSv2).
 #   file:PATH  copy PATH as it is (tests and the local rehearsal; no AWS call).
 set -euo pipefail
 HOOK_NAME=AfterInstall
@@ -50,6 +50,7 @@ conf_value() {
 
 write_env_from_aws() {
     local out=$1 env_name region prefix token params bucket topic endpoint db_name db_secret_arn app_secret_arn
+    local admin_secret_arn public_url
     env_name=$(conf_value UPSHOT_ENVIRONMENT)
     [ -n "$env_name" ] || die "UPSHOT_ENVIRONMENT missing in $UPSHOT_DEPLOY_CONF"
     prefix=$(conf_value UPSHOT_PARAMETER_PREFIX)
@@ -71,17 +72,21 @@ write_env_from_aws() {
     db_name=$(param db-name)
     db_secret_arn=$(param db-secret-arn)
     app_secret_arn=$(param app-secret-arn)
+    admin_secret_arn=$(param admin-secret-arn)
+    public_url=$(param public-url)
     log_group=$(param log-group)
-    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn; do
+    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn admin_secret_arn public_url; do
         [ -n "${!v}" ] || die "SSM parameter for $v missing under $prefix/"
     done
 
     # Secrets travel through pipes and variables only, never through a command line.
-    local db_json app_key db_url
+    local db_json app_key admin_key db_url
     db_json=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$db_secret_arn" \
         --query SecretString --output text) || die "cannot read the database secret"
     app_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$app_secret_arn" \
         --query SecretString --output text) || die "cannot read the application secret"
+    admin_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$admin_secret_arn" \
+        --query SecretString --output text) || die "cannot read the admin key"
     db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name python3 -c '
 import json, os, sys, urllib.parse as u
 s = json.load(sys.stdin)
@@ -96,6 +101,8 @@ print("postgres://%s:%s@%s/%s?sslmode=require" % (q(s["username"]), q(s["passwor
         echo "UPSHOT_DATABASE_URL=$db_url"
         echo "UPSHOT_S3_BUCKET=$bucket"
         echo "UPSHOT_SECRET_KEY=$app_key"
+        echo "UPSHOT_ADMIN_API_KEY=$admin_key"
+        echo "UPSHOT_PUBLIC_URL=$public_url"
         echo "UPSHOT_NOTIFIER=sns"
         echo "UPSHOT_SNS_TOPIC_ARN=$topic"
         echo "UPSHOT_DATA_DIR=/var/lib/upshot"

@@ -65,6 +65,9 @@ fn each_profile_of_the_example_config_loads() {
         .merge(("s3_bucket", "upshot-images-prod"))
         .merge(("sns_topic_arn", "arn:aws:sns:eu-west-1:123456789012:upshot-uploads"))
         .merge(("secret_key", "k".repeat(40)));
+    let error = AppConfig::from_figment(production.clone()).unwrap_err().to_string();
+    assert!(error.contains("public_url"), "production needs the address people reach it at: {error}");
+    let production = production.merge(("public_url", "https://upshot.example.com"));
     let config = AppConfig::from_figment(production).expect("production with its environment is valid");
     assert_eq!(config.database.backend_name(), "postgresql");
 }
