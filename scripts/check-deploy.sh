@@ -152,9 +152,15 @@ check_systemd() {
     : >"$stage/etc/upshot/upshot.env"
     sed -e "s#/opt/upshot#$stage/opt/upshot#g" -e "s#/etc/upshot/upshot.env#$stage/etc/upshot/upshot.env#g" \
         deploy/systemd/upshot.service >"$stage/upshot.service"
-    out=$(systemd-analyze verify "$stage/upshot.service" 2>&1) || { echo "$out"; return 1; }
+    install -d "$stage/opt/upshot/releases/check/deploy/codedeploy"
+    printf '#!/bin/sh\nexit 0\n' >"$stage/opt/upshot/releases/check/deploy/codedeploy/refresh-db-password.sh"
+    chmod 0755 "$stage/opt/upshot/releases/check/deploy/codedeploy/refresh-db-password.sh"
+    sed -e "s#/opt/upshot#$stage/opt/upshot#g" deploy/systemd/upshot-db-password.service >"$stage/upshot-db-password.service"
+    cp deploy/systemd/upshot-db-password.timer "$stage/upshot-db-password.timer"
+    out=$(systemd-analyze verify "$stage/upshot.service" "$stage/upshot-db-password.service" \
+        "$stage/upshot-db-password.timer" 2>&1) || { echo "$out"; return 1; }
     [ -z "$out" ] || { echo "$out"; return 1; }
-    echo "deploy/systemd/upshot.service verifies silently ($(systemd-analyze --version | head -n 1))"
+    echo "deploy/systemd/*.service and *.timer verify silently ($(systemd-analyze --version | head -n 1))"
 }
 
 check_appspec() {
@@ -233,17 +239,31 @@ check_env_file() {
  "secrets": {"arn:db": "{\"username\": \"upshot\", \"password\": \"p@ss word\"}",
   "arn:app": "app-secret-key-0123456789-0123456789-0123456789", "arn:admin": "admin-key-0123456789-0123456789"}}
 JSON
-    UPSHOT_ROOT=$root UPSHOT_ENV_SOURCE=aws UPSHOT_AWS=deploy/codedeploy/testing/fake-aws FAKE_AWS_STATE=$state \
-        UPSHOT_SYSTEMCTL=deploy/codedeploy/testing/fake-systemctl UPSHOT_USER=$(id -un) UPSHOT_GROUP=$(id -gn) \
-        DEPLOYMENT_ID=d-CHECK deploy/codedeploy/after-install.sh || return 1
+    printf '#!/bin/sh\necho "$*" >>"%s"\n' "$work/systemctl.calls" >"$work/systemctl"
+    chmod 0755 "$work/systemctl"
+    local hook_env=(UPSHOT_ROOT="$root" UPSHOT_AWS=deploy/codedeploy/testing/fake-aws FAKE_AWS_STATE="$state"
+        UPSHOT_SYSTEMCTL="$work/systemctl" UPSHOT_USER="$(id -un)" UPSHOT_GROUP="$(id -gn)")
+    env "${hook_env[@]}" UPSHOT_ENV_SOURCE=aws DEPLOYMENT_ID=d-CHECK deploy/codedeploy/after-install.sh || return 1
     env=$root/etc/upshot/upshot.env
     for line in ROCKET_PROFILE=production UPSHOT_PUBLIC_URL=https://upshot.example.com \
         UPSHOT_ADMIN_API_KEY=admin-key-0123456789-0123456789 UPSHOT_S3_BUCKET=upshot-images-prod \
         UPSHOT_SECRET_KEY=app-secret-key-0123456789-0123456789-0123456789 \
-        'UPSHOT_DATABASE_URL=postgres://upshot:p%40ss%20word@db.internal:5432/upshot?sslmode=require'; do
+        "UPSHOT_DATABASE_URL=postgres://upshot@db.internal:5432/upshot?sslmode=require&passfile=${root//\//%2F}%2Fetc%2Fupshot%2Fpgpass"; do
         grep -qxF -- "$line" "$env" || { echo "the environment file lacks ${line%%=*} (or has another value)"; return 1; }
     done
-    echo "AfterInstall writes the production environment: $(grep -c = "$env") settings, from SSM and Secrets Manager"
+    # The password lives in libpq's password file, readable by the service alone, and the timer refreshes it.
+    grep -qxF '*:*:*:*:p@ss word' "$root/etc/upshot/pgpass" || { echo "the password file is wrong"; return 1; }
+    [ "$(stat -c %a "$root/etc/upshot/pgpass")" = 600 ] || { echo "the password file is not 0600"; return 1; }
+    grep -qx 'enable upshot-db-password.timer' "$work/systemctl.calls" || { echo "the refresh timer is not enabled"; return 1; }
+    python3 - "$state" <<'PY'
+import json, sys
+state = json.load(open(sys.argv[1]))
+state["secrets"]["arn:db"] = json.dumps({"username": "upshot", "password": "rotated:pass"})
+json.dump(state, open(sys.argv[1], "w"))
+PY
+    env "${hook_env[@]}" deploy/codedeploy/refresh-db-password.sh || return 1
+    grep -qxF '*:*:*:*:rotated\:pass' "$root/etc/upshot/pgpass" || { echo "the refresh did not write the rotated password"; return 1; }
+    echo "AfterInstall writes the production environment ($(grep -c = "$env") settings) and the password file; the timer's refresh follows a rotation"
 }
 
 check_build_stage() {

@@ -6,7 +6,7 @@
 #   OUT/lib/libonnxruntime.so.1.31.1   ONNX Runtime (scripts/fetch-onnxruntime.sh, sha256-checked)
 #   OUT/Rocket.toml, templates/, static/, models/, README.md
 #   OUT/deploy/codedeploy/*.sh         hook scripts (not the testing/ shim)
-#   OUT/deploy/systemd/upshot.service, OUT/deploy/cloudwatch/agent.json
+#   OUT/deploy/systemd/upshot.service (+ upshot-db-password.{service,timer}), OUT/deploy/cloudwatch/agent.json
 #   OUT/VERSION                        UPSHOT_VERSION, else `git describe`, else CodeBuild's source version
 # Migrations are embedded in the binary.
 #
@@ -49,7 +49,9 @@ cp Rocket.toml appspec.yml README.md "$out/"
 for f in deploy/codedeploy/*.sh; do
     install -m 0755 "$f" "$out/$f"
 done
-install -m 0644 deploy/systemd/upshot.service "$out/deploy/systemd/upshot.service"
+for f in deploy/systemd/upshot.service deploy/systemd/upshot-db-password.service deploy/systemd/upshot-db-password.timer; do
+    install -m 0644 "$f" "$out/$f"
+done
 install -m 0644 deploy/cloudwatch/agent.json "$out/deploy/cloudwatch/agent.json"
 
 version=${UPSHOT_VERSION:-}

@@ -17,6 +17,7 @@
 #
 # For outage tests, a PostgreSQL cluster of its own that a test stops and starts again on the same port:
 #   pg-start <state-dir>            create (first time) and start it; prints the export line for its URL
+#                                   (with UPSHOT_TEST_PG_PASSWORD set: password authentication over TCP)
 #   pg-stop <state-dir> [MODE]      stop it, keeping its data (MODE: fast, or immediate as a crash does)
 #   pg-remove <state-dir>           stop it and remove it
 #
@@ -111,13 +112,22 @@ start_pg() {
     fi
     printf '%s\n' "$pgdir" >"$state/pg.dir"
 
+    # Trust by default; with UPSHOT_TEST_PG_PASSWORD, TCP connections must authenticate (scram-sha-256), as on RDS.
+    local auth=(-A trust) userinfo=postgres
+    if [ -n "${UPSHOT_TEST_PG_PASSWORD:-}" ]; then
+        printf '%s\n' "$UPSHOT_TEST_PG_PASSWORD" >"$state/pg.pwfile"
+        is_root && chown postgres: "$state/pg.pwfile"
+        auth=(--auth-local=trust --auth-host=scram-sha-256 --pwfile="$state/pg.pwfile")
+        userinfo=postgres:$UPSHOT_TEST_PG_PASSWORD
+    fi
     log "initdb $pgdir"
-    as_pg "$pgbin/initdb" -D "$pgdir" -U postgres -A trust -E UTF8 --no-locale --no-sync >"$state/initdb.log" 2>&1 ||
+    as_pg "$pgbin/initdb" -D "$pgdir" -U postgres "${auth[@]}" -E UTF8 --no-locale --no-sync >"$state/initdb.log" 2>&1 ||
         { cat "$state/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$state/pg.pwfile"
 
     free_port >"$state/pg.port"
     run_pg "$state"
-    printf 'export UPSHOT_TEST_PG_URL=%q\n' "postgres://postgres@127.0.0.1:$(cat "$state/pg.port")/postgres" >>"$state/env"
+    printf 'export UPSHOT_TEST_PG_URL=%q\n' "postgres://$userinfo@127.0.0.1:$(cat "$state/pg.port")/postgres" >>"$state/env"
 }
 
 # Starts the cluster that start_pg created, on the port it chose.

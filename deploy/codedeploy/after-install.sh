@@ -34,34 +34,12 @@ chmod 0755 -- "$release/bin/upshot"
 find "$release/deploy/codedeploy" -name '*.sh' -exec chmod 0755 {} +
 
 # ------------------------------------------------------------------ environment file
-imds_token() {
-    curl -fsS --max-time 2 -X PUT "$UPSHOT_IMDS_URL/latest/api/token" \
-        -H 'X-aws-ec2-metadata-token-ttl-seconds: 300'
-}
-
-# Reads deploy.conf (KEY=VALUE lines written by the instance's user data) without executing it.
-conf_value() {
-    local key=$1 line
-    [ -f "$UPSHOT_DEPLOY_CONF" ] || return 0
-    while IFS= read -r line || [ -n "$line" ]; do
-        case $line in "$key="*) printf '%s\n' "${line#*=}"; return 0 ;; esac
-    done <"$UPSHOT_DEPLOY_CONF"
-}
-
 write_env_from_aws() {
-    local out=$1 env_name region prefix token params bucket topic endpoint db_name db_secret_arn app_secret_arn
-    local admin_secret_arn public_url
-    env_name=$(conf_value UPSHOT_ENVIRONMENT)
-    [ -n "$env_name" ] || die "UPSHOT_ENVIRONMENT missing in $UPSHOT_DEPLOY_CONF"
-    prefix=$(conf_value UPSHOT_PARAMETER_PREFIX)
-    prefix=${prefix:-/upshot/$env_name}
-    region=$(conf_value AWS_REGION)
-    if [ -z "$region" ]; then
-        token=$(imds_token) || die "no IMDSv2 token"
-        region=$(curl -fsS --max-time 2 -H "X-aws-ec2-metadata-token: $token" \
-            "$UPSHOT_IMDS_URL/latest/meta-data/placement/region") || die "region not in instance metadata"
-    fi
-    export AWS_REGION=$region AWS_DEFAULT_REGION=$region
+    local out=$1 region prefix params bucket topic endpoint db_name db_secret_arn app_secret_arn
+    local admin_secret_arn public_url db_user
+    prefix=$(parameter_prefix)
+    use_instance_region >/dev/null
+    region=$AWS_REGION
 
     params=$("$UPSHOT_AWS" ssm get-parameters-by-path --path "$prefix/" \
         --query 'Parameters[].[Name,Value]' --output text) || die "cannot read SSM parameters under $prefix/"
@@ -79,20 +57,22 @@ write_env_from_aws() {
         [ -n "${!v}" ] || die "SSM parameter for $v missing under $prefix/"
     done
 
-    # Secrets travel through pipes and variables only, never through a command line.
-    local db_json app_key admin_key db_url
-    db_json=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$db_secret_arn" \
-        --query SecretString --output text) || die "cannot read the database secret"
+    # Secrets travel through pipes, variables and 0600 files only, never through a command line. The database
+    # password goes into libpq's password file, not the URL: the refresher timer rewrites it when RDS rotates
+    # the secret, and libpq reads it at every new connection, so no restart is needed.
+    local app_key admin_key db_url
+    write_db_passfile "$db_secret_arn"
     app_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$app_secret_arn" \
         --query SecretString --output text) || die "cannot read the application secret"
     admin_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$admin_secret_arn" \
         --query SecretString --output text) || die "cannot read the admin key"
-    db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name python3 -c '
-import json, os, sys, urllib.parse as u
-s = json.load(sys.stdin)
-q = lambda v: u.quote(str(v), safe="")
-print("postgres://%s:%s@%s/%s?sslmode=require" % (q(s["username"]), q(s["password"]), os.environ["DB_ENDPOINT"], q(os.environ["DB_NAME"])))
-' <<<"$db_json") || die "database secret is not the RDS JSON form"
+    db_user=$(db_username "$db_secret_arn") || die "cannot read the database user"
+    db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name DB_USER=$db_user PASSFILE=$UPSHOT_PASSFILE python3 -c '
+import os, urllib.parse as u
+e = os.environ
+q = lambda v: u.quote(v, safe="")
+print("postgres://%s@%s/%s?sslmode=require&passfile=%s" % (q(e["DB_USER"]), e["DB_ENDPOINT"], q(e["DB_NAME"]), q(e["PASSFILE"])))
+') || die "cannot form the database URL"
 
     {
         echo "# Written by deploy/codedeploy/after-install.sh at deployment ${DEPLOYMENT_ID:-manual}; do not edit."
@@ -146,17 +126,29 @@ mv -f -- "$tmp_env" "$UPSHOT_ENV_FILE"
 trap - EXIT
 umask 022
 
-# ------------------------------------------------------------------ systemd unit
-tmp_unit=$(mktemp "$UPSHOT_UNIT_DIR/.$UPSHOT_UNIT.XXXXXX")
-sed -e "s#/etc/upshot/upshot.env#$UPSHOT_ENV_FILE#g" \
-    -e "s#/opt/upshot#$UPSHOT_HOME#g" \
-    -e "s#/var/lib/upshot#$UPSHOT_STATE_DIR#g" \
-    -e "s#^User=.*#User=$UPSHOT_USER#" \
-    -e "s#^Group=.*#Group=$UPSHOT_GROUP#" \
-    "$release/deploy/systemd/upshot.service" >"$tmp_unit"
-chmod 0644 -- "$tmp_unit"
-mv -f -- "$tmp_unit" "$UPSHOT_UNIT_FILE"
+# ------------------------------------------------------------------ systemd units
+install_unit() {
+    local name=$1 tmp
+    tmp=$(mktemp "$UPSHOT_UNIT_DIR/.$name.XXXXXX")
+    sed -e "s#/etc/upshot/upshot.env#$UPSHOT_ENV_FILE#g" \
+        -e "s#/opt/upshot#$UPSHOT_HOME#g" \
+        -e "s#/var/lib/upshot#$UPSHOT_STATE_DIR#g" \
+        -e "s#^User=.*#User=$UPSHOT_USER#" \
+        -e "s#^Group=.*#Group=$UPSHOT_GROUP#" \
+        "$release/deploy/systemd/$name" >"$tmp"
+    chmod 0644 -- "$tmp"
+    mv -f -- "$tmp" "$UPSHOT_UNIT_DIR/$name"
+}
+install_unit "$UPSHOT_UNIT"
+if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
+    install_unit upshot-db-password.service
+    install_unit upshot-db-password.timer
+fi
 systemctl_ daemon-reload
+if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
+    systemctl_ enable upshot-db-password.timer
+    systemctl_ restart upshot-db-password.timer
+fi
 
 printf '%s\n' "$id" >"$UPSHOT_PENDING"
 log "installed $release; ApplicationStart switches $UPSHOT_CURRENT to it"

@@ -23,6 +23,7 @@ UPSHOT_HOME=${UPSHOT_HOME:-$_root/opt/upshot}
 UPSHOT_ETC_DIR=${UPSHOT_ETC_DIR:-$_root/etc/upshot}
 UPSHOT_ENV_FILE=${UPSHOT_ENV_FILE:-$UPSHOT_ETC_DIR/upshot.env}
 UPSHOT_DEPLOY_CONF=${UPSHOT_DEPLOY_CONF:-$UPSHOT_ETC_DIR/deploy.conf}
+UPSHOT_PASSFILE=${UPSHOT_PASSFILE:-$UPSHOT_ETC_DIR/pgpass}
 UPSHOT_UNIT_DIR=${UPSHOT_UNIT_DIR:-$_root/etc/systemd/system}
 UPSHOT_STATE_DIR=${UPSHOT_STATE_DIR:-$_root/var/lib/upshot}
 UPSHOT_LOG_DIR=${UPSHOT_LOG_DIR:-$_root/var/log/upshot}
@@ -86,4 +87,69 @@ release_id() {
     local id=${DEPLOYMENT_ID:-manual-$(date -u +%Y%m%dT%H%M%SZ)}
     id=${id//[^A-Za-z0-9_.-]/_}
     printf '%s\n' "$id"
+}
+
+# ------------------------------------------------------------------ AWS: parameters and secrets (instance role)
+imds_token() {
+    curl -fsS --max-time 2 -X PUT "$UPSHOT_IMDS_URL/latest/api/token" \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 300'
+}
+
+# Reads deploy.conf (KEY=VALUE lines written by the instance's user data) without executing it.
+conf_value() {
+    local key=$1 line
+    [ -f "$UPSHOT_DEPLOY_CONF" ] || return 0
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in "$key="*) printf '%s\n' "${line#*=}"; return 0 ;; esac
+    done <"$UPSHOT_DEPLOY_CONF"
+}
+
+# /upshot/<environment>, where the stack keeps the parameters the instances read.
+parameter_prefix() {
+    local env_name prefix
+    env_name=$(conf_value UPSHOT_ENVIRONMENT)
+    [ -n "$env_name" ] || die "UPSHOT_ENVIRONMENT missing in $UPSHOT_DEPLOY_CONF"
+    prefix=$(conf_value UPSHOT_PARAMETER_PREFIX)
+    printf '%s\n' "${prefix:-/upshot/$env_name}"
+}
+
+# Exports AWS_REGION (deploy.conf, else instance metadata) for the AWS CLI and prints it.
+use_instance_region() {
+    local region token
+    region=$(conf_value AWS_REGION)
+    if [ -z "$region" ]; then
+        token=$(imds_token) || die "no IMDSv2 token"
+        region=$(curl -fsS --max-time 2 -H "X-aws-ec2-metadata-token: $token" \
+            "$UPSHOT_IMDS_URL/latest/meta-data/placement/region") || die "region not in instance metadata"
+    fi
+    export AWS_REGION=$region AWS_DEFAULT_REGION=$region
+    printf '%s\n' "$region"
+}
+
+db_secret_json() {
+    "$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text ||
+        die "cannot read the database secret"
+}
+
+db_username() {
+    db_secret_json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["username"])' ||
+        die "the database secret is not the RDS JSON form"
+}
+
+# Writes the password of the RDS secret $1 into libpq's password file ($UPSHOT_PASSFILE, named by passfile= in
+# the database URL), atomically, readable by the service user alone (libpq ignores a file others can read).
+write_db_passfile() {
+    local tmp
+    tmp=$(mktemp "$(dirname -- "$UPSHOT_PASSFILE")/.pgpass.XXXXXX")
+    if ! db_secret_json "$1" | python3 -c '
+import json, sys
+password = json.load(sys.stdin)["password"]
+print("*:*:*:*:" + password.replace("\\", "\\\\").replace(":", "\\:"))
+' >"$tmp"; then
+        rm -f -- "$tmp"
+        die "the database secret is not the RDS JSON form"
+    fi
+    chown "$UPSHOT_USER:$UPSHOT_GROUP" -- "$tmp"
+    chmod 0600 -- "$tmp"
+    mv -f -- "$tmp" "$UPSHOT_PASSFILE"
 }

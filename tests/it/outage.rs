@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel::PgConnection;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -26,8 +27,13 @@ struct PrivateCluster {
 
 impl PrivateCluster {
     async fn start() -> PrivateCluster {
+        PrivateCluster::start_with(None).await
+    }
+
+    /// `superuser_password`: TCP connections must authenticate with a password, as on RDS.
+    async fn start_with(superuser_password: Option<&str>) -> PrivateCluster {
         let state = tempfile::tempdir().unwrap();
-        let exports = services(state.path(), &["pg-start"]).await;
+        let exports = services_with(state.path(), &["pg-start"], superuser_password).await;
         let admin_url = exports
             .lines()
             .find_map(|line| line.strip_prefix("export UPSHOT_TEST_PG_URL="))
@@ -57,10 +63,19 @@ fn script() -> std::path::PathBuf {
 }
 
 async fn services(state: &Path, args: &[&str]) -> String {
+    services_with(state, args, None).await
+}
+
+async fn services_with(state: &Path, args: &[&str], password: Option<&str>) -> String {
     let (command, state) = (args[0].to_owned(), state.to_owned());
     let rest: Vec<String> = args[1..].iter().map(|a| (*a).to_owned()).collect();
+    let password = password.map(str::to_owned);
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(script()).arg(&command).arg(&state).args(&rest).output().unwrap()
+        let mut run = std::process::Command::new(script());
+        if let Some(password) = password {
+            run.env("UPSHOT_TEST_PG_PASSWORD", password);
+        }
+        run.arg(&command).arg(&state).args(&rest).output().unwrap()
     })
     .await
     .unwrap();
@@ -246,4 +261,58 @@ async fn a_locked_sqlite_database_answers_503_then_recovers() {
     app.upload_ok("cat.jpg").await;
     assert_eq!(app.image_rows().await, 2);
     time_until("the refused upload's objects to go", || async { rows_match_objects(&app).await }).await;
+}
+
+/// A libpq password file (`*:*:*:*:password`), readable by its owner only, or libpq ignores it.
+fn write_passfile(path: &Path, password: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, format!("*:*:*:*:{escaped}\n")).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_database_password_is_read_again_without_a_restart() {
+    // As on RDS: the application's role authenticates with a password that Secrets Manager rotates; the
+    // instance keeps it in a libpq password file (`passfile=` in the URL), which libpq reads at each connect.
+    let cluster = PrivateCluster::start_with(Some("cluster-admin-password")).await;
+    let admin_url = cluster.admin_url.clone();
+    let database = create_pg_database_on(&admin_url);
+    let name = database.rsplit('/').next().unwrap().to_owned();
+    let run_as_admin = move |sql: String| {
+        let mut admin = PgConnection::establish(&admin_url).unwrap();
+        admin.batch_execute(&sql).unwrap();
+    };
+    run_as_admin(format!(
+        "CREATE ROLE upshot_app LOGIN PASSWORD 'first:pass\\word'; ALTER DATABASE {name} OWNER TO upshot_app"
+    ));
+    let passfile = cluster.state.path().join("pgpass");
+    write_passfile(&passfile, "first:pass\\word");
+    let host = database.split('@').nth(1).unwrap().to_owned(); // 127.0.0.1:PORT/NAME
+    let url = format!("postgres://upshot_app@{host}?passfile={}", passfile.display());
+    let app = spawn_with(Stack::Cloud, |figment| {
+        figment.merge(("database_url", &url)).merge(("database_timeout_secs", 1)).merge(("dedup", false))
+    })
+    .await;
+    app.upload_ok("cat.jpg").await;
+
+    // The secret rotates: the role's password changes, and the connections that close are opened again.
+    run_as_admin("ALTER ROLE upshot_app PASSWORD 'second-password'".to_owned());
+    run_as_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'upshot_app'".to_owned());
+    let mut refused = 0;
+    for _ in 0..3 {
+        let (status, code, _) = error_code(app.upload("cat.jpg").await).await;
+        assert_eq!((status, code.as_str()), (503, "DATABASE_UNAVAILABLE"), "the old password no longer works");
+        refused += 1;
+    }
+
+    // The instance's refresher writes the new secret; nothing restarts.
+    write_passfile(&passfile, "second-password");
+    let recovered =
+        time_until("uploads with the new password", || async { app.upload("cat.jpg").await.status() == 201 }).await;
+    println!("{refused} uploads refused with the old password; recovered {recovered:?} after the new one was written");
+    assert!(recovered <= RECOVERY_BUDGET, "{recovered:?}");
+    assert!(time_until("readiness", || async { app.get("/readyz").await.status() == 200 }).await <= RECOVERY_BUDGET);
 }
