@@ -50,6 +50,8 @@ pub struct Settings {
     pub s3_region: Option<String>,
     /// Overrides `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for an S3-compatible endpoint.
     pub s3_endpoint_url: Option<String>,
+    /// The longest one S3 call (with its retries) may take before its request gets 503 `STORE_UNAVAILABLE`.
+    pub s3_timeout_secs: u64,
     /// Bearer key for admin routes; admin routes answer 403 while it is unset.
     pub admin_api_key: Option<String>,
     /// Key that derives delete tokens. Generated into the data dir when unset on SQLite; required on
@@ -123,6 +125,7 @@ impl Default for Settings {
             s3_force_path_style: false,
             s3_region: None,
             s3_endpoint_url: None,
+            s3_timeout_secs: 20,
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,
@@ -247,6 +250,9 @@ impl AppConfig {
         };
         if settings.database_pool_size == 0 {
             return Err(invalid("database_pool_size", "must be at least 1"));
+        }
+        if settings.s3_timeout_secs == 0 {
+            return Err(invalid("s3_timeout_secs", "must be at least 1"));
         }
         if settings.database_timeout_secs == 0 {
             return Err(invalid("database_timeout_secs", "must be at least 1"));

@@ -27,7 +27,17 @@ impl S3Store {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.s3_force_path_style);
+        // An S3 that hangs (a brownout, a black-holed route) must cost a request a bounded wait, then a 503,
+        // not hold it and its buffered body until the client gives up.
+        let limit = std::time::Duration::from_secs(settings.s3_timeout_secs);
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(3).min(limit))
+            .operation_attempt_timeout(limit)
+            .operation_timeout(limit)
+            .build();
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.s3_force_path_style)
+            .timeout_config(timeouts);
         if let Some(endpoint) = &settings.s3_endpoint_url {
             config = config.endpoint_url(endpoint);
         }

@@ -316,3 +316,40 @@ async fn a_rotated_database_password_is_read_again_without_a_restart() {
     assert!(recovered <= RECOVERY_BUDGET, "{recovered:?}");
     assert!(time_until("readiness", || async { app.get("/readyz").await.status() == 200 }).await <= RECOVERY_BUDGET);
 }
+
+/// A TCP endpoint that accepts connections and never answers, as an S3 in a brownout or behind a black-holed
+/// route does. Stops when dropped.
+async fn hanging_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    (format!("http://{address}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_s3_costs_a_request_its_timeout_then_a_503() {
+    let (endpoint, hang) = hanging_endpoint().await;
+    let app = spawn_with(Stack::Cloud, |figment| {
+        figment.merge(("s3_endpoint_url", &endpoint)).merge(("s3_timeout_secs", 2)).merge(("dedup", false))
+    })
+    .await;
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(15), app.upload("cat.jpg"))
+        .await
+        .expect("an upload against a hanging store is answered, not held");
+    let elapsed = started.elapsed();
+    let retry_after = response.headers().contains_key("retry-after");
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (503, "STORE_UNAVAILABLE"));
+    assert!(retry_after);
+    assert!(elapsed < Duration::from_secs(6), "an upload waited {elapsed:?} on a hanging store");
+    let readiness = app.get("/readyz").await;
+    assert_eq!(readiness.status(), 503);
+    assert_eq!(app.image_rows().await, 0, "nothing written");
+    hang.abort();
+}
