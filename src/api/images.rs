@@ -63,10 +63,12 @@ async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
     Ok(Json(ImageView::from(&record)))
 }
 
-/// Image bytes with the headers that keep browsers from sniffing or scripting them.
+/// Image bytes with the headers that keep browsers from sniffing (Rocket's Shield sends `nosniff` on every
+/// response) or scripting them.
 pub struct ObjectResponse {
     object: ImageObject,
     not_modified: bool,
+    cache_control: &'static str,
 }
 
 impl<'r> Responder<'r, 'static> for ObjectResponse {
@@ -74,8 +76,7 @@ impl<'r> Responder<'r, 'static> for ObjectResponse {
         let mut response = Response::build();
         response
             .raw_header("ETag", self.object.etag)
-            .raw_header("Cache-Control", "private, max-age=31536000, immutable")
-            .raw_header("X-Content-Type-Options", "nosniff")
+            .raw_header("Cache-Control", self.cache_control)
             .raw_header("Content-Security-Policy", "default-src 'none'; sandbox");
         if self.not_modified {
             return Ok(response.status(Status::NotModified).finalize());
@@ -104,7 +105,13 @@ impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
 async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
     let object = images::open(state, &parse_id(id)?, variant).await?;
     let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
-    Ok(ObjectResponse { object, not_modified })
+    // A deleted photo must stop showing: the original is revalidated on every view (a 304 with the ETag); a
+    // thumbnail, shown in lists, may stay in a browser's cache for five minutes at most.
+    let cache_control = match variant {
+        Variant::Original => "private, no-cache",
+        Variant::Thumbnail => "private, max-age=300",
+    };
+    Ok(ObjectResponse { object, not_modified, cache_control })
 }
 
 #[get("/images/<id>/file")]

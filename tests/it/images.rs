@@ -55,6 +55,10 @@ async fn jpeg_round_trip_strips_metadata_and_applies_orientation(stack: Stack) {
     let (headers, stored) = download(&app, &body["urls"]["file"]).await;
     assert_eq!(headers["content-type"], "image/jpeg");
     assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers.get_all("x-content-type-options").iter().count(), 1, "the header is sent once");
+    // Deleted photos stop showing: originals are revalidated on every view, thumbnails cached 5 minutes at most.
+    assert_eq!(headers["cache-control"], "private, no-cache");
+    assert!(headers.contains_key("etag"));
     assert_eq!(stored.len() as i64, body["byte_size"].as_i64().unwrap());
     assert_eq!(upshot::domain::sha256_hex(&stored), body["sha256"].as_str().unwrap());
     for secret in [&b"Exif\0\0"[..], b"UpshotTestCam", b"UpshotSecretXmp", b"UpshotSecretComment"] {
@@ -65,6 +69,7 @@ async fn jpeg_round_trip_strips_metadata_and_applies_orientation(stack: Stack) {
 
     let (headers, thumb) = download(&app, &body["urls"]["thumbnail"]).await;
     assert_eq!(headers["content-type"], "image/jpeg");
+    assert_eq!(headers["cache-control"], "private, max-age=300");
     let thumb = decode(&thumb);
     assert!(thumb.width() <= 320 && thumb.height() <= 320 && thumb.height() > thumb.width());
 
