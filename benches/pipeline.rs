@@ -54,7 +54,13 @@ fn stages(c: &mut Criterion) {
     let needs = engine.input_size();
     let policy = IngestPolicy {
         accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits { max_width: 12_000, max_height: 12_000, max_pixels: 50_000_000 },
+        limits: ImageLimits {
+            max_width: 12_000,
+            max_height: 12_000,
+            max_pixels: 50_000_000,
+            max_frames: 1_000,
+            max_animation_pixels: 300_000_000,
+        },
         thumbnail_size: 320,
         working: WorkingSize { min_long_side: needs.min_long_side.max(320), ..needs },
     };

@@ -61,6 +61,10 @@ pub struct Settings {
     pub max_image_width: u32,
     pub max_image_height: u32,
     pub max_image_pixels: u64,
+    /// Frames of an animated GIF, PNG or WebP (all are stored and served).
+    pub max_frames: u64,
+    /// Frames × width × height of an animation.
+    pub max_animation_pixels: u64,
     pub max_description_chars: usize,
     pub accepted_formats: Vec<String>,
     /// Longest side of the thumbnail, in pixels.
@@ -132,6 +136,8 @@ impl Default for Settings {
             max_image_width: 12_000,
             max_image_height: 12_000,
             max_image_pixels: 50_000_000,
+            max_frames: 1_000,
+            max_animation_pixels: 300_000_000,
             max_description_chars: 1_000,
             accepted_formats: ["jpeg", "png", "webp", "gif"].map(String::from).to_vec(),
             thumbnail_size: 320,
@@ -298,6 +304,9 @@ impl AppConfig {
         }
         if settings.max_image_width == 0 || settings.max_image_height == 0 || settings.max_image_pixels == 0 {
             return Err(invalid("max_image_pixels", "image limits must be positive"));
+        }
+        if settings.max_frames == 0 || settings.max_animation_pixels == 0 {
+            return Err(invalid("max_frames", "animation limits must be positive"));
         }
         if !(16..=2048).contains(&settings.thumbnail_size) {
             return Err(invalid("thumbnail_size", "must be between 16 and 2048"));

@@ -55,6 +55,8 @@ impl AppState {
                 max_width: settings.max_image_width,
                 max_height: settings.max_image_height,
                 max_pixels: settings.max_image_pixels,
+                max_frames: settings.max_frames,
+                max_animation_pixels: settings.max_animation_pixels,
             },
             thumbnail_size: settings.thumbnail_size,
             working: WorkingSize {

@@ -96,6 +96,8 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
     let source_sha256 = sha256_hex(upload);
     let (format, header) = identify(upload, policy)?;
     let stripped = sanitize::strip_metadata(upload, format)?;
+    let frames = sanitize::frame_count(&stripped, format)?;
+    policy.limits.check_animation(frames, header.width, header.height)?;
     // Decoding the stored bytes (or, for a JPEG turned upright, every scan of them), not the upload, proves
     // that what we store is a valid image.
     let upright = pixels::for_storage(stripped, format, header.orientation, policy)?;

@@ -204,6 +204,52 @@ fn strip_gif(data: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// How many frames a (sanitized) image holds: GIF image descriptors, APNG's `acTL` count, WebP `ANMF` chunks.
+/// Only the first frame is decoded, but every frame is stored and served, so the count is what a browser meets.
+pub fn frame_count(data: &[u8], format: ImageFormat) -> Result<u64> {
+    match format {
+        ImageFormat::Jpeg => Ok(1),
+        ImageFormat::Png => {
+            let mut i = PNG_SIGNATURE.len();
+            while i + 8 <= data.len() {
+                let len = u32::from_be_bytes(slice(data, i, 4)?.try_into().expect("4 bytes")) as usize;
+                match slice(data, i + 4, 4)? {
+                    b"acTL" => {
+                        return Ok(u32::from_be_bytes(slice(data, i + 8, 4)?.try_into().expect("4 bytes")).into())
+                    }
+                    b"IDAT" | b"IEND" => return Ok(1),
+                    _ => i += 12 + len,
+                }
+            }
+            Ok(1)
+        }
+        ImageFormat::Webp => {
+            let (mut i, mut frames) = (12, 0);
+            while i + 8 <= data.len() {
+                let size = u32::from_le_bytes(slice(data, i + 4, 4)?.try_into().expect("4 bytes")) as usize;
+                frames += u64::from(slice(data, i, 4)? == b"ANMF");
+                i += 8 + size + (size & 1);
+            }
+            Ok(frames.max(1))
+        }
+        ImageFormat::Gif => {
+            let color_table_len = |packed: u8| if packed & 0x80 != 0 { 3 << ((packed & 0x07) + 1) } else { 0 };
+            let (mut i, mut frames) = (13 + color_table_len(byte(data, 10)?), 0);
+            loop {
+                match byte(data, i)? {
+                    0x3B => return Ok(frames.max(1)),
+                    0x21 => i = sub_blocks_end(data, i + 2)?,
+                    0x2C => {
+                        frames += 1;
+                        i = sub_blocks_end(data, i + 11 + color_table_len(byte(data, i + 9)?))?;
+                    }
+                    _ => return Err(MalformedImage("unknown GIF block")),
+                }
+            }
+        }
+    }
+}
+
 /// Index just past a run of GIF data sub-blocks (each a length byte and data, ended by a zero length).
 fn sub_blocks_end(data: &[u8], mut i: usize) -> Result<usize> {
     loop {
@@ -244,6 +290,28 @@ mod tests {
         assert!(!text.contains("Exif") && !text.contains("secret") && !text.contains("PK"));
         assert!(text.contains("JFIF"));
         assert!(out.ends_with(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xD9]));
+    }
+
+    #[test]
+    fn frames_are_counted_in_every_container() {
+        let gif = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rocket.gif")).unwrap();
+        assert_eq!(frame_count(&gif, ImageFormat::Gif), Ok(2));
+        let png = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/coffee.png")).unwrap();
+        assert_eq!(frame_count(&png, ImageFormat::Png), Ok(1));
+        let mut apng = PNG_SIGNATURE.to_vec();
+        apng.extend_from_slice(&[0, 0, 0, 13]);
+        apng.extend_from_slice(b"IHDR");
+        apng.extend_from_slice(&[0; 13 + 4]);
+        apng.extend_from_slice(&[0, 0, 0, 8]);
+        apng.extend_from_slice(b"acTL");
+        apng.extend_from_slice(&[0, 0, 0x27, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(frame_count(&apng, ImageFormat::Png), Ok(10_000));
+        let mut webp = b"RIFF\0\0\0\0WEBPVP8X\x0a\0\0\0".to_vec();
+        webp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for _ in 0..3 {
+            webp.extend_from_slice(b"ANMF\x02\0\0\0\0\0");
+        }
+        assert_eq!(frame_count(&webp, ImageFormat::Webp), Ok(3));
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub struct ImageLimits {
     pub max_width: u32,
     pub max_height: u32,
     pub max_pixels: u64,
+    /// Frames of an animation, and frames × width × height: every frame is stored and served.
+    pub max_frames: u64,
+    pub max_animation_pixels: u64,
 }
 
 impl ImageLimits {
@@ -29,6 +32,22 @@ impl ImageLimits {
         }
         if width == 0 || height == 0 {
             return Err(IngestError::Corrupt("the image has no pixels".into()));
+        }
+        Ok(())
+    }
+
+    /// An animation within the frame limits; `frames` full-size frames is what a browser decodes.
+    pub fn check_animation(&self, frames: u64, width: u32, height: u32) -> Result<(), IngestError> {
+        if frames > self.max_frames {
+            return Err(IngestError::TooLarge { limit: "max_frames", max: self.max_frames, actual: frames });
+        }
+        let pixels = frames.saturating_mul(u64::from(width) * u64::from(height));
+        if frames > 1 && pixels > self.max_animation_pixels {
+            return Err(IngestError::TooLarge {
+                limit: "max_animation_pixels",
+                max: self.max_animation_pixels,
+                actual: pixels,
+            });
         }
         Ok(())
     }

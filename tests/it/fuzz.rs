@@ -18,7 +18,13 @@ const SEEDS: [&str; 6] =
 fn policy() -> IngestPolicy {
     IngestPolicy {
         accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits { max_width: 4_000, max_height: 4_000, max_pixels: 4_000_000 },
+        limits: ImageLimits {
+            max_width: 4_000,
+            max_height: 4_000,
+            max_pixels: 4_000_000,
+            max_frames: 100,
+            max_animation_pixels: 40_000_000,
+        },
         thumbnail_size: 320,
         working: WorkingSize { min_short_side: 256, min_long_side: 320 },
     }

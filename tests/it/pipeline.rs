@@ -36,7 +36,13 @@ fn policy() -> IngestPolicy {
     let needs = engine().input_size();
     IngestPolicy {
         accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits { max_width: 12_000, max_height: 12_000, max_pixels: 50_000_000 },
+        limits: ImageLimits {
+            max_width: 12_000,
+            max_height: 12_000,
+            max_pixels: 50_000_000,
+            max_frames: 1_000,
+            max_animation_pixels: 300_000_000,
+        },
         thumbnail_size: 320,
         working: WorkingSize { min_long_side: needs.min_long_side.max(320), ..needs },
     }
@@ -307,4 +313,38 @@ fn an_upload_budget_smaller_than_one_upload_stops_start_up() {
         .merge(("upload_budget_bytes", 4 << 20));
     let error = upshot::config::AppConfig::from_figment(figment).map(|_| ()).expect_err("refused").to_string();
     assert!(error.contains("upload_budget_bytes"), "{error}");
+}
+
+/// An animated GIF of `frames` frames, `side`×`side` pixels each.
+fn animated_gif(frames: usize, side: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut bytes);
+        let frames = (0..frames).map(|n| {
+            let pixels = image::RgbaImage::from_pixel(side, side, image::Rgba([(n * 7) as u8, 90, 200, 255]));
+            image::Frame::new(pixels)
+        });
+        encoder.encode_frames(frames).unwrap();
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn animation_bombs_are_refused_naming_the_limit() {
+    let app = crate::helpers::spawn_with(Stack::Embedded, |figment| {
+        figment.merge(("max_frames", 10)).merge(("max_animation_pixels", 40_000))
+    })
+    .await;
+    let cases = [(animated_gif(11, 8), "max_frames"), (animated_gif(5, 100), "max_animation_pixels")];
+    for (gif, limit) in cases {
+        let response = app.upload_form("/api/v1/images", crate::helpers::bytes_form("bomb.gif", gif)).await;
+        let (status, code, body) = crate::helpers::error_code(response).await;
+        assert_eq!((status, code.as_str()), (422, "IMAGE_TOO_LARGE"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(limit), "{body}");
+    }
+    // Within the limits, an animation is stored whole.
+    let gif = animated_gif(3, 100);
+    let response = app.upload_form("/api/v1/images", crate::helpers::bytes_form("ok.gif", gif.clone())).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(app.image_rows().await, 1);
 }
