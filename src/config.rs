@@ -100,8 +100,10 @@ pub struct Settings {
     pub sns_endpoint_url: Option<String>,
     /// The address people reach Upshot at, for links in notifications.
     pub public_url: String,
-    /// Attempts before a notification is parked as `failed`.
+    /// Attempts before a notification is parked as `failed`; 0: no limit but the retry horizon.
     pub outbox_max_attempts: i32,
+    /// How long a notification is retried (with capped backoff) before it is parked as `failed`.
+    pub outbox_retry_horizon_hours: u64,
     /// How often the relay looks for due notifications besides being woken by uploads.
     pub outbox_poll_ms: u64,
     /// How long a claimed notification stays with one relay before another may take it.
@@ -157,7 +159,8 @@ impl Default for Settings {
             sns_region: None,
             sns_endpoint_url: None,
             public_url: "http://127.0.0.1:8000".to_owned(),
-            outbox_max_attempts: 10,
+            outbox_max_attempts: 0,
+            outbox_retry_horizon_hours: 48,
             outbox_poll_ms: 5_000,
             outbox_lease_secs: 60,
             outbox_backoff_base_ms: 2_000,
@@ -167,6 +170,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// The longest one SNS publish may take; the outbox relay's leases are sized from it.
+pub const SNS_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,8 +340,20 @@ impl AppConfig {
         if !(settings.public_url.starts_with("http://") || settings.public_url.starts_with("https://")) {
             return Err(invalid("public_url", "must start with http:// or https://"));
         }
-        if settings.outbox_max_attempts < 1 || settings.outbox_lease_secs == 0 || settings.outbox_poll_ms == 0 {
-            return Err(invalid("outbox_max_attempts", "outbox attempts, lease and poll interval must be positive"));
+        if settings.outbox_max_attempts < 0 || settings.outbox_retry_horizon_hours == 0 || settings.outbox_poll_ms == 0
+        {
+            return Err(invalid(
+                "outbox_retry_horizon_hours",
+                "outbox attempts, horizon and poll interval must be positive",
+            ));
+        }
+        // A claim must outlast the publishes it covers, or another relay takes it over and publishes again.
+        let publish = SNS_PUBLISH_TIMEOUT.as_secs();
+        if settings.outbox_lease_secs < 2 * publish {
+            return Err(invalid(
+                "outbox_lease_secs",
+                format!("must be at least {} (two SNS publish timeouts)", 2 * publish),
+            ));
         }
         if !(1..=20).contains(&settings.top_k) {
             return Err(invalid("top_k", "must be between 1 and 20"));

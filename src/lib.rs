@@ -99,11 +99,15 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
 /// The relay that publishes the outbox, stopped by the server's own shutdown.
 fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
     let settings = &state.config.settings;
+    let lease = std::time::Duration::from_secs(settings.outbox_lease_secs);
+    let publish_timeout = config::SNS_PUBLISH_TIMEOUT;
     let config = notify::relay::RelayConfig {
-        batch: 20,
-        lease: std::time::Duration::from_secs(settings.outbox_lease_secs),
+        batch: notify::relay::batch_for(lease, publish_timeout, 20),
+        lease,
         poll: std::time::Duration::from_millis(settings.outbox_poll_ms),
         max_attempts: settings.outbox_max_attempts,
+        retry_horizon: std::time::Duration::from_secs(settings.outbox_retry_horizon_hours * 3600),
+        publish_timeout,
         backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
         backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
         public_url: settings.public_url.clone(),

@@ -18,7 +18,11 @@ pub struct RelayConfig {
     pub batch: i64,
     pub lease: Duration,
     pub poll: Duration,
+    /// 0: no limit but `retry_horizon`.
     pub max_attempts: i32,
+    pub retry_horizon: Duration,
+    /// The longest one publish may take: a claim with less than this left is given back, not published.
+    pub publish_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub public_url: String,
@@ -30,6 +34,14 @@ pub struct Relay {
     notifier: Arc<dyn Notifier>,
     config: RelayConfig,
     wake: Arc<Notify>,
+    /// Whether the last publish failed, so an outage is logged when it starts and ends, not per message.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How many claimed messages one relay can publish within half its lease, at most `limit`.
+pub fn batch_for(lease: Duration, publish_timeout: Duration, limit: i64) -> i64 {
+    let fits = lease.as_secs_f64() / (2.0 * publish_timeout.as_secs_f64().max(0.001));
+    (fits.floor() as i64).clamp(1, limit)
 }
 
 /// What one pass over the outbox did.
@@ -60,7 +72,7 @@ fn later(delay: Duration) -> chrono::NaiveDateTime {
 
 impl Relay {
     pub fn new(db: Db, notifier: Arc<dyn Notifier>, config: RelayConfig, wake: Arc<Notify>) -> Self {
-        Relay { db, notifier, config, wake }
+        Relay { db, notifier, config, wake, failing: Arc::default() }
     }
 
     /// Runs until `shutdown` turns true; a pass under way finishes the message it is publishing and gives
@@ -100,15 +112,28 @@ impl Relay {
                 report.released += 1;
                 continue;
             }
+            // A claim about to run out is given back unpublished: past its lease, another relay may publish it.
+            let deadline =
+                row.available_at - chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
+            if crate::ingest::now() >= deadline {
+                self.db.run(move |conn| outbox::release(conn, &row, crate::ingest::now())).await?;
+                report.released += 1;
+                continue;
+            }
             match self.publish(&row).await {
                 Ok(()) => {
+                    if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        log::info!("notifications: publishing works again; delayed messages are going out");
+                    }
                     self.settle(row, shutdown, |conn, row| outbox::mark_sent(conn, row, crate::ingest::now())).await?;
                     report.sent += 1;
                 }
                 Err(error) => {
                     let permanent = matches!(error, NotifyError::Permanent(_));
                     let text = error.to_string();
-                    if permanent || row.attempts >= self.config.max_attempts {
+                    let age = (crate::ingest::now() - row.created_at).to_std().unwrap_or_default();
+                    let out_of_attempts = self.config.max_attempts > 0 && row.attempts >= self.config.max_attempts;
+                    if permanent || out_of_attempts || age >= self.config.retry_horizon {
                         log::error!(
                             "outbox message {} for image {} parked as failed after {} attempt(s): {text}",
                             row.id,
@@ -121,7 +146,13 @@ impl Relay {
                         report.failed += 1;
                     } else {
                         let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
-                        log::warn!(
+                        if !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            log::warn!(
+                                "notifications: publishing fails ({text}); retrying with backoff for up to {} h",
+                                self.config.retry_horizon.as_secs() / 3600
+                            );
+                        }
+                        log::debug!(
                             "outbox message {} attempt {} failed, next in {:.1} s: {text}",
                             row.id,
                             row.attempts,

@@ -26,7 +26,7 @@ impl SnsNotifier {
         // endpoint costs seconds, not the SDK's retry budget per message.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(3))
-            .operation_timeout(std::time::Duration::from_secs(15))
+            .operation_timeout(crate::config::SNS_PUBLISH_TIMEOUT)
             .build();
         let mut config = aws_sdk_sns::config::Builder::from(&shared)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))

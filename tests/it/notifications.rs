@@ -258,6 +258,10 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
 }
 
 async fn relay_on(db: &Db, topic_arn: &str, lease: Duration) -> Relay {
+    relay_with(db, topic_arn, lease, Duration::from_millis(100)).await
+}
+
+async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: Duration) -> Relay {
     let settings = upshot::config::Settings {
         sns_topic_arn: Some(topic_arn.to_owned()),
         sns_endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
@@ -269,6 +273,8 @@ async fn relay_on(db: &Db, topic_arn: &str, lease: Duration) -> Relay {
         lease,
         poll: Duration::from_millis(100),
         max_attempts: 5,
+        retry_horizon: Duration::from_secs(3600),
+        publish_timeout,
         backoff_base: Duration::from_millis(100),
         backoff_cap: Duration::from_secs(1),
         public_url: "http://127.0.0.1:8000".to_owned(),
@@ -312,6 +318,35 @@ async fn a_relay_that_dies_after_claiming_leaves_work_for_the_next(stack: Stack)
     assert_eq!(ids, seeded.into_iter().collect());
     let rows = outbox_rows(&db).await;
     assert!(rows.iter().all(|r| r.status == outbox::SENT && r.attempts == 2), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_about_to_run_out_is_given_back_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(Stack::Cloud, dir.path()).await;
+    let topic = create_topic().await;
+    let queue = subscribed_queue(&topic, None).await;
+    seed_outbox(&db, 3).await;
+    // A lease shorter than one publish may take: whatever this relay claims, another could take over mid-publish.
+    let hurried = relay_with(&db, &topic, Duration::from_secs(2), Duration::from_secs(5)).await;
+    let (_, running) = watch::channel(false);
+    let report = hurried.pass(&running).await.unwrap();
+    assert_eq!((report.claimed, report.sent, report.released), (3, 0, 3));
+    assert!(receive(&queue, 1, Duration::from_secs(2)).await.is_empty(), "nothing published");
+    let rows = outbox_rows(&db).await;
+    assert!(rows.iter().all(|r| r.status == outbox::PENDING && r.attempts == 0), "given back whole: {rows:?}");
+    // With room for a publish in its lease, the next pass sends them.
+    let relay = relay_on(&db, &topic, Duration::from_secs(30)).await;
+    assert_eq!(relay.pass(&running).await.unwrap().sent, 3);
+}
+
+#[test]
+fn a_relay_claims_only_what_it_can_publish_within_half_its_lease() {
+    use upshot::notify::relay::batch_for;
+    let publish = Duration::from_secs(15);
+    assert_eq!(batch_for(Duration::from_secs(60), publish, 20), 2);
+    assert_eq!(batch_for(Duration::from_secs(3600), publish, 20), 20);
+    assert_eq!(batch_for(Duration::from_secs(10), publish, 20), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
