@@ -389,6 +389,13 @@ impl AppConfig {
             .merge(("limits.file", max))
             .merge(("limits.data-form", max + MIB))
             .merge(("limits.bytes", max))
+            .merge(("temp_dir", self.spool_dir()))
+    }
+
+    /// Where Rocket spools upload bodies: under the data directory, which the service owns and sweeps at
+    /// start (a killed process leaves its spool files behind), not the shared system temp directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("spool")
     }
 }
 

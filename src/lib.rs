@@ -57,7 +57,23 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
         .register("/", api::catchers())
 }
 
+/// Creates the spool directory, emptied of what a killed process left in it.
+fn sweep_spool(dir: &std::path::Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("spool directory {}: {e}", dir.display()))?;
+    let mut swept = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("spool directory {}: {e}", dir.display()))?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 async fn connect(config: AppConfig) -> Result<AppState, String> {
+    let swept = sweep_spool(&config.spool_dir())?;
+    if swept > 0 {
+        log::info!("removed {swept} upload spool file(s) left by an earlier run");
+    }
     let settings = &config.settings;
     let secret = match &settings.secret_key {
         Some(secret) => secret.clone(),

@@ -121,3 +121,18 @@ fn instances_starting_together_migrate_once() {
     });
     assert_eq!(applied.iter().filter(|&&n| n > 0).count(), 1, "{applied:?}");
 }
+
+#[tokio::test]
+async fn upload_spool_files_live_under_the_data_dir_and_are_swept_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let spool = data_dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("left-by-a-killed-process"), b"half an upload").unwrap();
+    let (figment, _, _) = base_figment(Stack::Embedded, data_dir.path()).await;
+    let config = AppConfig::from_figment(figment).unwrap();
+    let temp_dir: std::path::PathBuf = config.rocket_figment().extract_inner("temp_dir").unwrap();
+    assert_eq!(temp_dir, spool);
+    let rocket = upshot::rocket(config).ignite().await.expect("ignites");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the leftover was swept");
+    drop(rocket);
+}
