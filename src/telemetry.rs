@@ -138,6 +138,16 @@ impl<L: log::Log> log::Log for Filtered<L> {
 
 struct StderrLogger;
 
+/// One record, one line: errors that carry their causes on several lines (SDK and database errors) would
+/// otherwise read as several records to anything that splits a log by lines.
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(message.replace("\r\n", "\n").replace(['\n', '\r'], " \\n "))
+    } else {
+        std::borrow::Cow::Borrowed(message)
+    }
+}
+
 impl log::Log for StderrLogger {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
         true
@@ -145,7 +155,8 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let _ = writeln!(std::io::stderr().lock(), "{now} {:<5} {} {}", record.level(), record.target(), record.args());
+        let message = one_line(&record.args().to_string()).into_owned();
+        let _ = writeln!(std::io::stderr().lock(), "{now} {:<5} {} {message}", record.level(), record.target());
     }
 
     fn flush(&self) {}
@@ -153,7 +164,13 @@ impl log::Log for StderrLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded_client;
+    use super::{forwarded_client, one_line};
+
+    #[test]
+    fn a_record_is_one_line() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("outer error\ncaused by: inner\r\n"), "outer error \\n caused by: inner \\n ");
+    }
 
     #[test]
     fn trusts_only_the_configured_number_of_hops() {
