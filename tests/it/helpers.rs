@@ -1,7 +1,12 @@
 //! Starts the real server on a loopback port, on a fresh database and a fresh store per test.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use diesel::prelude::*;
 use figment::Figment;
@@ -311,4 +316,48 @@ macro_rules! on_both_stacks {
             )*
         }
     };
+}
+
+/// A TCP proxy to an endpoint (S3, SNS) that can be cut: while down it refuses new connections and drops the
+/// open ones, as an unreachable endpoint would.
+pub struct Cuttable {
+    pub url: String,
+    up: Arc<AtomicBool>,
+    down_signal: watch::Sender<u64>,
+}
+
+impl Cuttable {
+    pub async fn start(target: String) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let (down_signal, _) = watch::channel(0u64);
+        let (flag, signal) = (up.clone(), down_signal.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { url, up, down_signal }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            self.down_signal.send_modify(|n| *n += 1);
+        }
+    }
 }

@@ -2,13 +2,11 @@
 //! queues, outages, crashed relays, concurrent relays, filter policies, and the subscription API.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use upshot::db::outbox::{self, OutboxRow};
 use upshot::db::{schema, Db};
@@ -16,7 +14,7 @@ use upshot::notify::relay::{Relay, RelayConfig};
 use upshot::notify::{Notifier, SnsNotifier};
 
 use crate::helpers::{
-    create_pg_database, create_topic, error_code, sns_client, spawn, spawn_with, sqs_client, Stack, ADMIN_KEY,
+    create_pg_database, create_topic, error_code, sns_client, spawn, spawn_with, sqs_client, Cuttable, Stack, ADMIN_KEY,
 };
 
 /// An SQS queue subscribed to the topic with raw delivery, so SNS message attributes arrive as SQS ones.
@@ -118,50 +116,6 @@ async fn every_upload_is_delivered_with_its_attributes() {
     assert!(delivered.iter().all(|d| !d.body.is_empty()));
     let rows = outbox_rows(&app.db).await;
     assert!(rows.iter().all(|r| r.status == outbox::SENT && r.published_at.is_some()), "{rows:?}");
-}
-
-/// A TCP proxy to the SNS endpoint that can be cut: while down it refuses new connections and drops the
-/// open ones, as an unreachable endpoint would.
-struct Cuttable {
-    url: String,
-    up: Arc<AtomicBool>,
-    down_signal: watch::Sender<u64>,
-}
-
-impl Cuttable {
-    async fn start(target: String) -> Cuttable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(true));
-        let (down_signal, _) = watch::channel(0u64);
-        let (flag, signal) = (up.clone(), down_signal.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if !flag.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                let mut cut = signal.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Cuttable { url, up, down_signal }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-        if !up {
-            self.down_signal.send_modify(|n| *n += 1);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
