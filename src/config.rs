@@ -52,6 +52,8 @@ pub struct Settings {
     pub s3_endpoint_url: Option<String>,
     /// The longest one S3 call (with its retries) may take before its request gets 503 `STORE_UNAVAILABLE`.
     pub s3_timeout_secs: u64,
+    /// Objects of an upload whose row was never written (the process died in between) are removed after this.
+    pub orphan_grace_secs: u64,
     /// Bearer key for admin routes; admin routes answer 403 while it is unset.
     pub admin_api_key: Option<String>,
     /// Key that derives delete tokens. Generated into the data dir when unset on SQLite; required on
@@ -132,6 +134,7 @@ impl Default for Settings {
             s3_region: None,
             s3_endpoint_url: None,
             s3_timeout_secs: 20,
+            orphan_grace_secs: 600,
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,
@@ -265,6 +268,10 @@ impl AppConfig {
         }
         if settings.s3_timeout_secs == 0 {
             return Err(invalid("s3_timeout_secs", "must be at least 1"));
+        }
+        // An upload still storing its objects must not look dead: its S3 calls alone may take this long.
+        if settings.orphan_grace_secs < 2 * settings.s3_timeout_secs {
+            return Err(invalid("orphan_grace_secs", "must be at least twice s3_timeout_secs"));
         }
         if settings.database_timeout_secs == 0 {
             return Err(invalid("database_timeout_secs", "must be at least 1"));

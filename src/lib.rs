@@ -43,7 +43,7 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
                 }
             }
         }))
-        .attach(AdHoc::on_liftoff("outbox relay", |rocket| {
+        .attach(AdHoc::on_liftoff("outbox relay and orphan sweeper", |rocket| {
             Box::pin(async move {
                 if let Some(state) = rocket.state::<AppState>() {
                     start_relay(state, rocket.shutdown());
@@ -134,5 +134,6 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
         shutdown.await;
         let _ = stop.send(true);
     });
+    tokio::spawn(ingest::sweep::run(state.clone(), stopped.clone()));
     tokio::spawn(relay.run(stopped));
 }

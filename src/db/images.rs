@@ -89,6 +89,21 @@ pub enum InsertOutcome {
     IdempotencyKeyTaken,
     /// The row whose objects this one meant to share was deleted meanwhile; store the objects afresh.
     SharedObjectsGone,
+    /// The upload outlived the grace period and the sweeper took its objects: nothing was inserted.
+    ObjectsReclaimed,
+}
+
+/// Why the insert transaction rolled back, besides a database error.
+enum Abort {
+    SharedObjectsGone,
+    ObjectsReclaimed,
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(error: diesel::result::Error) -> Self {
+        Abort::Database(error)
+    }
 }
 
 /// Inserts the image row and its outbox message in one transaction. When the row shares objects with
@@ -100,8 +115,12 @@ pub fn insert_with_outbox(
     message: &OutboxRow,
     shares_objects: bool,
 ) -> Result<InsertOutcome, DbError> {
-    let result = conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    let result = conn.transaction::<_, Abort, _>(|conn| {
         diesel::insert_into(images::table).values(record).execute(conn)?;
+        // The row takes its objects over from the pending list; if the sweeper took them first, they are gone.
+        if !shares_objects && super::pending::clear(conn, &record.id)? == 0 {
+            return Err(Abort::ObjectsReclaimed);
+        }
         if shares_objects {
             let alive = diesel::update(
                 images::table
@@ -112,17 +131,20 @@ pub fn insert_with_outbox(
             .set(images::status.eq(images::status))
             .execute(conn)?;
             if alive == 0 {
-                return Err(diesel::result::Error::RollbackTransaction);
+                return Err(Abort::SharedObjectsGone);
             }
         }
         diesel::insert_into(outbox::table).values(message).execute(conn)?;
         Ok(())
     });
-    match result.map_err(DbError::from) {
+    match result {
         Ok(()) => Ok(InsertOutcome::Inserted),
-        Err(DbError::Query(diesel::result::Error::RollbackTransaction)) => Ok(InsertOutcome::SharedObjectsGone),
-        Err(e) if e.is_unique_violation() && record.idempotency_key.is_some() => Ok(InsertOutcome::IdempotencyKeyTaken),
-        Err(e) => Err(e),
+        Err(Abort::SharedObjectsGone) => Ok(InsertOutcome::SharedObjectsGone),
+        Err(Abort::ObjectsReclaimed) => Ok(InsertOutcome::ObjectsReclaimed),
+        Err(Abort::Database(error)) => match DbError::from(error) {
+            e if e.is_unique_violation() && record.idempotency_key.is_some() => Ok(InsertOutcome::IdempotencyKeyTaken),
+            e => Err(e),
+        },
     }
 }
 

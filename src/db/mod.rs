@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod outbox;
+pub mod pending;
 pub mod schema;
 
 use std::time::Duration;

@@ -43,3 +43,11 @@ diesel::table! {
         published_at -> Nullable<Timestamp>,
     }
 }
+
+diesel::table! {
+    pending_objects (object_key) {
+        object_key -> Text,
+        image_id -> Text,
+        created_at -> Timestamp,
+    }
+}

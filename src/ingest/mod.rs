@@ -6,6 +6,7 @@ mod format;
 mod jpeg;
 mod pixels;
 pub mod sanitize;
+pub mod sweep;
 mod thumbnail;
 pub mod validate;
 
@@ -224,6 +225,12 @@ async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) ->
                 objects = store_objects(state, &id, &prepared).await?;
                 deduplicated = false;
             }
+            // Too slow: the sweeper took this upload's objects as those of a dead upload, and removes them.
+            Ok(InsertOutcome::ObjectsReclaimed) => {
+                return Err(AppError::new(ErrorCode::Busy, "The upload took too long to store; try again.")
+                    .with_detail(format!("upload {id}: objects reclaimed after the orphan grace period"))
+                    .retry_after(2));
+            }
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
                 remove_objects(state, deduplicated, &objects).await;
                 let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
@@ -293,9 +300,16 @@ async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredOb
     }
 }
 
+/// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
+/// committed, the sweeper removes them after `orphan_grace_secs`.
 async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
     let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
+    let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
+    state
+        .db
+        .run(move |conn| crate::db::pending::record(conn, &row_id, &[keys[0].as_str(), keys[1].as_str()], now()))
+        .await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
     let (original, thumbnail) = tokio::join!(
         state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),

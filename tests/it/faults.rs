@@ -198,6 +198,7 @@ async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
         ("UPSHOT_S3_FORCE_PATH_STYLE", "true"),
         ("UPSHOT_S3_ENDPOINT_URL", &s3.url),
         ("UPSHOT_S3_TIMEOUT_SECS", "3"),
+        ("UPSHOT_ORPHAN_GRACE_SECS", "6"),
         ("UPSHOT_NOTIFIER", "sns"),
         ("UPSHOT_SNS_TOPIC_ARN", &topic),
         ("UPSHOT_SNS_ENDPOINT_URL", &sns.url),
@@ -271,24 +272,31 @@ async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
             assert_eq!(response.status(), 200, "{path}");
         }
     }
-    // Every row has its objects; objects without a row (puts finished before the kill) are counted.
+    // Every row has its objects, and every object its row: what the killed instance stored without a row is
+    // swept once its grace period is over.
     let db =
         Db::open(upshot::config::DatabaseUrl::Postgres(database_url.clone()), 2, Duration::from_secs(5)).await.unwrap();
-    let keys: Vec<(String, String, String)> = db
-        .run(|conn| {
-            Ok(schema::images::table
-                .select((schema::images::id, schema::images::original_key, schema::images::thumbnail_key))
-                .load(conn)?)
-        })
-        .await
-        .unwrap();
-    let listed = s3_client().await.list_objects_v2().bucket(&bucket).max_keys(1000).send().await.unwrap();
-    let objects: HashSet<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
-    let rows: HashSet<String> = keys.iter().map(|(id, _, _)| id.clone()).collect();
-    let expected: HashSet<String> = keys.iter().flat_map(|(_, o, t)| [o.clone(), t.clone()]).collect();
-    let missing = expected.difference(&objects).count();
-    let orphans = objects.difference(&expected).count();
-    assert_eq!(missing, 0, "rows whose objects are gone");
+    let swept = Instant::now();
+    let (rows, orphans_gone) = loop {
+        let keys: Vec<(String, String, String)> = db
+            .run(|conn| {
+                Ok(schema::images::table
+                    .select((schema::images::id, schema::images::original_key, schema::images::thumbnail_key))
+                    .load(conn)?)
+            })
+            .await
+            .unwrap();
+        let listed = s3_client().await.list_objects_v2().bucket(&bucket).max_keys(1000).send().await.unwrap();
+        let objects: HashSet<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        let expected: HashSet<String> = keys.iter().flat_map(|(_, o, t)| [o.clone(), t.clone()]).collect();
+        assert_eq!(expected.difference(&objects).count(), 0, "rows whose objects are gone");
+        let orphans = objects.difference(&expected).count();
+        if orphans == 0 {
+            break (keys.into_iter().map(|(id, _, _)| id).collect::<HashSet<String>>(), swept.elapsed());
+        }
+        assert!(swept.elapsed() < Duration::from_secs(30), "{orphans} orphan objects were never swept");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(acknowledged.is_subset(&rows), "every acknowledged upload has its row");
 
     // Every notification goes out: the outbox drains, and the subscriber's queue gets every image.
@@ -317,7 +325,7 @@ async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
     }
     println!(
         "faults: {} uploads acknowledged and readable ({} answers retried; statuses {:?}); {} rows, 0 missing \
-         objects, {orphans} orphan objects (puts that finished before the kill); {} notifications delivered, \
+         objects, no orphan object left {orphans_gone:?} after the checks began; {} notifications delivered, \
          {duplicates} duplicates; replacement instance ready in {replaced_in:?}; store back {:?} and SNS back \
          {:?} before the checks; both instances ready",
         acknowledged.len(),

@@ -353,3 +353,33 @@ async fn a_hanging_s3_costs_a_request_its_timeout_then_a_503() {
     assert_eq!(app.image_rows().await, 0, "nothing written");
     hang.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_an_upload_that_died_before_its_row_are_swept() {
+    let app = spawn_with(Stack::Embedded, |figment| {
+        figment.merge(("s3_timeout_secs", 1)).merge(("orphan_grace_secs", 2)).merge(("dedup", false))
+    })
+    .await;
+    // A finished upload leaves nothing pending.
+    app.upload_ok("cat.jpg").await;
+    // A process killed between its puts and its row: objects on disk, listed as pending.
+    let id = upshot::domain::ImageId::generate().to_string();
+    let keys = [format!("images/{id}/original.jpg"), format!("images/{id}/thumb.jpg")];
+    for key in &keys {
+        let path = app.data_dir.path().join("objects").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"objects of a dead upload").unwrap();
+    }
+    let (dead, listed) = (id.clone(), keys.clone());
+    app.db
+        .run(move |conn| upshot::db::pending::record(conn, &dead, &[&listed[0], &listed[1]], upshot::ingest::now()))
+        .await
+        .unwrap();
+    assert_eq!(app.object_keys().await.len(), 4);
+    let swept = time_until("the sweep", || async { app.object_keys().await.len() == 2 }).await;
+    println!("orphans swept {swept:?} after they were left");
+    let pending: i64 = app.db.run(|conn| Ok(schema::pending_objects::table.count().get_result(conn)?)).await.unwrap();
+    assert_eq!(pending, 0, "nothing left pending");
+    assert_eq!(app.image_rows().await, 1, "the finished upload kept its row and objects");
+    assert!(rows_match_objects(&app).await);
+}
