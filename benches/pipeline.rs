@@ -13,9 +13,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ort::session::Session;
 use ort::value::TensorRef;
-use upshot::imaging::WorkingSize;
 use upshot::inference::{classifier, face, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, ImageLimits, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestPolicy};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -51,19 +50,8 @@ fn stages(c: &mut Criterion) {
     };
     let engine = Arc::new(Engine::load(&engine_config).expect("models load"));
     let env = upshot::inference::onnx_runtime(&engine_config.ort_library).unwrap();
-    let needs = engine.input_size();
-    let policy = IngestPolicy {
-        accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits {
-            max_width: 12_000,
-            max_height: 12_000,
-            max_pixels: 50_000_000,
-            max_frames: 1_000,
-            max_animation_pixels: 300_000_000,
-        },
-        thumbnail_size: 320,
-        working: WorkingSize { min_long_side: needs.min_long_side.max(320), ..needs },
-    };
+    let policy =
+        IngestPolicy::new(&upshot::config::Settings::default(), ImageFormat::ALL.to_vec(), engine.input_size());
     let cat_bytes = fixture("cat-gps-rotated.jpg");
     let cat = image::load_from_memory(&fixture("cat.jpg")).unwrap().to_rgb8();
     let astronaut = image::load_from_memory(&fixture("astronaut.webp")).unwrap().to_rgb8();

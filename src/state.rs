@@ -9,9 +9,8 @@ use crate::config::AppConfig;
 use crate::db::Db;
 use crate::domain::DeleteTokens;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::imaging::WorkingSize;
 use crate::inference::Engine;
-use crate::ingest::{ImageLimits, IngestPolicy};
+use crate::ingest::IngestPolicy;
 use crate::notify::Notifier;
 use crate::store::ObjectStore;
 
@@ -49,21 +48,7 @@ impl AppState {
         notifier: Arc<dyn Notifier>,
     ) -> Self {
         let settings = &config.settings;
-        let policy = IngestPolicy {
-            accepted: config.accepted_formats.clone(),
-            limits: ImageLimits {
-                max_width: settings.max_image_width,
-                max_height: settings.max_image_height,
-                max_pixels: settings.max_image_pixels,
-                max_frames: settings.max_frames,
-                max_animation_pixels: settings.max_animation_pixels,
-            },
-            thumbnail_size: settings.thumbnail_size,
-            working: WorkingSize {
-                min_long_side: inference.input_size().min_long_side.max(settings.thumbnail_size),
-                ..inference.input_size()
-            },
-        };
+        let policy = IngestPolicy::new(settings, config.accepted_formats.clone(), inference.input_size());
         let cpu = Arc::new(Semaphore::new(config.cpu_slots));
         let upload_budget = Arc::new(Semaphore::new((settings.upload_budget_bytes / 1024) as usize));
         let asset_version = crate::web::security::asset_version(&settings.static_dir);

@@ -18,6 +18,8 @@ use std::time::Duration;
 use image::RgbImage;
 use serde_json::json;
 
+use crate::imaging::WorkingSize;
+
 pub use format::ImageFormat;
 pub use validate::ImageLimits;
 
@@ -75,7 +77,28 @@ pub struct IngestPolicy {
     pub limits: ImageLimits,
     pub thumbnail_size: u32,
     /// The size images are decoded to: enough for the thumbnail and the models' inputs.
-    pub working: crate::imaging::WorkingSize,
+    pub working: WorkingSize,
+}
+
+impl IngestPolicy {
+    /// The policy the settings describe, for models whose preprocessing reduces from `model_input`.
+    pub fn new(settings: &crate::config::Settings, accepted: Vec<ImageFormat>, model_input: WorkingSize) -> Self {
+        IngestPolicy {
+            accepted,
+            limits: ImageLimits {
+                max_width: settings.max_image_width,
+                max_height: settings.max_image_height,
+                max_pixels: settings.max_image_pixels,
+                max_frames: settings.max_frames,
+                max_animation_pixels: settings.max_animation_pixels,
+            },
+            thumbnail_size: settings.thumbnail_size,
+            working: WorkingSize {
+                min_long_side: model_input.min_long_side.max(settings.thumbnail_size),
+                ..model_input
+            },
+        }
+    }
 }
 
 /// A validated upload, ready to store: metadata stripped, upright, thumbnail made.

@@ -14,7 +14,9 @@ use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use upshot::db::{outbox, schema, Db};
 
-use crate::helpers::{create_bucket, create_pg_database, create_topic, fixture, s3_client, sqs_client, Cuttable};
+use crate::helpers::{
+    create_bucket, create_pg_database, create_topic, fixture, receive, s3_client, subscribed_queue, Cuttable,
+};
 
 /// One `upshot serve` process.
 struct Instance {
@@ -125,70 +127,13 @@ async fn upload_until_answered(client: &reqwest::Client, url: &str, photo: &[u8]
     panic!("an upload was never answered");
 }
 
-async fn subscribed_queue(topic_arn: &str) -> String {
-    let sqs = sqs_client().await;
-    let name = format!("upshot-faults-{}", &upshot::domain::ImageId::generate().as_str()[..12]);
-    let queue_url = sqs.create_queue().queue_name(name).send().await.unwrap().queue_url().unwrap().to_owned();
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    let queue_arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
-    let sns = crate::helpers::sns_client().await;
-    sns.subscribe()
-        .topic_arn(topic_arn)
-        .protocol("sqs")
-        .endpoint(queue_arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await
-        .unwrap();
-    queue_url
-}
-
-/// Image ids in the queue's messages, with repeats, until `expected` distinct ones arrived or time is up.
-async fn delivered(queue_url: &str, expected: usize, within: Duration) -> Vec<String> {
-    let sqs = sqs_client().await;
-    let deadline = Instant::now() + within;
-    let mut ids = Vec::new();
-    while Instant::now() < deadline {
-        let batch = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let messages = batch.messages();
-        for message in messages {
-            let body: serde_json::Value = serde_json::from_str(message.body().unwrap()).unwrap();
-            ids.push(body["image_id"].as_str().unwrap().to_owned());
-            sqs.delete_message()
-                .queue_url(queue_url)
-                .receipt_handle(message.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-        if messages.is_empty() && ids.iter().collect::<HashSet<_>>().len() >= expected {
-            break;
-        }
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
     let endpoint = std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap();
     let s3 = Cuttable::start(endpoint.trim_start_matches("http://").to_owned()).await;
     let sns = Cuttable::start(endpoint.trim_start_matches("http://").to_owned()).await;
     let (database_url, bucket, topic) = (create_pg_database(), create_bucket().await, create_topic().await);
-    let queue = subscribed_queue(&topic).await;
+    let queue = subscribed_queue(&topic, None).await;
     let env: Vec<(String, String)> = [
         ("ROCKET_ADDRESS", "127.0.0.1"),
         ("UPSHOT_LOG", "warn"),
@@ -314,7 +259,12 @@ async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
         assert!(drained.elapsed() < Duration::from_secs(60), "{unsent} notifications never went out");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ids = delivered(&queue, rows.len(), Duration::from_secs(30)).await;
+    let ids: Vec<String> = receive(&queue, rows.len(), Duration::from_secs(30))
+        .await
+        .iter()
+        .map(|message| serde_json::from_str::<serde_json::Value>(&message.body).unwrap()["image_id"].to_string())
+        .map(|id| id.trim_matches('"').to_owned())
+        .collect();
     let distinct: HashSet<String> = ids.iter().cloned().collect();
     assert_eq!(distinct, rows, "one notification per stored image, none lost");
     let duplicates = ids.len() - distinct.len();

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use upshot::error::AppError;
 use upshot::imaging::WorkingSize;
-use upshot::ingest::{self, ImageFormat, ImageLimits, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestPolicy};
 
 use crate::helpers::fixture;
 
@@ -16,18 +16,16 @@ const SEEDS: [&str; 6] =
     ["cat.jpg", "cat-gps-rotated.jpg", "coffee.png", "astronaut.webp", "rocket.gif", "logo-alpha.png"];
 
 fn policy() -> IngestPolicy {
-    IngestPolicy {
-        accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits {
-            max_width: 4_000,
-            max_height: 4_000,
-            max_pixels: 4_000_000,
-            max_frames: 100,
-            max_animation_pixels: 40_000_000,
-        },
-        thumbnail_size: 320,
-        working: WorkingSize { min_short_side: 256, min_long_side: 320 },
-    }
+    // Smaller limits than the defaults, so that huge declared sizes meet them.
+    let settings = upshot::config::Settings {
+        max_image_width: 4_000,
+        max_image_height: 4_000,
+        max_image_pixels: 4_000_000,
+        max_frames: 100,
+        max_animation_pixels: 40_000_000,
+        ..Default::default()
+    };
+    IngestPolicy::new(&settings, ImageFormat::ALL.to_vec(), WorkingSize { min_short_side: 256, min_long_side: 128 })
 }
 
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Notifications that are never lost: the outbox, its relay, SNS (moto on 127.0.0.1) delivering into SQS
 //! queues, outages, crashed relays, concurrent relays, filter policies, and the subscription API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,82 +14,9 @@ use upshot::notify::relay::{Relay, RelayConfig};
 use upshot::notify::{Notifier, SnsNotifier};
 
 use crate::helpers::{
-    create_pg_database, create_topic, error_code, sns_client, spawn, spawn_with, sqs_client, Cuttable, Stack, ADMIN_KEY,
+    create_pg_database, create_topic, error_code, receive, sns_client, spawn, spawn_with, subscribed_queue, Cuttable,
+    Stack, ADMIN_KEY,
 };
-
-/// An SQS queue subscribed to the topic with raw delivery, so SNS message attributes arrive as SQS ones.
-async fn subscribed_queue(topic_arn: &str, filter_policy: Option<&str>) -> String {
-    let sqs = sqs_client().await;
-    let name = format!("upshot-test-{}", &upshot::domain::ImageId::generate().as_str()[..12]);
-    let queue_url = sqs.create_queue().queue_name(name).send().await.unwrap().queue_url().unwrap().to_owned();
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    let queue_arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
-    let mut subscribe = sns_client()
-        .await
-        .subscribe()
-        .topic_arn(topic_arn)
-        .protocol("sqs")
-        .endpoint(queue_arn)
-        .attributes("RawMessageDelivery", "true");
-    if let Some(policy) = filter_policy {
-        subscribe = subscribe.attributes("FilterPolicy", policy);
-    }
-    subscribe.send().await.unwrap();
-    queue_url
-}
-
-/// A message as a subscriber's queue received it.
-#[derive(Debug, Clone)]
-struct Delivered {
-    attributes: HashMap<String, String>,
-    body: String,
-}
-
-/// Receives until `expected` messages arrived or `within` passed, then drains briefly for extras.
-async fn receive(queue_url: &str, expected: usize, within: Duration) -> Vec<Delivered> {
-    let sqs = sqs_client().await;
-    let deadline = Instant::now() + within;
-    let mut delivered = Vec::new();
-    let mut quiet_polls = 0;
-    while Instant::now() < deadline && (delivered.len() < expected || quiet_polls < 2) {
-        let output = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .unwrap();
-        let batch = output.messages();
-        if batch.is_empty() {
-            quiet_polls += usize::from(delivered.len() >= expected);
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        for message in batch {
-            let attributes = message
-                .message_attributes()
-                .map(|map| {
-                    map.iter().map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned())).collect()
-                })
-                .unwrap_or_default();
-            delivered.push(Delivered { attributes, body: message.body().unwrap_or_default().to_owned() });
-            sqs.delete_message()
-                .queue_url(queue_url)
-                .receipt_handle(message.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    delivered
-}
 
 async fn outbox_rows(db: &Db) -> Vec<OutboxRow> {
     db.run(outbox::all).await.unwrap()

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use image::RgbImage;
 use serde_json::Value;
-use upshot::imaging::WorkingSize;
 use upshot::inference::{Analysis, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, ImageLimits, IngestError, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestError, IngestPolicy};
 
 use crate::helpers::{fixture, spawn, Stack, TestApp};
 
@@ -33,19 +32,7 @@ fn engine() -> &'static Engine {
 }
 
 fn policy() -> IngestPolicy {
-    let needs = engine().input_size();
-    IngestPolicy {
-        accepted: ImageFormat::ALL.to_vec(),
-        limits: ImageLimits {
-            max_width: 12_000,
-            max_height: 12_000,
-            max_pixels: 50_000_000,
-            max_frames: 1_000,
-            max_animation_pixels: 300_000_000,
-        },
-        thumbnail_size: 320,
-        working: WorkingSize { min_long_side: needs.min_long_side.max(320), ..needs },
-    }
+    IngestPolicy::new(&upshot::config::Settings::default(), ImageFormat::ALL.to_vec(), engine().input_size())
 }
 
 /// `source` enlarged to `width`×`height` and compressed as a camera would (4:2:0) at `quality`.
