@@ -15,6 +15,7 @@ use crate::telemetry::RequestId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,
+    ClientClosedRequest,
     MissingFile,
     InvalidIdempotencyKey,
     Unauthorized,
@@ -43,6 +44,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::ClientClosedRequest => "CLIENT_CLOSED_REQUEST",
             ErrorCode::MissingFile => "MISSING_FILE",
             ErrorCode::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
@@ -71,6 +73,9 @@ impl ErrorCode {
     pub fn status(self) -> Status {
         match self {
             ErrorCode::BadRequest | ErrorCode::MissingFile | ErrorCode::InvalidIdempotencyKey => Status::BadRequest,
+            // nginx's code for a client that hung up before its request was read: not an error of the request
+            // (no 413 or 400 in the metrics), and no one receives the answer.
+            ErrorCode::ClientClosedRequest => Status::new(499),
             ErrorCode::Unauthorized => Status::Unauthorized,
             ErrorCode::Forbidden | ErrorCode::CsrfTokenInvalid => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,

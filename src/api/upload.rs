@@ -29,6 +29,23 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     if missing_file {
         return AppError::new(ErrorCode::MissingFile, "The form has no `file` field.").with_detail(detail);
     }
+    // Rocket reports a body cut short (the client hung up) as an incomplete field, which reads as a 413, plus a
+    // read error of the stream; a spool file that cannot be written is a different i/o error.
+    let hung_up = errors.iter().any(|e| match &e.kind {
+        form::error::ErrorKind::Io(io) => !matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::QuotaExceeded
+        ),
+        _ => false,
+    });
+    if hung_up {
+        return AppError::new(ErrorCode::ClientClosedRequest, "The upload ended before its body was complete.")
+            .with_detail(detail);
+    }
     match status.code {
         413 => {
             let max = state.config.settings.max_upload_bytes;

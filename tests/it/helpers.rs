@@ -435,3 +435,16 @@ impl Cuttable {
         }
     }
 }
+
+/// The metrics text once it contains `needle` (at most 10 s).
+pub async fn eventually_metrics(app: &TestApp, needle: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        if metrics.contains(needle) {
+            return metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{needle} never appeared in {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

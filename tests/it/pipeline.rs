@@ -335,3 +335,23 @@ async fn animation_bombs_are_refused_naming_the_limit() {
     assert_eq!(response.status(), 201);
     assert_eq!(app.image_rows().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_upload_is_counted_as_such_not_as_too_large() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn(Stack::Embedded).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let boundary = "upshot-abort";
+    let head = format!(
+        "POST /api/v1/images HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: 500000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+         filename=\"x.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&fixture("cat.jpg")[..4096]).await.unwrap();
+    drop(socket); // half a small upload, then gone
+    let metrics = crate::helpers::eventually_metrics(&app, r#"route="/api/v1/images",status="499""#).await;
+    assert!(!metrics.contains(r#"route="/api/v1/images",status="413""#), "{metrics}");
+    assert_eq!(app.image_rows().await, 0);
+}
