@@ -9,7 +9,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, '..', '..');
 export const BASE = process.env.UPSHOT_BASE_URL || 'http://127.0.0.1:8000';
 export const ADMIN_KEY = process.env.UPSHOT_ADMIN_API_KEY || 'browser-test-admin-key-123';
-export const SCREENSHOTS = process.env.UPSHOT_SCREENSHOT_DIR || path.join(ROOT, 'docs', 'screenshots');
+export const SCREENSHOTS = process.env.UPSHOT_SCREENSHOT_DIR || path.join(ROOT, 'target', 'screenshots');
 export const DESKTOP = { width: 1280, height: 900 };
 export const PHONE = { width: 390, height: 844 };
 

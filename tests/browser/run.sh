@@ -89,7 +89,9 @@ fi
 
 export UPSHOT_BASE_URL="$base"
 export UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
-export UPSHOT_SCREENSHOT_DIR="$root/docs/screenshots"
+# Screenshots go under target/ so a test run leaves the tracked tree as it found it; UPSHOT_SCREENSHOT_DIR=docs/screenshots
+# refreshes the ones the README shows.
+export UPSHOT_SCREENSHOT_DIR="${UPSHOT_SCREENSHOT_DIR:-$root/target/screenshots}"
 export CHROMIUM_BIN="$chromium_bin"
 mkdir -p "$UPSHOT_SCREENSHOT_DIR"
 
