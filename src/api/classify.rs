@@ -42,9 +42,7 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -
             image
         })
         .await?;
-    let analysis = state.inference.analyse(Arc::new(image)).await?;
-    state.metrics.observe_inference(analysis.inference_ms);
-    Ok(analysis)
+    ingest::analyse(state, Arc::new(image)).await
 }
 
 #[post("/classify", data = "<data>")]

@@ -224,7 +224,8 @@ async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -
 /// The models run while the objects are stored; the row and its outbox message are written once both are done.
 async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let id = ImageId::generate();
-    let (analysis, stored) = tokio::join!(analyse(state, &prepared), store_or_share(state, &id, &prepared));
+    let (analysis, stored) =
+        tokio::join!(analyse(state, prepared.pixels.clone()), store_or_share(state, &id, &prepared));
     let (mut objects, mut deduplicated) = stored?;
     let analysis = match analysis {
         Ok(analysis) => analysis,
@@ -275,8 +276,9 @@ async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) ->
     }
 }
 
-async fn analyse(state: &AppState, prepared: &PreparedImage) -> AppResult<Analysis> {
-    let analysis = state.inference.analyse(prepared.pixels.clone()).await?;
+/// Runs the models on an upright working image and records the inference time.
+pub async fn analyse(state: &AppState, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+    let analysis = state.inference.analyse(pixels).await?;
     state.metrics.observe_inference(analysis.inference_ms);
     Ok(analysis)
 }
@@ -293,7 +295,8 @@ async fn store_or_share(state: &AppState, id: &ImageId, prepared: &PreparedImage
 }
 
 /// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
-/// operators (they are logged by key).
+/// orphan sweeper, which removes them (after `orphan_grace_secs`) only if the row was never written: the
+/// row's transaction clears their pending entries.
 const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
 
 async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredObjects) {
@@ -313,7 +316,8 @@ async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredOb
             }
             Err(error) => {
                 log::error!(
-                    "upload {id}: cannot tell whether its row was written ({error}); objects {} and {} left in place",
+                    "upload {id}: cannot tell whether its row was written ({error}); objects {} and {} left to the \
+                     orphan sweeper",
                     objects.original_key,
                     objects.thumbnail_key
                 );
