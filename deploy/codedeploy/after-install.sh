@@ -60,13 +60,12 @@ write_env_from_aws() {
     # Secrets travel through pipes, variables and 0600 files only, never through a command line. The database
     # password goes into libpq's password file, not the URL: the refresher timer rewrites it when RDS rotates
     # the secret, and libpq reads it at every new connection, so no restart is needed.
-    local app_key admin_key db_url
-    write_db_passfile "$db_secret_arn"
-    app_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$app_secret_arn" \
-        --query SecretString --output text) || die "cannot read the application secret"
-    admin_key=$("$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$admin_secret_arn" \
-        --query SecretString --output text) || die "cannot read the admin key"
-    db_user=$(db_username "$db_secret_arn") || die "cannot read the database user"
+    local app_key admin_key db_json db_url
+    db_json=$(secret_value "$db_secret_arn" "the database secret")
+    write_db_passfile <<<"$db_json"
+    db_user=$(db_username <<<"$db_json")
+    app_key=$(secret_value "$app_secret_arn" "the application secret")
+    admin_key=$(secret_value "$admin_secret_arn" "the admin key")
     db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name DB_USER=$db_user PASSFILE=$UPSHOT_PASSFILE python3 -c '
 import os, urllib.parse as u
 e = os.environ

@@ -126,22 +126,25 @@ use_instance_region() {
     printf '%s\n' "$region"
 }
 
-db_secret_json() {
+# The string value of Secrets Manager secret $1 ($2 names it in the error).
+secret_value() {
     "$UPSHOT_AWS" secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text ||
-        die "cannot read the database secret"
+        die "cannot read $2"
 }
 
+# The user name of an RDS secret (its JSON on standard input).
 db_username() {
-    db_secret_json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["username"])' ||
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["username"])' ||
         die "the database secret is not the RDS JSON form"
 }
 
-# Writes the password of the RDS secret $1 into libpq's password file ($UPSHOT_PASSFILE, named by passfile= in
-# the database URL), atomically, readable by the service user alone (libpq ignores a file others can read).
+# Writes the password of an RDS secret (its JSON on standard input) into libpq's password file
+# ($UPSHOT_PASSFILE, named by passfile= in the database URL), atomically, readable by the service user alone
+# (libpq ignores a file others can read).
 write_db_passfile() {
     local tmp
     tmp=$(mktemp "$(dirname -- "$UPSHOT_PASSFILE")/.pgpass.XXXXXX")
-    if ! db_secret_json "$1" | python3 -c '
+    if ! python3 -c '
 import json, sys
 password = json.load(sys.stdin)["password"]
 print("*:*:*:*:" + password.replace("\\", "\\\\").replace(":", "\\:"))

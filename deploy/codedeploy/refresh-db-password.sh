@@ -12,5 +12,6 @@ prefix=$(parameter_prefix)
 use_instance_region >/dev/null
 arn=$("$UPSHOT_AWS" ssm get-parameter --name "$prefix/db-secret-arn" --query Parameter.Value --output text) ||
     die "cannot read $prefix/db-secret-arn"
-write_db_passfile "$arn"
+secret=$(secret_value "$arn" "the database secret")
+write_db_passfile <<<"$secret"
 log "database password file refreshed"
