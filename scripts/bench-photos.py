@@ -4,6 +4,7 @@
 - phone-upright.jpg: a 12 MP phone photo held upright, as a phone camera writes it: 4032x3024 pixels stored
   sideways, EXIF orientation 6 (rotate 90 degrees clockwise to view), GPS position, sensor grain, quality 92;
 - large-10mb.png: about 10 MB of incompressible pixels, for the burst of large uploads.
+- large-15mb.png: about 15 MB of the same, for the burst under 500 idle connections.
 
     bench-photos.py SOURCE_DIR OUT_DIR
 """
@@ -33,5 +34,8 @@ random.seed(10)
 side = 1830  # 1830 * 1830 * 3 bytes of noise: a PNG of about 10 MB
 noise = Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3))
 noise.save(os.path.join(out, "large-10mb.png"), compress_level=1)
-for name in ("phone-upright.jpg", "large-10mb.png"):
+side = 2240  # about 15 MB, for the hostile burst
+noise = Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3))
+noise.save(os.path.join(out, "large-15mb.png"), compress_level=1)
+for name in ("phone-upright.jpg", "large-10mb.png", "large-15mb.png"):
     print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes", file=sys.stderr)

@@ -5,7 +5,9 @@
 #   - the photo mix of ../shared/bench/images (in name order, in turn) at concurrency 1, 4 and 16;
 #   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, and a 12 MP phone photo held
 #     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS);
-#   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY.
+#   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY;
+#   - a burst of 50 concurrent 15 MB uploads while 500 idle connections are held open, with one ordinary
+#     upload (the 451x300 JPEG) sent meanwhile and timed.
 # Per run: uploads/s, p50/p99 latency, the service's CPU ms per upload (from /proc, excluding the database
 # and the endpoint) and its peak RSS (VmHWM). Bounded in time and count; loopback only.
 #
@@ -98,6 +100,9 @@ load --label "12 MP upright phone photo" --file "$state/photos/phone-upright.jpg
     --seconds "$single_seconds"
 start_server
 load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients 32
+start_server
+load --label "50 x 15 MB burst, 500 idle connections" --burst "$state/photos/large-15mb.png" --clients 50 \
+    --idle 500 --probe "$images/chelsea.jpg"
 stop_server
 
 python3 - "$results" <<'PY'
@@ -108,6 +113,8 @@ print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     if "outcomes" in r:
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))
+        if "probe_status" in r:
+            outcomes += f"; ordinary upload meanwhile: {r['probe_status']} in {r['probe_ms']:.0f} ms"
         print(f"| {r['label']} | {r['clients']} | | | | | {r['peak_rss_mb']:.0f} | {outcomes} |")
         continue
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"

@@ -13,6 +13,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import statistics
 import sys
 import threading
@@ -127,11 +128,41 @@ def run_level(url, pid, bodies, clients, warmup, seconds, route):
     }
 
 
-def burst(url, pid, path, clients, route):
-    """Every client sends the same large file at once; each must be stored (201) or told 503 BUSY."""
+def hold_idle(url, count):
+    """Opens `count` connections that send nothing, as idle or stalled clients do."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection((url.hostname, url.port), timeout=10)
+        held.append(sock)
+    return held
+
+
+def probe(url, path, route, delay):
+    """One ordinary upload, sent `delay` seconds into the burst: (status, milliseconds)."""
+    time.sleep(delay)
+    content_type, body = multipart(os.path.basename(path), open(path, "rb").read())
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    started = time.monotonic()
+    try:
+        conn.request("POST", route, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        response.read()
+        status = response.status
+    except (OSError, http.client.HTTPException):
+        status = 0
+    return status, (time.monotonic() - started) * 1000
+
+
+def burst(url, pid, path, clients, route, idle=0, probe_path=None):
+    """Every client sends the same large file at once; each must be stored (201) or told 503 BUSY. With `idle`,
+    that many idle connections are held open meanwhile; with `probe_path`, one ordinary upload is timed."""
     data = open(path, "rb").read()
     content_type, body = multipart(os.path.basename(path), data)
     outcomes, lock, gate = [], threading.Lock(), threading.Barrier(clients)
+    held = hold_idle(url, idle)
+    probed = []
+    if probe_path:
+        prober = threading.Thread(target=lambda: probed.append(probe(url, probe_path, route, 0.5)), daemon=True)
 
     def send():
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
@@ -150,13 +181,23 @@ def burst(url, pid, path, clients, route):
     threads = [threading.Thread(target=send, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    if probe_path:
+        prober.start()
+        prober.join(timeout=300)
     for thread in threads:
         thread.join(timeout=300)
+    for sock in held:
+        sock.close()
     counts = {}
     for status, code, _ in outcomes:
         key = "201 stored" if status == 201 else f"{status} {code}"
         counts[key] = counts.get(key, 0) + 1
-    return {"clients": clients, "bytes": len(data), "outcomes": counts, "peak_rss_mb": peak_rss_mb(pid)}
+    result = {"clients": clients, "bytes": len(data), "outcomes": counts, "peak_rss_mb": peak_rss_mb(pid)}
+    if idle:
+        result["idle_connections"] = idle
+    if probed:
+        result["probe_status"], result["probe_ms"] = probed[0]
+    return result
 
 
 def main():
@@ -172,12 +213,14 @@ def main():
     parser.add_argument("--label", default="mix")
     parser.add_argument("--burst", help="send this file once from every client at once")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--idle", type=int, default=0, help="with --burst: idle connections held open meanwhile")
+    parser.add_argument("--probe", help="with --burst: one ordinary upload of this file, timed")
     args = parser.parse_args()
     url = urllib.parse.urlparse(args.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("loadgen: loopback targets only")
     if args.burst:
-        print(json.dumps({"label": args.label, **burst(url, args.pid, args.burst, args.clients, args.route)}))
+        print(json.dumps({"label": args.label, **burst(url, args.pid, args.burst, args.clients, args.route, args.idle, args.probe)}))
         return
     paths = args.file or [os.path.join(args.images, n) for n in sorted(os.listdir(args.images))]
     bodies = [(os.path.basename(p), multipart(os.path.basename(p), open(p, "rb").read())) for p in paths]

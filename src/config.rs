@@ -117,6 +117,17 @@ pub struct Settings {
     pub outbox_degraded_after_secs: u64,
     /// Proxies in front of Upshot that append to `X-Forwarded-For` (1 behind an ALB); 0 trusts no header.
     pub trusted_proxy_hops: usize,
+    /// Client connections open at once; the next one is answered 503 `BUSY` and closed.
+    pub max_connections: usize,
+    /// From the first byte of a request head to its end; a slower client is disconnected.
+    pub header_timeout_secs: u64,
+    /// A connection with no request under way and nothing sent either way is closed after this. Behind an ALB,
+    /// keep it above the ALB's idle timeout (60 s), so that the ALB closes first.
+    pub idle_timeout_secs: u64,
+    /// A request body must average at least this many bytes per second once it has had `body_grace_secs`;
+    /// 0 turns the check off (the idle timeout still applies).
+    pub min_body_bytes_per_sec: u64,
+    pub body_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -170,6 +181,11 @@ impl Default for Settings {
             outbox_backoff_cap_secs: 600,
             outbox_degraded_after_secs: 300,
             trusted_proxy_hops: 0,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            min_body_bytes_per_sec: 1024,
+            body_grace_secs: 10,
         }
     }
 }
@@ -272,6 +288,12 @@ impl AppConfig {
         // An upload still storing its objects must not look dead: its S3 calls alone may take this long.
         if settings.orphan_grace_secs < 2 * settings.s3_timeout_secs {
             return Err(invalid("orphan_grace_secs", "must be at least twice s3_timeout_secs"));
+        }
+        if settings.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if settings.header_timeout_secs == 0 || settings.idle_timeout_secs == 0 || settings.body_grace_secs == 0 {
+            return Err(invalid("header_timeout_secs", "connection timeouts must be at least 1 second"));
         }
         if settings.database_timeout_secs == 0 {
             return Err(invalid("database_timeout_secs", "must be at least 1"));

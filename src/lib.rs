@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod domain;
 pub mod error;
@@ -17,6 +18,8 @@ pub mod store;
 pub mod telemetry;
 pub mod web;
 
+use std::sync::Arc;
+
 use rocket::fairing::AdHoc;
 use rocket::fs::FileServer;
 use rocket::{Build, Rocket};
@@ -28,9 +31,22 @@ use crate::state::AppState;
 
 /// The whole server, as `main` and the tests build it. Start-up work (database migrations, store
 /// connection) runs at ignition; a failure there stops the launch with the reason logged.
+/// Without `Server` in front, it serves the socket Rocket binds, with no connection limits.
 pub fn rocket(config: AppConfig) -> Rocket<Build> {
+    let figment = config.rocket_figment();
+    build(figment, config, Arc::default(), Arc::default())
+}
+
+fn build(
+    figment: rocket::figment::Figment,
+    config: AppConfig,
+    connections: Arc<connections::ConnectionStats>,
+    peers: Arc<connections::Peers>,
+) -> Rocket<Build> {
     let static_dir = config.settings.static_dir.clone();
-    rocket::custom(config.rocket_figment())
+    rocket::custom(figment)
+        .manage(connections)
+        .manage(peers)
         .attach(telemetry::RequestLog)
         .attach(web::security::SecurityHeaders)
         .attach(Template::fairing())
@@ -55,6 +71,73 @@ pub fn rocket(config: AppConfig) -> Rocket<Build> {
         .mount("/api/v1", api::v1_routes())
         .mount("/static", FileServer::from(static_dir).rank(20))
         .register("/", api::catchers())
+}
+
+/// The service as it runs: the public socket (see `connections`) in front of the server on a loopback port.
+pub struct Server {
+    rocket: Rocket<rocket::Ignite>,
+    gate: connections::Gate,
+    upstream: tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+}
+
+impl Server {
+    /// Binds the configured address and ignites the server (migrations, store, models).
+    pub async fn bind(config: AppConfig) -> Result<Server, String> {
+        let address: std::net::IpAddr = config.figment.extract_inner("address").map_err(|e| e.to_string())?;
+        let port: u16 = config.figment.extract_inner("port").map_err(|e| e.to_string())?;
+        let public = std::net::SocketAddr::new(address, port);
+        let settings = &config.settings;
+        let limits = connections::Limits {
+            header: std::time::Duration::from_secs(settings.header_timeout_secs),
+            idle: std::time::Duration::from_secs(settings.idle_timeout_secs),
+            min_body_rate: settings.min_body_bytes_per_sec,
+            body_grace: std::time::Duration::from_secs(settings.body_grace_secs),
+        };
+        let gate = connections::Gate::bind(public, settings.max_connections, limits)
+            .await
+            .map_err(|e| format!("cannot listen on {public}: {e}"))?;
+        let (report_upstream, upstream) = tokio::sync::oneshot::channel();
+        let report_upstream = std::sync::Mutex::new(Some(report_upstream));
+        let figment = config.rocket_figment().merge(("address", "127.0.0.1")).merge(("port", 0));
+        let rocket = build(figment, config, gate.stats(), gate.peers())
+            .attach(AdHoc::on_liftoff("public socket", move |rocket| {
+                Box::pin(async move {
+                    let loopback = std::net::SocketAddr::new(rocket.config().address, rocket.config().port);
+                    if let Some(report) = report_upstream.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        let _ = report.send(loopback);
+                    }
+                })
+            }))
+            .ignite()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Server { rocket, gate, upstream })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.gate.local_addr()
+    }
+
+    pub fn shutdown(&self) -> rocket::Shutdown {
+        self.rocket.shutdown()
+    }
+
+    /// Serves until shutdown (a signal, or `shutdown().notify()`).
+    pub async fn run(self) -> Result<(), rocket::Error> {
+        let Server { rocket, gate, upstream } = self;
+        let shutdown = rocket.shutdown();
+        let public = gate.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.clone() => {}
+                loopback = upstream => if let Ok(loopback) = loopback {
+                    log::info!("listening on {public}");
+                    gate.run(loopback, shutdown).await;
+                },
+            }
+        });
+        rocket.launch().await.map(drop)
+    }
 }
 
 /// Creates the spool directory, emptied of what a killed process left in it.

@@ -68,10 +68,16 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     match Cli::parse().command.unwrap_or(Command::Serve) {
-        Command::Serve => match upshot::rocket(config).launch().await {
-            Ok(_) => ExitCode::SUCCESS,
+        Command::Serve => match upshot::Server::bind(config).await {
+            Ok(server) => match server.run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    log::error!("server stopped: {error}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(error) => {
-                log::error!("server stopped: {error}");
+                log::error!("start-up failed: {error}");
                 ExitCode::FAILURE
             }
         },

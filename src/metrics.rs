@@ -58,6 +58,15 @@ pub struct Gauges {
     pub outbox_unsent: Option<i64>,
     pub outbox_failed: Option<i64>,
     pub outbox_oldest_unsent_secs: Option<i64>,
+    pub connections: Connections,
+}
+
+/// The public socket's counts.
+pub struct Connections {
+    pub open: u64,
+    pub refused: u64,
+    /// By reason: `header_timeout`, `slow_body`, `idle`.
+    pub cut: [(&'static str, u64); 3],
 }
 
 impl Metrics {
@@ -139,6 +148,20 @@ impl Metrics {
             "Age of the oldest unpublished notification.",
             gauges.outbox_oldest_unsent_secs,
         );
+        let connections = &gauges.connections;
+        gauge(&mut out, "upshot_connections_open", "Client connections open now.", Some(connections.open as i64));
+        out.push_str(
+            "# HELP upshot_connections_refused_total Connections answered 503 BUSY: max_connections were open.\n",
+        );
+        out.push_str("# TYPE upshot_connections_refused_total counter\n");
+        let _ = writeln!(out, "upshot_connections_refused_total {}", connections.refused);
+        out.push_str(
+            "# HELP upshot_connections_closed_total Connections closed for a slow or idle client, by reason.\n",
+        );
+        out.push_str("# TYPE upshot_connections_closed_total counter\n");
+        for (reason, count) in connections.cut {
+            let _ = writeln!(out, "upshot_connections_closed_total{{reason=\"{reason}\"}} {count}");
+        }
         out
     }
 }
@@ -161,6 +184,11 @@ mod tests {
             outbox_unsent: Some(3),
             outbox_failed: Some(0),
             outbox_oldest_unsent_secs: None,
+            connections: Connections {
+                open: 4,
+                refused: 1,
+                cut: [("header_timeout", 2), ("slow_body", 0), ("idle", 5)],
+            },
         });
         assert!(text.contains(r#"upshot_http_requests_total{method="POST",route="/api/v1/images",status="201"} 1"#));
         assert!(text.contains(
@@ -170,5 +198,7 @@ mod tests {
         assert!(text.contains("upshot_upload_bytes_total 1234"));
         assert!(text.contains("upshot_inference_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("upshot_outbox_unsent 3") && !text.contains("upshot_outbox_oldest_unsent_seconds "));
+        assert!(text.contains("upshot_connections_open 4\n") && text.contains("upshot_connections_refused_total 1\n"));
+        assert!(text.contains("upshot_connections_closed_total{reason=\"header_timeout\"} 2\n"));
     }
 }

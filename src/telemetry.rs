@@ -82,9 +82,17 @@ impl Fairing for RequestLog {
 
 /// The client's address. Behind `hops` trusted proxies (the load balancer appends the address it saw to
 /// `X-Forwarded-For`), it is the entry that many places from the right; entries further left are whatever the
-/// client sent and are not trusted. With no trusted proxy, it is the connection's peer.
+/// client sent and are not trusted. With no trusted proxy, it is the connection's peer (the client of the
+/// loopback connection that Rocket saw, see `connections`).
 pub fn client_ip(req: &Request<'_>, hops: usize) -> Option<std::net::IpAddr> {
-    let peer = req.remote().map(|addr| addr.ip());
+    let loopback = req.remote();
+    let peers = req.rocket().state::<std::sync::Arc<crate::connections::Peers>>();
+    let peer = match (loopback, peers) {
+        (Some(loopback), Some(peers)) => peers.client_of(loopback).or(Some(loopback)),
+        (loopback, None) => loopback,
+        (None, Some(_)) => None,
+    }
+    .map(|addr| addr.ip());
     if hops == 0 {
         return peer;
     }

@@ -17,7 +17,10 @@ pub fn routes() -> Vec<Route> {
 
 /// Prometheus text format.
 #[get("/metrics")]
-async fn metrics(state: &State<AppState>) -> (rocket::http::ContentType, String) {
+async fn metrics(
+    state: &State<AppState>,
+    connections: &State<std::sync::Arc<crate::connections::ConnectionStats>>,
+) -> (rocket::http::ContentType, String) {
     let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
     let gauges = crate::metrics::Gauges {
         cpu_slots_free: state.cpu_slots_free(),
@@ -28,6 +31,7 @@ async fn metrics(state: &State<AppState>) -> (rocket::http::ContentType, String)
         outbox_oldest_unsent_secs: backlog
             .and_then(|b| b.oldest_unsent)
             .map(|t| (crate::ingest::now() - t).num_seconds().max(0)),
+        connections: connections.snapshot(),
     };
     let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
     (text_format, state.metrics.render(&gauges))

@@ -236,14 +236,13 @@ pub async fn spawn_with(stack: Stack, customize: impl FnOnce(Figment) -> Figment
     let (figment, _, bucket) = base_figment(stack, data_dir.path()).await;
     let figment = customize(figment);
     let database_url: String = figment.extract_inner("database_url").unwrap();
-    let port: u16 = figment.extract_inner("port").unwrap();
     let topic_arn: Option<String> = figment.extract_inner("sns_topic_arn").ok();
     let config = AppConfig::from_figment(figment).expect("valid test configuration");
     let database = config.database.clone();
-    let rocket = upshot::rocket(config).ignite().await.expect("server ignites");
-    let shutdown = rocket.shutdown();
-    tokio::spawn(rocket.launch());
-    let base = format!("http://127.0.0.1:{port}");
+    let server = upshot::Server::bind(config).await.expect("server starts");
+    let shutdown = server.shutdown();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(server.run());
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for _ in 0..100 {
         if client.get(format!("{base}/healthz")).send().await.is_ok() {

@@ -1,0 +1,300 @@
+//! The public socket. Rocket 0.5 offers no cap on connections and no read timeouts, so the service listens
+//! itself and passes each connection on to Rocket on a loopback port: at most `max_connections` at once (the
+//! next one gets 503 `BUSY`), and each held to deadlines while it owes the server bytes (see `deadlines`).
+
+mod deadlines;
+mod framing;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::error::ErrorCode;
+use deadlines::Deadlines;
+pub use deadlines::{Cut, Limits};
+use framing::Framing;
+
+/// Per direction; a thousand idle connections hold 32 MiB of buffers.
+const BUFFER_BYTES: usize = 16 * 1024;
+/// Connections over the cap still get an answer, up to this many at once; past that they are closed unanswered.
+const REFUSALS_IN_FLIGHT: usize = 256;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub open: AtomicU64,
+    pub refused: AtomicU64,
+    pub cut_header_timeout: AtomicU64,
+    pub cut_slow_body: AtomicU64,
+    pub cut_idle: AtomicU64,
+}
+
+impl ConnectionStats {
+    pub fn snapshot(&self) -> crate::metrics::Connections {
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::metrics::Connections {
+            open: count(&self.open),
+            refused: count(&self.refused),
+            cut: [
+                (Cut::HeaderTimeout.as_str(), count(&self.cut_header_timeout)),
+                (Cut::SlowBody.as_str(), count(&self.cut_slow_body)),
+                (Cut::Idle.as_str(), count(&self.cut_idle)),
+            ],
+        }
+    }
+
+    fn count_cut(&self, cut: Cut) {
+        let counter = match cut {
+            Cut::HeaderTimeout => &self.cut_header_timeout,
+            Cut::SlowBody => &self.cut_slow_body,
+            Cut::Idle => &self.cut_idle,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The client behind each connection to Rocket, by the local port of that loopback connection: Rocket sees
+/// only the loopback address.
+#[derive(Debug, Default)]
+pub struct Peers(Mutex<HashMap<u16, SocketAddr>>);
+
+impl Peers {
+    /// The client address of a request that Rocket saw coming from `loopback`.
+    pub fn client_of(&self, loopback: SocketAddr) -> Option<SocketAddr> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&loopback.port()).copied()
+    }
+
+    fn register(self: &Arc<Self>, loopback_port: u16, client: SocketAddr) -> PeerRegistration {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(loopback_port, client);
+        PeerRegistration { peers: self.clone(), port: loopback_port }
+    }
+}
+
+struct PeerRegistration {
+    peers: Arc<Peers>,
+    port: u16,
+}
+
+impl Drop for PeerRegistration {
+    fn drop(&mut self) {
+        self.peers.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.port);
+    }
+}
+
+/// The bound public listener, not yet accepting.
+pub struct Gate {
+    listener: TcpListener,
+    max_connections: usize,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
+    peers: Arc<Peers>,
+}
+
+impl Gate {
+    pub async fn bind(address: SocketAddr, max_connections: usize, limits: Limits) -> std::io::Result<Gate> {
+        let listener = TcpListener::bind(address).await?;
+        Ok(Gate { listener, max_connections, limits, stats: Arc::default(), peers: Arc::default() })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn stats(&self) -> Arc<ConnectionStats> {
+        self.stats.clone()
+    }
+
+    pub fn peers(&self) -> Arc<Peers> {
+        self.peers.clone()
+    }
+
+    /// Accepts connections and passes them to `upstream` until `stop` resolves. Connections already open
+    /// run on; the server behind closes them on its shutdown.
+    pub async fn run(self, upstream: SocketAddr, stop: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+        let Gate { listener, limits, stats, peers, .. } = self;
+        tokio::pin!(stop);
+        loop {
+            let (client, address) = tokio::select! {
+                _ = &mut stop => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, mostly: wait for some to close rather than spin.
+                        log::error!("accepting a connection failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = client.set_nodelay(true);
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let (stats, peers) = (stats.clone(), peers.clone());
+                    tokio::spawn(async move {
+                        stats.open.fetch_add(1, Ordering::Relaxed);
+                        relay(client, address, upstream, limits, &stats, &peers).await;
+                        stats.open.fetch_sub(1, Ordering::Relaxed);
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            refuse(client, ErrorCode::Busy, "Too many connections are open; retry in a moment.").await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers 503 in the API's error shape without reading the request, then closes.
+async fn refuse(mut client: TcpStream, code: ErrorCode, message: &str) {
+    let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message } }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Retry-After: 1\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = async {
+        client.write_all(response.as_bytes()).await?;
+        client.shutdown().await?;
+        // Read what the client sent, so that closing does not reset the connection before it reads the answer.
+        let mut sink = [0u8; 4096];
+        while client.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+/// Monotonic milliseconds since the connection opened, shared between its two directions.
+struct Clock {
+    opened: Instant,
+    server_active_ms: AtomicU64,
+}
+
+impl Clock {
+    fn server_active(&self) -> Option<Instant> {
+        match self.server_active_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.opened + Duration::from_millis(ms)),
+        }
+    }
+
+    fn mark_server_active(&self) {
+        let ms = (self.opened.elapsed().as_millis() as u64).max(1);
+        self.server_active_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    address: SocketAddr,
+    upstream: SocketAddr,
+    limits: Limits,
+    stats: &ConnectionStats,
+    peers: &Arc<Peers>,
+) {
+    let server = match TcpStream::connect(upstream).await {
+        Ok(server) => server,
+        Err(_) => {
+            return refuse(client, ErrorCode::NotReady, "The server is starting or stopping; retry in a moment.").await
+        }
+    };
+    let _ = server.set_nodelay(true);
+    let Ok(loopback) = server.local_addr() else { return };
+    let _registration = peers.register(loopback.port(), address);
+    let clock = Clock { opened: Instant::now(), server_active_ms: AtomicU64::new(0) };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+
+    let responses = async {
+        let mut buffer = vec![0u8; BUFFER_BYTES];
+        loop {
+            match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    clock.mark_server_active();
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    clock.mark_server_active();
+                }
+            }
+        }
+        let _ = client_write.shutdown().await;
+    };
+    let requests = async {
+        let outcome = pass_requests(&mut client_read, &mut server_write, limits, &clock).await;
+        if outcome.is_ok() {
+            let _ = server_write.shutdown().await;
+        }
+        outcome
+    };
+    tokio::pin!(responses, requests);
+    tokio::select! {
+        // The server closed: the connection is over, whatever the client still sends.
+        _ = &mut responses => {}
+        outcome = &mut requests => match outcome {
+            // The client finished sending; the server may still be answering.
+            Ok(()) => responses.await,
+            Err(cut) => {
+                stats.count_cut(cut);
+                log::debug!("closed the connection of {address}: {}", cut.as_str());
+            }
+        },
+    }
+}
+
+/// Copies the client's bytes to the server until the client closes its side, or a deadline passes.
+async fn pass_requests(
+    client: &mut tokio::net::tcp::OwnedReadHalf,
+    server: &mut tokio::net::tcp::OwnedWriteHalf,
+    limits: Limits,
+    clock: &Clock,
+) -> Result<(), Cut> {
+    let mut framing = Framing::default();
+    let mut deadlines = Deadlines::new(limits, clock.opened);
+    let mut buffer = vec![0u8; BUFFER_BYTES];
+    let mut forward = Vec::with_capacity(BUFFER_BYTES);
+    loop {
+        let phase = framing.phase();
+        let waiting_since = Instant::now();
+        let (deadline, cut) = deadlines.deadline(phase, clock.server_active(), waiting_since);
+        let read = match tokio::time::timeout_at(deadline.into(), client.read(&mut buffer)).await {
+            Ok(read) => read,
+            Err(_) => {
+                // The server may have been sending meanwhile, which moves an idle deadline.
+                let now = Instant::now();
+                deadlines.waited_in_vain(phase, now - waiting_since);
+                if deadlines.deadline(phase, clock.server_active(), now).0 > now {
+                    continue;
+                }
+                return Err(cut);
+            }
+        };
+        let n = match read {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        forward.clear();
+        framing.feed(&buffer[..n], &mut forward);
+        deadlines.record(phase, framing.phase(), now - waiting_since, n as u64, now);
+        if !forward.is_empty() && server.write_all(&forward).await.is_err() {
+            return Ok(());
+        }
+    }
+}
