@@ -123,7 +123,10 @@ pub fn init_logging() {
 fn is_wanted(metadata: &log::Metadata<'_>) -> bool {
     let target = metadata.target();
     let framework = target.starts_with("rocket") || target == "_" || target.starts_with("hyper");
-    !framework || metadata.level() <= log::Level::Warn
+    // Rocket announces its launch as a warning, naming the loopback port behind the public socket; the
+    // "listening on" line names the real address.
+    let launch_banner = target == "rocket::launch" && metadata.level() > log::Level::Error;
+    !launch_banner && (!framework || metadata.level() <= log::Level::Warn)
 }
 
 struct Filtered<L>(L);
