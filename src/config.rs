@@ -7,7 +7,7 @@ use figment::providers::{Env, Serialized};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::ImageFormat;
+use crate::domain::ImageFormat;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -3,13 +3,8 @@
 
 use std::fmt;
 
-use rocket::http::{ContentType, Header, Status};
-use rocket::request::Request;
-use rocket::response::{self, Responder, Response};
-use rocket_dyn_templates::{context, Template};
+use rocket::http::Status;
 use serde_json::json;
-
-use crate::telemetry::RequestId;
 
 /// Stable error codes: clients match on these, so a code is never renamed or reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +29,7 @@ pub enum ErrorCode {
     NotifierNotConfigured,
     CsrfTokenInvalid,
     NotifierUnavailable,
+    TooManyRequests,
     NotReady,
     StoreUnavailable,
     DatabaseUnavailable,
@@ -41,6 +37,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the README's list and its test.
+    pub const ALL: [ErrorCode; 25] = [
+        ErrorCode::BadRequest,
+        ErrorCode::ClientClosedRequest,
+        ErrorCode::MissingFile,
+        ErrorCode::InvalidIdempotencyKey,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::InvalidRequest,
+        ErrorCode::ImageTooLarge,
+        ErrorCode::CorruptImage,
+        ErrorCode::Busy,
+        ErrorCode::InferenceBusy,
+        ErrorCode::InferenceFailed,
+        ErrorCode::NotifierNotConfigured,
+        ErrorCode::CsrfTokenInvalid,
+        ErrorCode::NotifierUnavailable,
+        ErrorCode::TooManyRequests,
+        ErrorCode::NotReady,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::DatabaseUnavailable,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "BAD_REQUEST",
@@ -63,6 +88,7 @@ impl ErrorCode {
             ErrorCode::NotifierNotConfigured => "NOTIFIER_NOT_CONFIGURED",
             ErrorCode::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
             ErrorCode::NotifierUnavailable => "NOTIFIER_UNAVAILABLE",
+            ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
@@ -83,6 +109,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict | ErrorCode::NotifierNotConfigured => Status::Conflict,
             ErrorCode::PayloadTooLarge => Status::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType => Status::UnsupportedMediaType,
+            ErrorCode::TooManyRequests => Status::TooManyRequests,
             ErrorCode::InvalidRequest | ErrorCode::ImageTooLarge | ErrorCode::CorruptImage => {
                 Status::UnprocessableEntity
             }
@@ -107,6 +134,7 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             415 => ErrorCode::UnsupportedMediaType,
             422 => ErrorCode::InvalidRequest,
+            429 => ErrorCode::TooManyRequests,
             503 => ErrorCode::NotReady,
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
@@ -159,7 +187,8 @@ impl AppError {
         self.code.status()
     }
 
-    fn log(&self, request_id: &str) {
+    /// One log line for an error answered to a request; 4xx errors only when they carry detail.
+    pub fn log(&self, request_id: &str) {
         let detail = self.detail.as_deref().unwrap_or("");
         if self.status().code >= 500 {
             log::error!("request_id={request_id} code={} {} {detail}", self.code, self.message);
@@ -180,49 +209,3 @@ impl fmt::Display for AppError {
 }
 
 impl std::error::Error for AppError {}
-
-impl<'r> Responder<'r, 'static> for AppError {
-    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let request_id = RequestId::of(req);
-        self.log(request_id);
-        let body = self.body(request_id).to_string();
-        let mut response = Response::build();
-        response.status(self.status()).header(ContentType::JSON).sized_body(body.len(), std::io::Cursor::new(body));
-        if let Some(secs) = self.retry_after_secs {
-            response.header(Header::new("Retry-After", secs.to_string()));
-        }
-        Ok(response.finalize())
-    }
-}
-
-/// The same error, rendered as a page for the HTML routes.
-#[derive(Debug)]
-pub struct PageError(pub AppError);
-
-impl From<AppError> for PageError {
-    fn from(error: AppError) -> Self {
-        PageError(error)
-    }
-}
-
-impl<'r> Responder<'r, 'static> for PageError {
-    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let error = self.0;
-        let request_id = RequestId::of(req);
-        error.log(request_id);
-        let status = error.status();
-        // A 5xx page shows the request id only: its message could say more than a visitor should see.
-        let asset_version = req.rocket().state::<crate::state::AppState>().map(|s| s.asset_version.clone());
-        let message = if status.code >= 500 { "Please try again later.".to_owned() } else { error.message.clone() };
-        let page = Template::render(
-            "error",
-            context! { status: status.code, code: error.code.as_str(), message, request_id, asset_version },
-        );
-        let mut response = Response::build_from(page.respond_to(req)?);
-        response.status(status);
-        if let Some(secs) = error.retry_after_secs {
-            response.header(Header::new("Retry-After", secs.to_string()));
-        }
-        Ok(response.finalize())
-    }
-}

@@ -13,6 +13,7 @@ pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod responses;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -70,7 +71,7 @@ fn build(
         .mount("/", web::routes())
         .mount("/api/v1", api::v1_routes())
         .mount("/static", FileServer::from(static_dir).rank(20))
-        .register("/", api::catchers())
+        .register("/", responses::catchers())
 }
 
 /// The service as it runs: the public socket (see `connections`) in front of the server on a loopback port.
@@ -192,7 +193,8 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     );
     let notifier = notify::from_config(&config).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
-    Ok(AppState::new(config, db, store, DeleteTokens::new(&secret), engine, notifier))
+    let pipeline = ingest::Pipeline::new(config, db, store, DeleteTokens::new(&secret), engine);
+    Ok(AppState::new(pipeline, notifier))
 }
 
 /// The relay that publishes the outbox, stopped by the server's own shutdown.
@@ -217,6 +219,6 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
         shutdown.await;
         let _ = stop.send(true);
     });
-    tokio::spawn(ingest::sweep::run(state.clone(), stopped.clone()));
+    tokio::spawn(ingest::sweep::run(state.pipeline.clone(), stopped.clone()));
     tokio::spawn(relay.run(stopped));
 }

@@ -151,7 +151,7 @@ fn outbox_command(database: &DatabaseUrl, command: OutboxCommand) -> Result<(), 
             }
         }
         OutboxCommand::Retry { id } => {
-            let retried = outbox::retry_failed(&mut conn, id.as_deref(), upshot::ingest::now())?;
+            let retried = outbox::retry_failed(&mut conn, id.as_deref(), upshot::domain::now())?;
             println!("{retried} notification(s) due again; a running server publishes them shortly");
         }
     }

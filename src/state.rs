@@ -1,121 +1,56 @@
-//! What every request handler shares: configuration, database, object store, and the CPU and upload budgets.
+//! What every request handler shares: the upload pipeline and what it works with (configuration, database,
+//! object store, models, budgets), the notifier, and the static assets' fingerprint.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::config::AppConfig;
-use crate::db::Db;
-use crate::domain::DeleteTokens;
-use crate::error::{AppError, AppResult, ErrorCode};
-use crate::inference::Engine;
-use crate::ingest::IngestPolicy;
+use crate::ingest::Pipeline;
 use crate::notify::Notifier;
-use crate::store::ObjectStore;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<AppConfig>,
-    pub db: Db,
-    pub store: Arc<dyn ObjectStore>,
-    pub tokens: DeleteTokens,
-    pub policy: Arc<IngestPolicy>,
-    pub inference: Arc<Engine>,
+    pub pipeline: Pipeline,
     pub notifier: Arc<dyn Notifier>,
-    /// Wakes the outbox relay when an upload commits.
-    pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Fingerprint of the static assets, for cache-busting URLs.
     pub asset_version: String,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    cpu: Arc<Semaphore>,
-    /// The upload budget, in KiB.
-    upload_budget: Arc<Semaphore>,
-}
-
-/// Room in the upload budget, held for as long as an upload's bytes are in memory.
-pub struct UploadPermit {
-    _room: OwnedSemaphorePermit,
 }
 
 impl AppState {
-    pub fn new(
-        config: AppConfig,
-        db: Db,
-        store: Arc<dyn ObjectStore>,
-        tokens: DeleteTokens,
-        inference: Engine,
-        notifier: Arc<dyn Notifier>,
-    ) -> Self {
-        let settings = &config.settings;
-        let policy = IngestPolicy::new(settings, config.accepted_formats.clone(), inference.input_size());
-        let cpu = Arc::new(Semaphore::new(config.cpu_slots));
-        let upload_budget = Arc::new(Semaphore::new((settings.upload_budget_bytes / 1024) as usize));
-        let asset_version = crate::web::security::asset_version(&settings.static_dir);
-        AppState {
-            config: Arc::new(config),
-            db,
-            store,
-            tokens,
-            policy: Arc::new(policy),
-            inference: Arc::new(inference),
-            notifier,
-            outbox_wake: Arc::new(tokio::sync::Notify::new()),
-            asset_version,
-            metrics: Arc::default(),
-            cpu,
-            upload_budget,
+    pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>) -> Self {
+        let asset_version = asset_version(&pipeline.config.settings.static_dir);
+        AppState { pipeline, notifier, asset_version }
+    }
+}
+
+/// Handlers reach the configuration, database and store through the state as through the pipeline.
+impl std::ops::Deref for AppState {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        &self.pipeline
+    }
+}
+
+/// A fingerprint of everything under the static directory: the first 12 hex digits of a SHA-256 over the
+/// files' names and contents.
+fn asset_version(static_dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut stack = vec![static_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
         }
     }
-
-    /// Room left in the upload budget, in bytes.
-    pub fn upload_budget_free(&self) -> u64 {
-        self.upload_budget.available_permits() as u64 * 1024
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.strip_prefix(static_dir).unwrap_or(&file).to_string_lossy().as_bytes());
+        hasher.update(std::fs::read(&file).unwrap_or_default());
     }
-
-    /// Waits (at most `cpu_wait_ms`) for room for `bytes` of upload in memory; a request that finds none is
-    /// told to come back, so memory is bounded by the budget however many clients send at once.
-    pub async fn admit_upload(&self, bytes: u64) -> AppResult<UploadPermit> {
-        let budget_kib = self.config.settings.upload_budget_bytes / 1024;
-        let kib = bytes.div_ceil(1024).clamp(1, budget_kib) as u32;
-        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
-        let permit = tokio::time::timeout(wait, self.upload_budget.clone().acquire_many_owned(kib))
-            .await
-            .map_err(|_| {
-                AppError::new(ErrorCode::Busy, "The server is receiving too many uploads at once; try again shortly.")
-                    .with_detail(format!("upload budget full: {bytes} bytes waited {wait:?}"))
-                    .retry_after(2)
-            })?
-            .map_err(AppError::internal)?;
-        Ok(UploadPermit { _room: permit })
-    }
-
-    /// Image decoding slots free right now.
-    pub fn cpu_slots_free(&self) -> usize {
-        self.cpu.available_permits()
-    }
-
-    /// Runs CPU-heavy work (decoding, encoding) on a blocking thread, at most `cpu_slots` at once. A request
-    /// that cannot get a slot within `cpu_wait_ms` is told to come back, rather than queueing without bound.
-    pub async fn run_cpu<T, F>(&self, work: F) -> AppResult<T>
-    where
-        F: FnOnce(&IngestPolicy) -> AppResult<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
-        let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                AppError::new(ErrorCode::Busy, "The server is busy processing other images; try again shortly.")
-                    .retry_after(2)
-            })?
-            .map_err(AppError::internal)?;
-        let policy = self.policy.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work(&policy)
-        })
-        .await
-        .map_err(|e| AppError::internal(format!("image task failed: {e}")))?
-    }
+    hex::encode(hasher.finalize())[..12].to_owned()
 }

@@ -13,7 +13,8 @@ use super::upload::{form_error, read_file, UploadData};
 use crate::error::{AppError, AppResult};
 use crate::inference::Analysis;
 use crate::ingest;
-use crate::state::{AppState, UploadPermit};
+use crate::ingest::UploadPermit;
+use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
     routes![classify, stream]

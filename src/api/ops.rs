@@ -30,7 +30,7 @@ async fn metrics(
         outbox_failed: backlog.map(|b| b.failed),
         outbox_oldest_unsent_secs: backlog
             .and_then(|b| b.oldest_unsent)
-            .map(|t| (crate::ingest::now() - t).num_seconds().max(0)),
+            .map(|t| (crate::domain::now() - t).num_seconds().max(0)),
         connections: connections.snapshot(),
     };
     let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
@@ -82,7 +82,7 @@ async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json
     let mut checks = checks;
     let mut status = "ready";
     if let Some(backlog) = backlog {
-        let oldest_secs = backlog.oldest_unsent.map(|t| (crate::ingest::now() - t).num_seconds().max(0));
+        let oldest_secs = backlog.oldest_unsent.map(|t| (crate::domain::now() - t).num_seconds().max(0));
         // A notification stuck this long means publishing is down: still serving, but worth a look.
         let stale = oldest_secs.is_some_and(|age| age as u64 > state.config.settings.outbox_degraded_after_secs);
         if stale {

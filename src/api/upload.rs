@@ -8,8 +8,9 @@ use tokio::io::AsyncReadExt;
 use crate::config::human_bytes;
 use crate::domain::display_filename;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::ingest::UploadPermit;
 use crate::ingest::{self, UploadMeta, Uploaded};
-use crate::state::{AppState, UploadPermit};
+use crate::state::AppState;
 
 #[derive(FromForm)]
 pub struct UploadForm<'r> {
@@ -72,16 +73,19 @@ pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<
     Ok((bytes, permit))
 }
 
-/// Validates the form's fields and runs the upload.
+/// Checks a page form's CSRF token (the pages pass one; the API has no forms of its own).
+pub type FormTokenCheck<'a> = dyn Fn(Option<&str>) -> AppResult<()> + Sync + 'a;
+
+/// Validates the form's fields and runs the upload; `check_form_token` checks the form's CSRF token, for pages.
 pub async fn handle(
     state: &AppState,
     data: UploadData<'_>,
     idempotency_key: Option<crate::domain::IdempotencyKey>,
-    csrf_cookies: Option<&rocket::http::CookieJar<'_>>,
+    check_form_token: Option<&FormTokenCheck<'_>>,
 ) -> AppResult<Uploaded> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner();
-    if let Some(cookies) = csrf_cookies {
-        crate::web::csrf::verify(cookies, form.csrf_token.as_deref())?;
+    if let Some(check) = check_form_token {
+        check(form.csrf_token.as_deref())?;
     }
     let file = form.file;
     let (bytes, permit) = read_file(state, &file).await?;

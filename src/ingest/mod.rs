@@ -2,8 +2,8 @@
 //! CPU-bound), then store the objects and write the row with its outbox message (`persist`), removing
 //! whatever was written when a later step fails.
 
-mod format;
 mod jpeg;
+mod pipeline;
 mod pixels;
 pub mod sanitize;
 pub mod sweep;
@@ -11,7 +11,6 @@ mod thumbnail;
 pub mod validate;
 
 use bytes::Bytes;
-use chrono::{NaiveDateTime, Timelike, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +19,15 @@ use serde_json::json;
 
 use crate::imaging::WorkingSize;
 
-pub use format::ImageFormat;
+pub use crate::domain::format::{self, ImageFormat};
+pub use pipeline::{Pipeline, UploadPermit};
 pub use validate::ImageLimits;
 
 use crate::db::images::{self as image_rows, ImageRecord, InsertOutcome, StoredObjects};
 use crate::db::outbox::{self, OutboxRow};
-use crate::domain::{sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
+use crate::domain::{now, sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
-use crate::state::{AppState, UploadPermit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -186,7 +185,7 @@ pub struct Uploaded {
 /// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
 /// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
 /// upload budget until its bytes are stored.
-pub async fn ingest(state: &AppState, upload: Vec<u8>, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
+pub async fn ingest(state: &Pipeline, upload: Vec<u8>, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
     if let Some(key) = &meta.idempotency_key {
         if let Some(done) = replay(state, key, sha256_hex(&upload)).await? {
             return Ok(done);
@@ -204,7 +203,7 @@ pub async fn ingest(state: &AppState, upload: Vec<u8>, permit: UploadPermit, met
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
-async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+async fn replay(state: &Pipeline, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
     let key = key.as_str().to_owned();
     let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
         return Ok(None);
@@ -222,7 +221,7 @@ async fn replay(state: &AppState, key: &IdempotencyKey, source_sha256: String) -
 }
 
 /// The models run while the objects are stored; the row and its outbox message are written once both are done.
-async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+async fn persist(state: &Pipeline, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let id = ImageId::generate();
     let (analysis, stored) =
         tokio::join!(analyse(state, prepared.pixels.clone()), store_or_share(state, &id, &prepared));
@@ -277,14 +276,14 @@ async fn persist(state: &AppState, prepared: PreparedImage, meta: UploadMeta) ->
 }
 
 /// Runs the models on an upright working image and records the inference time.
-pub async fn analyse(state: &AppState, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+pub async fn analyse(state: &Pipeline, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
     let analysis = state.inference.analyse(pixels).await?;
     state.metrics.observe_inference(analysis.inference_ms);
     Ok(analysis)
 }
 
 /// The objects of identical bytes stored earlier (with dedup on), else this upload's own; and whether shared.
-async fn store_or_share(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
+async fn store_or_share(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
     if state.config.settings.dedup {
         let sha = prepared.sha256.clone();
         if let Some(shared) = state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
@@ -299,7 +298,7 @@ async fn store_or_share(state: &AppState, id: &ImageId, prepared: &PreparedImage
 /// row's transaction clears their pending entries.
 const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
 
-async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredObjects) {
+async fn remove_unless_committed(state: Pipeline, id: ImageId, objects: StoredObjects) {
     let deadline = tokio::time::Instant::now() + UNANSWERED_COMMIT_PATIENCE;
     let mut pause = Duration::from_millis(500);
     loop {
@@ -329,7 +328,7 @@ async fn remove_unless_committed(state: AppState, id: ImageId, objects: StoredOb
 
 /// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
 /// committed, the sweeper removes them after `orphan_grace_secs`.
-async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+async fn store_objects(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
     let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
     let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
@@ -359,7 +358,7 @@ async fn store_objects(state: &AppState, id: &ImageId, prepared: &PreparedImage)
     }
 }
 
-async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects) {
+async fn remove_objects(state: &Pipeline, shared: bool, objects: &StoredObjects) {
     if !shared {
         delete_logged(state, &objects.original_key).await;
         delete_logged(state, &objects.thumbnail_key).await;
@@ -367,20 +366,14 @@ async fn remove_objects(state: &AppState, shared: bool, objects: &StoredObjects)
 }
 
 /// Best-effort cleanup; a failure is logged with the key so `upshot` operators can find the orphan.
-pub(crate) async fn delete_logged(state: &AppState, key: &str) {
+pub(crate) async fn delete_logged(state: &Pipeline, key: &str) {
     if let Err(error) = state.store.delete(key).await {
         log::error!("could not remove object {key} after a failed upload: {error}");
     }
 }
 
-/// Timestamps are kept to the millisecond so both databases return exactly what was written.
-pub fn now() -> NaiveDateTime {
-    let now = Utc::now().naive_utc();
-    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
-}
-
 fn new_record(
-    state: &AppState,
+    state: &Pipeline,
     id: &ImageId,
     prepared: &PreparedImage,
     analysis: &Analysis,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::Pipeline;
 use crate::db::{pending, DbError};
-use crate::state::AppState;
 
 const BATCH: i64 = 100;
 
 /// Sweeps every half grace period (between 1 s and 1 min) until `shutdown` turns true.
-pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(state: Pipeline, mut shutdown: watch::Receiver<bool>) {
     let grace = Duration::from_secs(state.config.settings.orphan_grace_secs);
     let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
@@ -29,10 +29,11 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// One sweep: how many objects were removed.
-pub async fn sweep_once(state: &AppState, grace: Duration) -> Result<usize, DbError> {
+pub async fn sweep_once(state: &Pipeline, grace: Duration) -> Result<usize, DbError> {
     let mut removed = 0;
     loop {
-        let before = super::now() - chrono::Duration::from_std(grace).unwrap_or_else(|_| chrono::Duration::days(1));
+        let before =
+            crate::domain::now() - chrono::Duration::from_std(grace).unwrap_or_else(|_| chrono::Duration::days(1));
         let entries = state.db.run(move |conn| pending::claim_expired(conn, before, BATCH)).await?;
         for (key, image_id) in &entries {
             match state.store.delete(key).await {
@@ -41,7 +42,7 @@ pub async fn sweep_once(state: &AppState, grace: Duration) -> Result<usize, DbEr
                     // Listed again, so a later sweep retries it.
                     log::error!("orphan object {key} of upload {image_id} could not be removed: {error}");
                     let (key, image_id) = (key.clone(), image_id.clone());
-                    state.db.run(move |conn| pending::record(conn, &image_id, &[&key], super::now())).await?;
+                    state.db.run(move |conn| pending::record(conn, &image_id, &[&key], crate::domain::now())).await?;
                 }
             }
         }

@@ -67,7 +67,7 @@ pub fn backoff(attempts: i32, base: Duration, cap: Duration) -> Duration {
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
 fn later(delay: Duration) -> chrono::NaiveDateTime {
-    crate::ingest::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
+    crate::domain::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
 }
 
 impl Relay {
@@ -103,11 +103,11 @@ impl Relay {
     pub async fn pass(&self, shutdown: &watch::Receiver<bool>) -> Result<PassReport, DbError> {
         let (batch, lease) = (self.config.batch, self.config.lease);
         let claimed =
-            self.db.run(move |conn| outbox::claim_due(conn, crate::ingest::now(), later(lease), batch)).await?;
+            self.db.run(move |conn| outbox::claim_due(conn, crate::domain::now(), later(lease), batch)).await?;
         let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
         for row in claimed {
             if *shutdown.borrow() {
-                let now = crate::ingest::now();
+                let now = crate::domain::now();
                 self.db.run(move |conn| outbox::release(conn, &row, now)).await?;
                 report.released += 1;
                 continue;
@@ -115,8 +115,8 @@ impl Relay {
             // A claim about to run out is given back unpublished: past its lease, another relay may publish it.
             let deadline =
                 row.available_at - chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
-            if crate::ingest::now() >= deadline {
-                self.db.run(move |conn| outbox::release(conn, &row, crate::ingest::now())).await?;
+            if crate::domain::now() >= deadline {
+                self.db.run(move |conn| outbox::release(conn, &row, crate::domain::now())).await?;
                 report.released += 1;
                 continue;
             }
@@ -125,13 +125,13 @@ impl Relay {
                     if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
                         log::info!("notifications: publishing works again; delayed messages are going out");
                     }
-                    self.settle(row, shutdown, |conn, row| outbox::mark_sent(conn, row, crate::ingest::now())).await?;
+                    self.settle(row, shutdown, |conn, row| outbox::mark_sent(conn, row, crate::domain::now())).await?;
                     report.sent += 1;
                 }
                 Err(error) => {
                     let permanent = matches!(error, NotifyError::Permanent(_));
                     let text = error.to_string();
-                    let age = (crate::ingest::now() - row.created_at).to_std().unwrap_or_default();
+                    let age = (crate::domain::now() - row.created_at).to_std().unwrap_or_default();
                     let out_of_attempts = self.config.max_attempts > 0 && row.attempts >= self.config.max_attempts;
                     if permanent || out_of_attempts || age >= self.config.retry_horizon {
                         log::error!(
@@ -141,7 +141,7 @@ impl Relay {
                             row.attempts
                         );
                         let park =
-                            move |conn: &mut _, row: &_| outbox::mark_failed(conn, row, crate::ingest::now(), &text);
+                            move |conn: &mut _, row: &_| outbox::mark_failed(conn, row, crate::domain::now(), &text);
                         self.settle(row, shutdown, park).await?;
                         report.failed += 1;
                     } else {
@@ -194,7 +194,7 @@ impl Relay {
                     );
                     return Ok(());
                 }
-                Err(error) if error.is_unavailable() && crate::ingest::now() < lease_ends && !*shutdown.borrow() => {
+                Err(error) if error.is_unavailable() && crate::domain::now() < lease_ends && !*shutdown.borrow() => {
                     log::debug!("outbox message {}: settling waits for the database: {error}", row.id);
                     tokio::time::sleep(SETTLE_RETRY).await;
                 }

@@ -12,8 +12,9 @@ use rocket_dyn_templates::{context, Template};
 use super::csrf::{self, CsrfToken};
 use super::page_image;
 use crate::domain::{constant_time_eq, ImageId};
-use crate::error::{AppError, ErrorCode, PageError};
+use crate::error::{AppError, ErrorCode};
 use crate::images::{self, DeleteAuthority};
+use crate::responses::PageError;
 use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {

@@ -16,8 +16,9 @@ use crate::api::upload::{self, UploadData};
 use crate::config::human_bytes;
 use crate::db::images::ImageRecord;
 use crate::domain::ImageId;
-use crate::error::{AppError, PageError};
+use crate::error::AppError;
 use crate::images::{self, DeleteAuthority, ImageView};
+use crate::responses::PageError;
 use crate::state::AppState;
 use csrf::CsrfToken;
 
@@ -71,7 +72,8 @@ async fn upload_form(
     cookies: &CookieJar<'_>,
     csrf: CsrfToken,
 ) -> Result<Redirect, (Status, Template)> {
-    match upload::handle(state, data, None, Some(cookies)).await {
+    let check_form_token = |token: Option<&str>| csrf::verify(cookies, token);
+    match upload::handle(state, data, None, Some(&check_form_token)).await {
         Ok(uploaded) => {
             let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
             let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.tokens.token_for(&id)))

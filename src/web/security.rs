@@ -1,6 +1,4 @@
-//! Headers that make the pages safe by default, and fingerprinted static assets.
-
-use std::path::Path;
+//! Headers that make the pages safe by default.
 
 use rocket::fairing::{Fairing, Info, Kind};
 use rocket::http::Header;
@@ -33,29 +31,4 @@ impl Fairing for SecurityHeaders {
             res.set_header(Header::new("Cache-Control", policy));
         }
     }
-}
-
-/// A fingerprint of everything under the static directory: the first 12 hex digits of a SHA-256 over the
-/// files' names and contents.
-pub fn asset_version(static_dir: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut files = Vec::new();
-    let mut stack = vec![static_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    let mut hasher = Sha256::new();
-    for file in files {
-        hasher.update(file.strip_prefix(static_dir).unwrap_or(&file).to_string_lossy().as_bytes());
-        hasher.update(std::fs::read(&file).unwrap_or_default());
-    }
-    hex::encode(hasher.finalize())[..12].to_owned()
 }

@@ -7,6 +7,7 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use upshot::config::{AppConfig, DatabaseUrl, Settings};
 use upshot::db::Db;
+use upshot::error::ErrorCode;
 
 use crate::helpers::{base_figment, create_pg_database, Stack};
 
@@ -83,7 +84,7 @@ async fn openapi_document_names_every_json_route() {
     let mut checked = BTreeSet::new();
     for route in rocket.routes() {
         let path = route.uri.origin.path().as_str().replace('<', "{").replace('>', "}");
-        if upshot::api::is_page_path(&path) || path.starts_with("/static") || path.starts_with("/images/") {
+        if upshot::responses::is_page_path(&path) || path.starts_with("/static") || path.starts_with("/images/") {
             continue;
         }
         let method = route.method.as_str().to_lowercase();
@@ -135,4 +136,97 @@ async fn upload_spool_files_live_under_the_data_dir_and_are_swept_at_start() {
     let rocket = upshot::rocket(config).ignite().await.expect("ignites");
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the leftover was swept");
     drop(rocket);
+}
+
+#[test]
+fn the_readme_lists_every_error_code_with_its_status() {
+    let readme = repo_file("README.md");
+    let listed: std::collections::BTreeMap<String, u16> = readme
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("| `")?.split(" | ");
+            let code = cells.next()?.strip_suffix('`')?;
+            let status = cells.next()?.parse().ok()?;
+            code.chars().all(|c| c.is_ascii_uppercase() || c == '_').then(|| (code.to_owned(), status))
+        })
+        .collect();
+    let defined: std::collections::BTreeMap<String, u16> =
+        ErrorCode::ALL.iter().map(|code| (code.as_str().to_owned(), code.status().code)).collect();
+    assert_eq!(listed, defined, "README.md's error table and ErrorCode disagree");
+}
+
+/// The top-level modules that each top-level module of `src/` names (`crate::x`, `use crate::{x, …}`).
+fn module_references() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let top_level: BTreeSet<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".rs").to_owned())
+        .filter(|name| name != "main" && name != "lib")
+        .collect();
+    let mut references: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut pending = vec![src.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(&src).unwrap();
+            let module = relative.iter().next().unwrap().to_string_lossy().trim_end_matches(".rs").to_owned();
+            if !top_level.contains(&module) || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (at, _) in line.match_indices("crate::") {
+                    let rest = &line[at + "crate::".len()..];
+                    let names: Vec<&str> = match rest.strip_prefix('{') {
+                        Some(group) => group.split(['}', ',']).map(|n| n.trim().split("::").next().unwrap()).collect(),
+                        None => vec![rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap()],
+                    };
+                    for name in names.into_iter().filter(|n| top_level.contains(*n) && **n != module) {
+                        references.entry(module.clone()).or_default().insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    references
+}
+
+#[test]
+fn top_level_modules_depend_one_way() {
+    let references = module_references();
+    // A module is in a cycle when it can reach itself.
+    let reaches = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut next: Vec<&str> = vec![from];
+        while let Some(module) = next.pop() {
+            for target in references.get(module).into_iter().flatten() {
+                if seen.insert(target.as_str()) {
+                    next.push(target);
+                }
+            }
+        }
+        seen
+    };
+    let cyclic: Vec<String> = references
+        .keys()
+        .filter(|module| reaches(module).contains(module.as_str()))
+        .map(|module| {
+            let back: Vec<&String> =
+                references[module].iter().filter(|target| reaches(target).contains(module.as_str())).collect();
+            format!("{module} -> {back:?}")
+        })
+        .collect();
+    assert!(cyclic.is_empty(), "import cycles between top-level modules of src/: {cyclic:#?}");
+    // The layers the code is read in: nothing below names anything above.
+    assert!(
+        references.get("error").is_none_or(|r| r.is_empty()),
+        "error.rs is pure data: {:?}",
+        references.get("error")
+    );
+    assert!(!reaches("ingest").contains("state"), "ingest takes its dependencies explicitly, not the server state");
 }

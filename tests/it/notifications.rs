@@ -121,9 +121,9 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
             .to_string(),
             status: outbox::PENDING.to_owned(),
             attempts: 0,
-            available_at: upshot::ingest::now(),
+            available_at: upshot::domain::now(),
             last_error: None,
-            created_at: upshot::ingest::now(),
+            created_at: upshot::domain::now(),
             published_at: None,
         })
         .collect();
@@ -183,8 +183,8 @@ async fn a_relay_that_dies_after_claiming_leaves_work_for_the_next(stack: Stack)
     // The first relay claims everything and dies before publishing: its claim is all that remains.
     let lease = Duration::from_millis(600);
     let claimed = {
-        let lease_end = upshot::ingest::now() + chrono::Duration::from_std(lease).unwrap();
-        db.run(move |conn| outbox::claim_due(conn, upshot::ingest::now(), lease_end, 10)).await.unwrap()
+        let lease_end = upshot::domain::now() + chrono::Duration::from_std(lease).unwrap();
+        db.run(move |conn| outbox::claim_due(conn, upshot::domain::now(), lease_end, 10)).await.unwrap()
     };
     assert_eq!(claimed.len(), 3);
     let (_, running) = watch::channel(false);

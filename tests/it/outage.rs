@@ -372,7 +372,7 @@ async fn objects_of_an_upload_that_died_before_its_row_are_swept() {
     }
     let (dead, listed) = (id.clone(), keys.clone());
     app.db
-        .run(move |conn| upshot::db::pending::record(conn, &dead, &[&listed[0], &listed[1]], upshot::ingest::now()))
+        .run(move |conn| upshot::db::pending::record(conn, &dead, &[&listed[0], &listed[1]], upshot::domain::now()))
         .await
         .unwrap();
     assert_eq!(app.object_keys().await.len(), 4);

@@ -1,5 +1,9 @@
 //! Identifiers and checked values that the rest of the code can trust once constructed.
 
+pub mod format;
+
+pub use format::ImageFormat;
+
 use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -125,6 +129,13 @@ pub fn display_filename(raw: &str) -> Option<String> {
     let cleaned: String = last.chars().filter(|c| !c.is_control()).take(255).collect();
     let cleaned = cleaned.trim();
     (!cleaned.is_empty() && cleaned != "." && cleaned != "..").then(|| cleaned.to_owned())
+}
+
+/// Timestamps are kept to the millisecond so both databases return exactly what was written.
+pub fn now() -> chrono::NaiveDateTime {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -1,0 +1,115 @@
+//! What the upload pipeline works with, passed to it explicitly: configuration, database, object store,
+//! models, metrics, and the CPU and upload budgets that bound its work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::IngestPolicy;
+use crate::config::AppConfig;
+use crate::db::Db;
+use crate::domain::DeleteTokens;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::inference::Engine;
+use crate::metrics::Metrics;
+use crate::store::ObjectStore;
+
+#[derive(Clone)]
+pub struct Pipeline {
+    pub config: Arc<AppConfig>,
+    pub db: Db,
+    pub store: Arc<dyn ObjectStore>,
+    pub tokens: DeleteTokens,
+    pub policy: Arc<IngestPolicy>,
+    pub inference: Arc<Engine>,
+    /// Wakes the outbox relay when an upload commits.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<Metrics>,
+    cpu: Arc<Semaphore>,
+    /// The upload budget, in KiB.
+    upload_budget: Arc<Semaphore>,
+}
+
+/// Room in the upload budget, held for as long as an upload's bytes are in memory.
+pub struct UploadPermit {
+    _room: OwnedSemaphorePermit,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: AppConfig,
+        db: Db,
+        store: Arc<dyn ObjectStore>,
+        tokens: DeleteTokens,
+        inference: Engine,
+    ) -> Self {
+        let settings = &config.settings;
+        let policy = IngestPolicy::new(settings, config.accepted_formats.clone(), inference.input_size());
+        let cpu = Arc::new(Semaphore::new(config.cpu_slots));
+        let upload_budget = Arc::new(Semaphore::new((settings.upload_budget_bytes / 1024) as usize));
+        Pipeline {
+            config: Arc::new(config),
+            db,
+            store,
+            tokens,
+            policy: Arc::new(policy),
+            inference: Arc::new(inference),
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::default(),
+            cpu,
+            upload_budget,
+        }
+    }
+
+    /// Room left in the upload budget, in bytes.
+    pub fn upload_budget_free(&self) -> u64 {
+        self.upload_budget.available_permits() as u64 * 1024
+    }
+
+    /// Waits (at most `cpu_wait_ms`) for room for `bytes` of upload in memory; a request that finds none is
+    /// told to come back, so memory is bounded by the budget however many clients send at once.
+    pub async fn admit_upload(&self, bytes: u64) -> AppResult<UploadPermit> {
+        let budget_kib = self.config.settings.upload_budget_bytes / 1024;
+        let kib = bytes.div_ceil(1024).clamp(1, budget_kib) as u32;
+        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let permit = tokio::time::timeout(wait, self.upload_budget.clone().acquire_many_owned(kib))
+            .await
+            .map_err(|_| {
+                AppError::new(ErrorCode::Busy, "The server is receiving too many uploads at once; try again shortly.")
+                    .with_detail(format!("upload budget full: {bytes} bytes waited {wait:?}"))
+                    .retry_after(2)
+            })?
+            .map_err(AppError::internal)?;
+        Ok(UploadPermit { _room: permit })
+    }
+
+    /// Image decoding slots free right now.
+    pub fn cpu_slots_free(&self) -> usize {
+        self.cpu.available_permits()
+    }
+
+    /// Runs CPU-heavy work (decoding, encoding) on a blocking thread, at most `cpu_slots` at once. A request
+    /// that cannot get a slot within `cpu_wait_ms` is told to come back, rather than queueing without bound.
+    pub async fn run_cpu<T, F>(&self, work: F) -> AppResult<T>
+    where
+        F: FnOnce(&IngestPolicy) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                AppError::new(ErrorCode::Busy, "The server is busy processing other images; try again shortly.")
+                    .retry_after(2)
+            })?
+            .map_err(AppError::internal)?;
+        let policy = self.policy.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&policy)
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("image task failed: {e}")))?
+    }
+}
