@@ -48,6 +48,7 @@ fn build(
     rocket::custom(figment)
         .manage(connections)
         .manage(peers)
+        .manage(web::LoginThrottle::default())
         .attach(telemetry::RequestLog)
         .attach(web::security::SecurityHeaders)
         .attach(Template::fairing())

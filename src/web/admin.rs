@@ -1,11 +1,12 @@
-//! The admin gallery. The admin key is typed into a login form once; the browser then holds a signed,
-//! HttpOnly, SameSite=Strict session cookie scoped to `/admin` — the key never appears in a URL.
+//! The admin gallery. The admin key is typed into a login form once (a few attempts per address, then 429);
+//! the browser then holds a signed, HttpOnly, SameSite=Strict session cookie scoped to `/admin`, bound to the
+//! admin key (a new key ends every session), `Secure` when the public URL is https. The key never appears in
+//! a URL.
 
 use rocket::form::Form;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::Redirect;
-use rocket::Either;
+use rocket::response::{Redirect, Responder};
 use rocket::{get, post, routes, uri, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
 
@@ -25,17 +26,63 @@ const SESSION_COOKIE: &str = "upshot_admin";
 const SESSION_HOURS: i64 = 8;
 const PAGE_SIZE: i64 = 24;
 
-/// A session value: `<expiry in unix seconds>.<signature>`, signed with the server's secret.
-fn session_value(state: &AppState, expires: i64) -> String {
-    format!("{expires}.{}", state.tokens.sign(&format!("admin session until {expires}")))
+/// A session value: `<expiry in unix seconds>.<signature>`, signed with the server's secret over the expiry
+/// and a fingerprint of the admin key, so that changing the key ends every session.
+fn session_value(state: &AppState, admin_key: &str, expires: i64) -> String {
+    let key_fingerprint = &crate::domain::sha256_hex(admin_key.as_bytes())[..16];
+    format!("{expires}.{}", state.tokens.sign(&format!("admin session until {expires} for key {key_fingerprint}")))
 }
 
 fn session_is_valid(state: &AppState, value: &str) -> bool {
+    let Some(admin_key) = state.config.settings.admin_api_key.as_deref() else { return false };
     let Some((expires, _)) = value.split_once('.') else { return false };
     let Ok(expiry) = expires.parse::<i64>() else { return false };
     expiry > chrono::Utc::now().timestamp()
-        && state.config.settings.admin_api_key.is_some()
-        && constant_time_eq(value.as_bytes(), session_value(state, expiry).as_bytes())
+        && constant_time_eq(value.as_bytes(), session_value(state, admin_key, expiry).as_bytes())
+}
+
+/// Login attempts per client address: a burst of `LOGIN_BURST`, then one every `LOGIN_REFILL`, so guessing
+/// the admin key from one address takes forever and a person who mistypes it waits a few seconds.
+pub struct LoginThrottle(governor::DefaultKeyedRateLimiter<std::net::IpAddr>);
+
+const LOGIN_BURST: u32 = 10;
+const LOGIN_REFILL: std::time::Duration = std::time::Duration::from_secs(12);
+/// Addresses remembered before those whose allowance is full again are forgotten.
+const LOGIN_ADDRESSES_KEPT: usize = 10_000;
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        let burst = std::num::NonZeroU32::new(LOGIN_BURST).expect("a positive burst");
+        let quota = governor::Quota::with_period(LOGIN_REFILL).expect("a positive period").allow_burst(burst);
+        LoginThrottle(governor::RateLimiter::keyed(quota))
+    }
+}
+
+impl LoginThrottle {
+    /// Takes one attempt from `client`'s allowance; when it is used up, how many seconds until the next.
+    fn attempt(&self, client: std::net::IpAddr) -> Result<(), u32> {
+        if self.0.len() > LOGIN_ADDRESSES_KEPT {
+            self.0.retain_recent();
+        }
+        self.0.check_key(&client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            wait.as_secs_f64().ceil().max(1.0) as u32
+        })
+    }
+}
+
+/// The address a login attempt comes from (see `telemetry::client_ip`).
+struct ClientAddress(std::net::IpAddr);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for ClientAddress {
+    type Error = ();
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let hops = req.rocket().state::<AppState>().map_or(0, |s| s.config.settings.trusted_proxy_hops);
+        let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
+        Outcome::Success(ClientAddress(crate::telemetry::client_ip(req, hops).unwrap_or(unknown)))
+    }
 }
 
 /// An admin signed in through the login form.
@@ -75,17 +122,40 @@ struct LoginForm {
     csrf_token: Option<String>,
 }
 
+/// The login form again, with its error, status and `Retry-After`.
+struct LoginRefused {
+    page: Template,
+    error: AppError,
+}
+
+impl<'r> Responder<'r, 'static> for LoginRefused {
+    fn respond_to(self, req: &'r Request<'_>) -> rocket::response::Result<'static> {
+        let mut response = rocket::Response::build_from(self.page.respond_to(req)?);
+        response.status(self.error.status());
+        if let Some(secs) = self.error.retry_after_secs {
+            response.header(rocket::http::Header::new("Retry-After", secs.to_string()));
+        }
+        Ok(response.finalize())
+    }
+}
+
 #[post("/admin/login", data = "<form>")]
 fn login(
     state: &State<AppState>,
+    throttle: &State<LoginThrottle>,
+    client: ClientAddress,
     form: Form<LoginForm>,
     cookies: &CookieJar<'_>,
     csrf: CsrfToken,
-) -> Either<Redirect, (Status, Template)> {
-    match try_login(state, &form, cookies) {
-        Ok(redirect) => Either::Left(redirect),
-        Err(error) => Either::Right((error.status(), login_template(state, &csrf.0, Some(&error)))),
-    }
+) -> Result<Redirect, Box<LoginRefused>> {
+    let attempt = throttle.attempt(client.0).map_err(|retry_after| {
+        AppError::new(ErrorCode::TooManyRequests, "Too many sign-in attempts; wait a little and try again.")
+            .with_detail(format!("admin login throttled for {}", client.0))
+            .retry_after(retry_after)
+    });
+    attempt
+        .and_then(|()| try_login(state, &form, cookies))
+        .map_err(|error| Box::new(LoginRefused { page: login_template(state, &csrf.0, Some(&error)), error }))
 }
 
 fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {
@@ -97,12 +167,11 @@ fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Res
         return Err(AppError::new(ErrorCode::Unauthorized, "That is not the admin key."));
     }
     let expires = chrono::Utc::now().timestamp() + SESSION_HOURS * 3600;
-    let secure = state.config.settings.public_url.starts_with("https://");
     cookies.add(
-        Cookie::build((SESSION_COOKIE, session_value(state, expires)))
+        Cookie::build((SESSION_COOKIE, session_value(state, expected, expires)))
             .path("/admin")
             .http_only(true)
-            .secure(secure)
+            .secure(super::cookies_secure(state))
             .same_site(SameSite::Strict)
             .max_age(rocket::time::Duration::hours(SESSION_HOURS)),
     );

@@ -1,11 +1,13 @@
 //! CSRF protection for the forms: a random token in an HttpOnly, SameSite=Strict cookie, repeated in each
-//! form as a hidden field; a POST whose field does not match its cookie is refused.
+//! form as a hidden field (`Secure` when the public URL is https); a POST whose field does not match its
+//! cookie is refused.
 
 use rocket::http::{Cookie, CookieJar, SameSite};
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::domain::{constant_time_eq, random_token};
 use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
 
 const COOKIE: &str = "upshot_csrf";
 
@@ -22,8 +24,14 @@ impl<'r> FromRequest<'r> for CsrfToken {
             Some(cookie) if cookie.value().len() >= 32 => cookie.value().to_owned(),
             _ => {
                 let token = random_token(32);
-                cookies
-                    .add(Cookie::build((COOKIE, token.clone())).path("/").http_only(true).same_site(SameSite::Strict));
+                let secure = req.rocket().state::<AppState>().is_some_and(super::cookies_secure);
+                cookies.add(
+                    Cookie::build((COOKIE, token.clone()))
+                        .path("/")
+                        .http_only(true)
+                        .secure(secure)
+                        .same_site(SameSite::Strict),
+                );
                 token
             }
         };

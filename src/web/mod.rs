@@ -2,6 +2,7 @@
 //! codes as the API appear on them; every form carries a CSRF token.
 
 mod admin;
+pub use admin::LoginThrottle;
 pub mod csrf;
 pub mod security;
 
@@ -37,6 +38,11 @@ pub fn page_image(record: &ImageRecord) -> Value {
     image["byte_size_human"] = human_bytes(record.byte_size.max(0) as u64).into();
     image["created_at"] = record.created_at.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
     image
+}
+
+/// Cookies are `Secure` when people reach Upshot over https, so a browser never sends them in the clear.
+pub(crate) fn cookies_secure(state: &AppState) -> bool {
+    state.config.settings.public_url.starts_with("https://")
 }
 
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
@@ -79,6 +85,7 @@ async fn upload_form(
             let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.tokens.token_for(&id)))
                 .path(format!("/images/{id}"))
                 .http_only(true)
+                .secure(cookies_secure(state))
                 .same_site(SameSite::Strict)
                 .max_age(rocket::time::Duration::minutes(10));
             cookies.add(cookie);

@@ -2,7 +2,7 @@
 
 use reqwest::multipart::{Form, Part};
 
-use crate::helpers::{fixture, spawn, Stack, TestApp, ADMIN_KEY};
+use crate::helpers::{fixture, spawn, spawn_with, Stack, TestApp, ADMIN_KEY};
 
 crate::on_both_stacks!(
     form_upload_lands_on_an_escaped_result_page,
@@ -154,4 +154,72 @@ async fn admin_gallery_needs_a_session_from_the_login_form(stack: Stack) {
     let logout = client.post(app.url("/admin/logout")).form(&[("csrf_token", token.as_str())]).send().await.unwrap();
     assert_eq!(logout.status(), 303);
     assert_eq!(client.get(app.url("/admin/images")).send().await.unwrap().status(), 303);
+}
+
+/// Signs in with `key` through the login form; the response.
+async fn sign_in(client: &reqwest::Client, app: &TestApp, key: &str) -> reqwest::Response {
+    let token = csrf_token(client, app, "/admin/login").await;
+    client.post(app.url("/admin/login")).form(&[("api_key", key), ("csrf_token", token.as_str())]).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_admin_session_ends_when_the_admin_key_changes() {
+    let app = spawn(Stack::Embedded).await;
+    let login = sign_in(&browser(), &app, ADMIN_KEY).await;
+    assert_eq!(login.status(), 303);
+    let session = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    // The gallery's status for a request carrying `cookie`: 200, or 303 to the login form.
+    let gallery_with = |app: &TestApp, cookie: &str| {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let request = client.get(app.url("/admin/images")).header("Cookie", cookie.to_owned());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(gallery_with(&app, &session).await, 200);
+    // The same server secret with a new admin key: the old session no longer opens the gallery.
+    let rekeyed = spawn_with(Stack::Embedded, |f| f.merge(("admin_api_key", "a-new-admin-key-after-rotation"))).await;
+    assert_eq!(gallery_with(&rekeyed, &session).await, 303);
+    let tampered = session.replacen('=', "=9", 1);
+    assert_eq!(gallery_with(&app, &tampered).await, 303);
+}
+
+#[tokio::test]
+async fn admin_logins_are_throttled_per_address() {
+    let app = spawn(Stack::Embedded).await;
+    let client = browser();
+    for attempt in 1..=10 {
+        assert_eq!(sign_in(&client, &app, "a-wrong-key-a-wrong-key").await.status(), 401, "attempt {attempt}");
+    }
+    let throttled = sign_in(&client, &app, ADMIN_KEY).await;
+    assert_eq!(throttled.status(), 429, "even the right key waits once the allowance is spent");
+    let retry_after: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry_after), "{retry_after}");
+    let page = throttled.text().await.unwrap();
+    assert!(page.contains("TOO_MANY_REQUESTS"), "{page}");
+}
+
+#[tokio::test]
+async fn every_cookie_is_secure_behind_https() {
+    let app = spawn_with(Stack::Embedded, |f| f.merge(("public_url", "https://upshot.example"))).await;
+    let page = reqwest::Client::new().get(app.url("/admin/login")).send().await.unwrap();
+    let csrf = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(csrf.starts_with("upshot_csrf=") && csrf.contains("Secure"), "{csrf}");
+    let token = csrf.split(';').next().unwrap().trim_start_matches("upshot_csrf=").to_owned();
+    let cookie = format!("upshot_csrf={token}");
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = client
+        .post(app.url("/admin/login"))
+        .header("Cookie", &cookie)
+        .form(&[("api_key", ADMIN_KEY), ("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    assert!(login.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+    let form = Form::new()
+        .text("csrf_token", token.clone())
+        .part("file", Part::bytes(fixture("cat.jpg")).file_name("cat.jpg"));
+    let upload = client.post(app.url("/upload")).header("Cookie", &cookie).multipart(form).send().await.unwrap();
+    assert_eq!(upload.status(), 303);
+    let delete_token = upload.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(delete_token.starts_with("upshot_delete_token") && delete_token.contains("Secure"), "{delete_token}");
 }
