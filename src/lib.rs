@@ -79,7 +79,7 @@ fn build(
 pub struct Server {
     rocket: Rocket<rocket::Ignite>,
     gate: connections::Gate,
-    upstream: tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+    upstream: tokio::sync::oneshot::Receiver<(std::net::SocketAddr, connections::AllowedMethods)>,
 }
 
 impl Server {
@@ -105,8 +105,13 @@ impl Server {
             .attach(AdHoc::on_liftoff("public socket", move |rocket| {
                 Box::pin(async move {
                     let loopback = std::net::SocketAddr::new(rocket.config().address, rocket.config().port);
+                    let routes: Vec<_> = rocket.routes().map(|r| (r.method, r.uri.path().to_owned())).collect();
+                    let allowed: connections::AllowedMethods = Arc::new(move |path: &str| {
+                        let methods = responses::allowed_methods(routes.iter().map(|(m, p)| (*m, p.as_str())), path);
+                        (!methods.is_empty()).then(|| responses::allow_header(&methods))
+                    });
                     if let Some(report) = report_upstream.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        let _ = report.send(loopback);
+                        let _ = report.send((loopback, allowed));
                     }
                 })
             }))
@@ -132,9 +137,9 @@ impl Server {
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.clone() => {}
-                loopback = upstream => if let Ok(loopback) = loopback {
+                upstream = upstream => if let Ok((loopback, allowed)) = upstream {
                     log::info!("listening on {public}");
-                    gate.run(loopback, shutdown).await;
+                    gate.run(loopback, allowed, shutdown).await;
                 },
             }
         });

@@ -1,7 +1,7 @@
 //! How errors leave the server: an `AppError` as JSON, a `PageError` as an HTML page, and the catcher that
 //! gives every error Rocket raises itself the same shape, picking JSON or a page by path.
 
-use rocket::http::{ContentType, Header, Status};
+use rocket::http::{ContentType, Header, Method, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 use rocket::{catch, catchers, Catcher};
@@ -82,16 +82,100 @@ fn catcher_message(status: Status, req: &Request<'_>) -> String {
     }
 }
 
+/// Whether a route's path pattern (`/api/v1/images/<id>/file`, `/static/<path..>`) covers `path`.
+fn pattern_covers(pattern: &str, path: &str) -> bool {
+    let mut segments = path.trim_start_matches('/').split('/');
+    for expected in pattern.trim_start_matches('/').split('/') {
+        if expected.starts_with('<') && expected.ends_with("..>") {
+            return true;
+        }
+        match segments.next() {
+            Some(segment) if expected.starts_with('<') && !segment.is_empty() => {}
+            Some(segment) if segment == expected => {}
+            _ => return false,
+        }
+    }
+    segments.next().is_none()
+}
+
+/// What an `Allow` header lists for `path`: the methods of the routes that cover it, and HEAD wherever GET
+/// is (Rocket answers HEAD with GET's route). Empty for a path no route covers.
+pub fn allowed_methods<'a>(routes: impl IntoIterator<Item = (Method, &'a str)>, path: &str) -> Vec<Method> {
+    let mut methods: Vec<Method> =
+        routes.into_iter().filter(|(_, pattern)| pattern_covers(pattern, path)).map(|(method, _)| method).collect();
+    if methods.contains(&Method::Get) {
+        methods.push(Method::Head);
+    }
+    methods.sort_by_key(|m| m.as_str());
+    methods.dedup();
+    methods
+}
+
+pub fn allow_header(methods: &[Method]) -> String {
+    methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A caught error, with `Allow` when the path exists but not for this method.
+struct Caught {
+    error: Result<AppError, PageError>,
+    allow: Option<String>,
+}
+
+impl<'r> Responder<'r, 'static> for Caught {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let mut response = match self.error {
+            Ok(error) => error.respond_to(req)?,
+            Err(page) => page.respond_to(req)?,
+        };
+        if let Some(allow) = self.allow {
+            response.set_raw_header("Allow", allow);
+        }
+        Ok(response)
+    }
+}
+
 #[catch(default)]
-fn default_catcher(status: Status, req: &Request<'_>) -> Result<AppError, PageError> {
+fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
+    let path = req.uri().path();
+    // No route took the request: when routes exist at this path for other methods, the method is the problem.
+    let allowed = match status.code {
+        404 => allowed_methods(req.rocket().routes().map(|r| (r.method, r.uri.path())), path.as_str()),
+        _ => Vec::new(),
+    };
+    let (status, allow) = match allowed.is_empty() || allowed.contains(&req.method()) {
+        true => (status, None),
+        false => (Status::MethodNotAllowed, Some(allow_header(&allowed))),
+    };
     let error = AppError::new(ErrorCode::for_status(status), catcher_message(status, req));
     let error = match status.code {
-        500..=599 => error.with_detail(format!("{} {} failed with {status}", req.method(), req.uri().path())),
+        500..=599 => error.with_detail(format!("{} {} failed with {status}", req.method(), path)),
         _ => error,
     };
-    if is_page_path(req.uri().path().as_str()) {
-        Err(PageError(error))
-    } else {
-        Ok(error)
+    let error = if is_page_path(path.as_str()) { Err(PageError(error)) } else { Ok(error) };
+    Caught { error, allow }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allow_header, allowed_methods};
+    use rocket::http::Method;
+
+    #[test]
+    fn allow_lists_the_methods_of_the_routes_at_a_path() {
+        let routes = [
+            (Method::Post, "/api/v1/images"),
+            (Method::Get, "/api/v1/images"),
+            (Method::Get, "/api/v1/images/<id>"),
+            (Method::Delete, "/api/v1/images/<id>"),
+            (Method::Get, "/api/v1/images/<id>/file"),
+            (Method::Get, "/static/<path..>"),
+        ];
+        let allow = |path| allow_header(&allowed_methods(routes, path));
+        assert_eq!(allow("/api/v1/images"), "GET, HEAD, POST");
+        assert_eq!(allow("/api/v1/images/0123"), "DELETE, GET, HEAD");
+        assert_eq!(allow("/api/v1/images/0123/file"), "GET, HEAD");
+        assert_eq!(allow("/static/css/app.css"), "GET, HEAD");
+        assert_eq!(allow("/api/v1/images/0123/file/more"), "");
+        assert_eq!(allow("/api/v1/nothing"), "");
     }
 }

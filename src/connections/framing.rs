@@ -7,6 +7,8 @@
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
+/// The methods Rocket 0.5 parses; it answers any other with 400 before routing, where 405 is due.
+const SERVER_METHODS: [&str; 9] = ["GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "TRACE", "CONNECT", "PATCH"];
 
 /// What the client is expected to send next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum Phase {
     /// Raw bytes both ways after an upgrade (WebSocket) or a `CONNECT`, or after bytes whose framing could not
     /// be followed (the server answers those with an error and closes).
     Opaque,
+    /// A request with a method the server does not know, at this path: nothing more is read or passed on.
+    UnknownMethod,
 }
 
 #[derive(Debug)]
@@ -29,6 +33,7 @@ enum State {
     Fixed { remaining: u64, expect_continue: bool, started: bool },
     Chunked { chunk: Chunk, expect_continue: bool, started: bool },
     Opaque,
+    UnknownMethod(String),
 }
 
 #[derive(Debug)]
@@ -66,6 +71,15 @@ impl Framing {
                 Phase::Body { waiting_for_continue: *expect_continue && !*started }
             }
             State::Opaque => Phase::Opaque,
+            State::UnknownMethod(_) => Phase::UnknownMethod,
+        }
+    }
+
+    /// The path of a request whose method the server does not know, once its head is complete.
+    pub fn unknown_method_path(&self) -> Option<&str> {
+        match &self.state {
+            State::UnknownMethod(path) => Some(path),
+            _ => None,
         }
     }
 
@@ -98,6 +112,7 @@ impl Framing {
                     forward.extend_from_slice(bytes);
                     &[]
                 }
+                State::UnknownMethod(_) => &[],
             };
         }
     }
@@ -110,6 +125,12 @@ impl Framing {
         let mut request = httparse::Request::new(&mut headers);
         let next = match request.parse(&self.head) {
             Ok(httparse::Status::Complete(length)) => {
+                if !SERVER_METHODS.contains(&request.method.unwrap_or_default()) {
+                    // Held back: the server would answer 400 for a method it cannot parse.
+                    self.state = State::UnknownMethod(request.path.unwrap_or("/").to_owned());
+                    self.head.clear();
+                    return &[];
+                }
                 let next = body_state(&request);
                 forward.extend_from_slice(&self.head[..length]);
                 let consumed = length - before;
@@ -300,6 +321,17 @@ mod tests {
             assert_eq!(forwarded, head);
             assert_eq!(phases.last(), Some(&Phase::Opaque), "{}", String::from_utf8_lossy(head));
         }
+    }
+
+    #[test]
+    fn a_method_the_server_cannot_parse_is_held_back() {
+        let mut framing = Framing::default();
+        let mut forwarded = Vec::new();
+        framing
+            .feed(b"GET / HTTP/1.1\r\n\r\nQUERY /api/v1/images?x=1 HTTP/1.1\r\nHost: a\r\n\r\nGET /", &mut forwarded);
+        assert_eq!(forwarded, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(framing.phase(), Phase::UnknownMethod);
+        assert_eq!(framing.unknown_method_path(), Some("/api/v1/images?x=1"));
     }
 
     #[test]

@@ -26,6 +26,9 @@ const BUFFER_BYTES: usize = 16 * 1024;
 /// Connections over the cap still get an answer, up to this many at once; past that they are closed unanswered.
 const REFUSALS_IN_FLIGHT: usize = 256;
 
+/// The `Allow` header of a path, or `None` where no route is.
+pub type AllowedMethods = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
@@ -117,7 +120,7 @@ impl Gate {
 
     /// Accepts connections and passes them to `upstream` until `stop` resolves. Connections already open
     /// run on; the server behind closes them on its shutdown.
-    pub async fn run(self, upstream: SocketAddr, stop: impl Future<Output = ()>) {
+    pub async fn run(self, upstream: SocketAddr, allowed: AllowedMethods, stop: impl Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
         let Gate { listener, limits, stats, peers, .. } = self;
@@ -138,10 +141,10 @@ impl Gate {
             let _ = client.set_nodelay(true);
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    let (stats, peers) = (stats.clone(), peers.clone());
+                    let (stats, peers, allowed) = (stats.clone(), peers.clone(), allowed.clone());
                     tokio::spawn(async move {
                         stats.open.fetch_add(1, Ordering::Relaxed);
-                        relay(client, address, upstream, limits, &stats, &peers).await;
+                        relay(client, address, upstream, limits, &stats, &peers, allowed).await;
                         stats.open.fetch_sub(1, Ordering::Relaxed);
                         drop(slot);
                     });
@@ -160,14 +163,24 @@ impl Gate {
     }
 }
 
-/// Answers 503 in the API's error shape without reading the request, then closes.
-async fn refuse(mut client: TcpStream, code: ErrorCode, message: &str) {
-    let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message } }).to_string();
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Retry-After: 1\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+/// An error answered by the socket itself, in the API's error shape, closing the connection.
+fn error_response(code: ErrorCode, message: &str, extra_headers: &str) -> String {
+    let request_id = crate::domain::random_token(12);
+    let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message, "request_id": request_id } })
+        .to_string();
+    let status = code.status();
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n\
+         {extra_headers}Connection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        status.code,
+        status.reason().unwrap_or(""),
         body.len()
-    );
+    )
+}
+
+/// Answers 503 without reading the request, then closes.
+async fn refuse(mut client: TcpStream, code: ErrorCode, message: &str) {
+    let response = error_response(code, message, "Retry-After: 1\r\n");
     let answer = async {
         client.write_all(response.as_bytes()).await?;
         client.shutdown().await?;
@@ -177,6 +190,19 @@ async fn refuse(mut client: TcpStream, code: ErrorCode, message: &str) {
         std::io::Result::Ok(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+/// The answer to a method the server cannot parse: 405 with the path's `Allow`, or 404 for an unknown path.
+fn unknown_method_response(path: &str, allowed: &AllowedMethods) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    match allowed(path) {
+        Some(allow) => error_response(
+            ErrorCode::MethodNotAllowed,
+            "This method is not allowed here.",
+            &format!("Allow: {allow}\r\n"),
+        ),
+        None => error_response(ErrorCode::NotFound, "There is nothing at this address.", ""),
+    }
 }
 
 /// Monotonic milliseconds since the connection opened, shared between its two directions.
@@ -206,6 +232,7 @@ async fn relay(
     limits: Limits,
     stats: &ConnectionStats,
     peers: &Arc<Peers>,
+    allowed: AllowedMethods,
 ) {
     let server = match TcpStream::connect(upstream).await {
         Ok(server) => server,
@@ -220,51 +247,62 @@ async fn relay(
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
 
-    let responses = async {
-        let mut buffer = vec![0u8; BUFFER_BYTES];
-        loop {
-            match server_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    clock.mark_server_active();
-                    if client_write.write_all(&buffer[..n]).await.is_err() {
-                        break;
+    let unknown_method = {
+        let responses = async {
+            let mut buffer = vec![0u8; BUFFER_BYTES];
+            loop {
+                match server_read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        clock.mark_server_active();
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                        clock.mark_server_active();
                     }
-                    clock.mark_server_active();
                 }
             }
-        }
-        let _ = client_write.shutdown().await;
-    };
-    let requests = async {
-        let outcome = pass_requests(&mut client_read, &mut server_write, limits, &clock).await;
-        if outcome.is_ok() {
-            let _ = server_write.shutdown().await;
-        }
-        outcome
-    };
-    tokio::pin!(responses, requests);
-    tokio::select! {
-        // The server closed: the connection is over, whatever the client still sends.
-        _ = &mut responses => {}
-        outcome = &mut requests => match outcome {
-            // The client finished sending; the server may still be answering.
-            Ok(()) => responses.await,
-            Err(cut) => {
-                stats.count_cut(cut);
-                log::debug!("closed the connection of {address}: {}", cut.as_str());
+        };
+        let requests = async {
+            let outcome = pass_requests(&mut client_read, &mut server_write, limits, &clock).await;
+            if outcome.is_ok() {
+                let _ = server_write.shutdown().await;
             }
-        },
+            outcome
+        };
+        tokio::pin!(responses, requests);
+        tokio::select! {
+            // The server closed: the connection is over, whatever the client still sends.
+            _ = &mut responses => None,
+            outcome = &mut requests => match outcome {
+                // The client finished sending (or sent a method to answer here); the server may still be
+                // answering what came before.
+                Ok(unknown_method) => {
+                    responses.await;
+                    unknown_method
+                }
+                Err(cut) => {
+                    stats.count_cut(cut);
+                    log::debug!("closed the connection of {address}: {}", cut.as_str());
+                    return;
+                }
+            },
+        }
+    };
+    if let Some(path) = unknown_method {
+        let _ = client_write.write_all(unknown_method_response(&path, &allowed).as_bytes()).await;
     }
+    let _ = client_write.shutdown().await;
 }
 
-/// Copies the client's bytes to the server until the client closes its side, or a deadline passes.
+/// Copies the client's bytes to the server until the client closes its side, or a deadline passes, or a request
+/// comes with a method the server cannot parse (its path is returned, for an answer from here).
 async fn pass_requests(
     client: &mut tokio::net::tcp::OwnedReadHalf,
     server: &mut tokio::net::tcp::OwnedWriteHalf,
     limits: Limits,
     clock: &Clock,
-) -> Result<(), Cut> {
+) -> Result<Option<String>, Cut> {
     let mut framing = Framing::default();
     let mut deadlines = Deadlines::new(limits, clock.opened);
     let mut buffer = vec![0u8; BUFFER_BYTES];
@@ -286,7 +324,7 @@ async fn pass_requests(
             }
         };
         let n = match read {
-            Ok(0) | Err(_) => return Ok(()),
+            Ok(0) | Err(_) => return Ok(None),
             Ok(n) => n,
         };
         let now = Instant::now();
@@ -294,7 +332,10 @@ async fn pass_requests(
         framing.feed(&buffer[..n], &mut forward);
         deadlines.record(phase, framing.phase(), now - waiting_since, n as u64, now);
         if !forward.is_empty() && server.write_all(&forward).await.is_err() {
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(path) = framing.unknown_method_path() {
+            return Ok(Some(path.to_owned()));
         }
     }
 }

@@ -159,3 +159,31 @@ async fn uploads_pass_in_every_framing() {
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     assert_eq!(app.image_rows().await, 2);
 }
+
+#[tokio::test]
+async fn a_known_path_with_another_method_is_405_with_allow() {
+    let app = spawn_with(Stack::Embedded, |figment| figment).await;
+    // TRACE reaches Rocket's catcher; QUERY, which Rocket 0.5 cannot parse, is answered by the socket.
+    for (method, path, allow) in [
+        ("TRACE", "/api/v1/images", "GET, HEAD, POST"),
+        ("QUERY", "/api/v1/images?limit=1", "GET, HEAD, POST"),
+        ("PUT", "/api/v1/images/0123456789abcdef0123456789abcdef", "DELETE, GET, HEAD"),
+        ("DELETE", "/healthz", "GET, HEAD"),
+        ("PATCH", "/", "GET, HEAD"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app.client.request(method.clone(), app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        if path == "/" {
+            assert!(response.text().await.unwrap().contains("METHOD_NOT_ALLOWED"), "pages answer with a page");
+        } else {
+            let (_, code, _) = crate::helpers::error_code(response).await;
+            assert_eq!(code, "METHOD_NOT_ALLOWED");
+        }
+    }
+    let unknown = app.client.request(reqwest::Method::from_bytes(b"QUERY").unwrap(), app.url("/nowhere")).send();
+    assert_eq!(unknown.await.unwrap().status().as_u16(), 404);
+    // A missing image is still a 404, and the connection that carried a refused method served what came before.
+    assert_eq!(app.get("/api/v1/images/0123456789abcdef0123456789abcdef").await.status().as_u16(), 404);
+}
