@@ -2,7 +2,8 @@
 # Runs the whole test suite: unit tests, the integration tests on both stacks (SQLite + local files, and a
 # throwaway PostgreSQL cluster + a moto S3/SNS/SQS endpoint on 127.0.0.1, started here and stopped on exit),
 # the offline deployment checks (cfn-lint, checkov, shellcheck, systemd, schemas) and a local rehearsal of a
-# CodeDeploy deployment, then the pages in headless Chromium (tests/browser).
+# CodeDeploy deployment, then the pages in headless Chromium (tests/browser) and the API against its OpenAPI
+# document with schemathesis (tests/api).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh dedup`). UPSHOT_TEST_SCOPE=rust runs only the Rust
 # tests: what the CodeBuild image (Amazon Linux, no apt, no Debian Chromium) can run; CI runs everything.
 set -euo pipefail
@@ -31,4 +32,5 @@ if [ $# -eq 0 ] && [ "${UPSHOT_TEST_SCOPE:-all}" != rust ]; then
     scripts/check-deploy.sh
     scripts/rehearse-deploy.sh target/debug/upshot
     tests/browser/run.sh
+    tests/api/run.sh
 fi

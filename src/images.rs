@@ -140,20 +140,20 @@ pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'
 }
 
 /// Cursors are opaque to clients: base64url of `<created_at in ms>:<id>`.
+/// A page's `next_cursor`: `<milliseconds>-<image id>` of its last image (`api::openapi::CURSOR_PATTERN`).
 pub fn encode_cursor(record: &ImageRecord) -> String {
-    use base64::Engine;
-    let raw = format!("{}:{}", record.created_at.and_utc().timestamp_millis(), record.id);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    format!("{}-{}", record.created_at.and_utc().timestamp_millis(), record.id)
 }
 
 pub fn decode_cursor(cursor: &str) -> AppResult<(chrono::NaiveDateTime, String)> {
-    use base64::Engine;
     let invalid = || AppError::new(ErrorCode::BadRequest, "The cursor is not one this server issued.");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let (millis, id) = raw.split_once(':').ok_or_else(invalid)?;
-    let created_at =
-        millis.parse::<i64>().ok().and_then(chrono::DateTime::from_timestamp_millis).ok_or_else(invalid)?;
+    let (millis, id) = cursor.split_once('-').ok_or_else(invalid)?;
+    let digits = (1..=15).contains(&millis.len()) && millis.bytes().all(|b| b.is_ascii_digit());
+    let created_at = digits
+        .then(|| millis.parse::<i64>().ok())
+        .flatten()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .ok_or_else(invalid)?;
     let id = ImageId::parse(id).ok_or_else(invalid)?;
     Ok((created_at.naive_utc(), id.to_string()))
 }

@@ -126,7 +126,10 @@ fn is_wanted(metadata: &log::Metadata<'_>) -> bool {
     // Rocket announces its launch as a warning, naming the loopback port behind the public socket; the
     // "listening on" line names the real address.
     let launch_banner = target == "rocket::launch" && metadata.level() > log::Level::Error;
-    !launch_banner && (!framework || metadata.level() <= log::Level::Warn)
+    // "No matching routes" and "responding with the default catcher" for every 404 and 405, as errors and
+    // warnings: the access line has the status.
+    let routing = target == "rocket::server::_";
+    !launch_banner && !routing && (!framework || metadata.level() <= log::Level::Warn)
 }
 
 struct Filtered<L>(L);

@@ -9,7 +9,7 @@ use rocket::{get, post, routes, Route, State};
 use rocket_ws::{Message, WebSocket};
 use serde_json::{json, Value};
 
-use super::upload::{form_error, read_file, UploadData};
+use super::upload::{clean_description, form_error, read_file, UploadData};
 use crate::error::{AppError, AppResult};
 use crate::inference::Analysis;
 use crate::ingest;
@@ -48,7 +48,10 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -
 
 #[post("/classify", data = "<data>")]
 async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
-    let file = data.map_err(|errors| form_error(&errors, state))?.into_inner().file;
+    let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
+    // Nothing is stored, but the form follows the same rules as an upload's.
+    clean_description(form.description, state.config.settings.max_description_chars)?;
+    let file = form.file;
     let (bytes, permit) = read_file(state, &file).await?;
     Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
 }

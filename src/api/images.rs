@@ -147,12 +147,25 @@ async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> 
 async fn list(
     state: &State<AppState>,
     credentials: Credentials,
-    cursor: Option<&str>,
-    limit: Option<i64>,
+    cursor: Vec<&str>,
+    limit: Vec<&str>,
 ) -> AppResult<Json<Value>> {
     credentials.require_admin(state)?;
-    let limit = limit.unwrap_or(50).clamp(1, 200);
-    let before = cursor.map(images::decode_cursor).transpose()?;
+    // Each parameter at most once: a repeated one is refused rather than half read.
+    let limit = match limit[..] {
+        [] => 50,
+        [raw] => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| AppError::new(ErrorCode::InvalidRequest, "`limit` is a whole number from 1 to 200."))?,
+        _ => return Err(AppError::new(ErrorCode::InvalidRequest, "Give `limit` once.")),
+    };
+    let before = match cursor[..] {
+        [] => None,
+        [raw] => Some(images::decode_cursor(raw)?),
+        _ => return Err(AppError::new(ErrorCode::BadRequest, "Give `cursor` once.")),
+    };
     let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, None, limit)).await?;
     let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();

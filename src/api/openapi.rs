@@ -1,17 +1,24 @@
 //! The OpenAPI 3 document of the JSON routes, served at `/api/v1/openapi.json`.
 
 use rocket::serde::json::Json;
-use rocket::{get, routes, Route};
+use rocket::{get, routes, Route, State};
 use serde_json::{json, Value};
+
+use crate::config::AppConfig;
+use crate::notify::subscriptions::{E164_PATTERN, EMAIL_PATTERN, MAX_LABELS};
+use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
     routes![openapi_json]
 }
 
 #[get("/openapi.json")]
-fn openapi_json() -> Json<Value> {
-    Json(document())
+fn openapi_json(state: &State<AppState>) -> Json<Value> {
+    Json(document(&state.config, state.inference.labels()))
 }
+
+/// `GET /api/v1/images?cursor=`: the `next_cursor` of a page, `<milliseconds>-<image id>`.
+pub const CURSOR_PATTERN: &str = "^[0-9]{1,15}-[0-9a-f]{32}$";
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -40,6 +47,19 @@ const UPLOAD_ERRORS: [(&str, &str); 8] = [
     ("default", "Any other error, same shape"),
 ];
 
+/// A subscription request for one protocol; `labels` are the classifier's.
+fn subscription_input(protocol: &str, endpoint_pattern: &str, endpoint: &str, labels: &[String]) -> Value {
+    json!({
+        "type": "object", "required": ["protocol", "endpoint"],
+        "properties": {
+            "protocol": { "type": "string", "enum": [protocol] },
+            "endpoint": { "type": "string", "pattern": endpoint_pattern, "maxLength": 254, "description": endpoint },
+            "labels": { "type": "array", "maxItems": MAX_LABELS, "items": { "type": "string", "enum": labels },
+                "description": "Only uploads whose top label is one of these (an SNS filter policy on top_label)" }
+        }
+    })
+}
+
 fn id_param() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{32}$" } })
 }
@@ -61,24 +81,34 @@ fn binary_response(description: &str) -> Value {
     )
 }
 
-pub fn document() -> Value {
+/// The document, with the limits of this server's configuration (upload size, description length, accepted
+/// formats) and its classifier's labels.
+pub fn document(config: &AppConfig, labels: &[String]) -> Value {
+    let settings = &config.settings;
+    let accepted: Vec<&str> = config.accepted_formats.iter().map(|f| f.content_type()).collect();
     let upload_body = json!({
         "required": true,
-        "content": { "multipart/form-data": { "schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": { "type": "string", "format": "binary" },
-                "description": { "type": "string", "maxLength": 1000 }
-            }
-        } } }
+        "content": { "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": { "type": "string", "format": "binary", "minLength": 1,
+                        "description": format!("The image, at most {} bytes; identified by its content, which must be one of: {}. Other bytes are refused with 415 or 422.", settings.max_upload_bytes, accepted.join(", ")) },
+                    "description": { "type": "string", "maxLength": settings.max_description_chars },
+                    "csrf_token": { "type": "string", "description": "Sent by the HTML form; the API ignores it" }
+                },
+                "additionalProperties": false
+            },
+            "encoding": { "file": { "contentType": accepted.join(", ") } }
+        } }
     });
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Upshot API",
             "version": "1.0.0",
-            "description": "Image intake: upload, validate by content, strip metadata, thumbnail, store, classify, notify. Every error has the shape of the Error schema, and every response carries X-Request-Id."
+            "description": "Image intake: upload, validate by content, strip metadata, thumbnail, store, classify, notify. Every error has the shape of the Error schema, and every response carries X-Request-Id. Not described here, as OpenAPI cannot describe it: GET /api/v1/ws, a WebSocket where each binary message is an image and each answer a text message with the Analysis JSON (or an Error for a bad frame)."
         },
         "paths": {
             "/api/v1/images": {
@@ -87,7 +117,7 @@ pub fn document() -> Value {
                     "operationId": "uploadImage",
                     "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
                         "description": "A retry with the same key and bytes returns the first result and stores nothing twice.",
-                        "schema": { "type": "string", "minLength": 1, "maxLength": 255 } }],
+                        "schema": { "type": "string", "pattern": "^[!-~]{1,255}$" } }],
                     "requestBody": upload_body,
                     "responses": with_errors(json!({ "201": {
                         "description": "Stored. Idempotent replays carry `Idempotent-Replayed: true`.",
@@ -100,7 +130,8 @@ pub fn document() -> Value {
                     "operationId": "listImages",
                     "security": [{ "adminKey": [] }],
                     "parameters": [
-                        { "name": "cursor", "in": "query", "schema": { "type": "string" } },
+                        { "name": "cursor", "in": "query", "description": "The next_cursor of the previous page",
+                            "schema": { "type": "string", "pattern": CURSOR_PATTERN } },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200, "default": 50 } }
                     ],
                     "responses": with_errors(json!({ "200": {
@@ -113,7 +144,7 @@ pub fn document() -> Value {
                                 "next_cursor": { "type": "string", "nullable": true }
                             }
                         } } }
-                    } }), &[("400", "BAD_REQUEST: bad cursor"), ("401", "UNAUTHORIZED"), ("403", "FORBIDDEN: admin routes disabled")])
+                    } }), &[("400", "BAD_REQUEST: a cursor this server did not issue"), ("401", "UNAUTHORIZED"), ("403", "FORBIDDEN: admin routes disabled"), ("422", "INVALID_REQUEST: limit out of range")])
                 }
             },
             "/api/v1/images/{id}": {
@@ -156,24 +187,16 @@ pub fn document() -> Value {
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Analysis" } } }
                 } }), &UPLOAD_ERRORS)
             } },
-            "/api/v1/ws": { "get": {
-                "summary": "WebSocket: send each image as a binary message; each answer is a text message with the Analysis JSON, or {\"error\": {code, message}} for a bad frame. Frames over max_upload_bytes close the connection (1009).",
-                "operationId": "classifyStream",
-                "responses": { "101": { "description": "Switching protocols" } }
-            } },
             "/api/v1/subscriptions": {
                 "post": {
                     "summary": "Subscribe an e-mail address or phone number to upload alerts (admin; SNS notifier only)",
                     "operationId": "subscribe",
                     "security": [{ "adminKey": [] }],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                        "type": "object", "required": ["protocol", "endpoint"],
-                        "properties": {
-                            "protocol": { "type": "string", "enum": ["email", "sms"] },
-                            "endpoint": { "type": "string", "description": "An e-mail address, or an E.164 phone number such as +14155550100" },
-                            "labels": { "type": "array", "items": { "type": "string" },
-                                "description": "Only uploads whose top label is one of these (an SNS filter policy on top_label)" }
-                        }
+                        "oneOf": [
+                            subscription_input("email", EMAIL_PATTERN, "An e-mail address", labels),
+                            subscription_input("sms", E164_PATTERN, "A phone number in E.164 form, such as +14155550100", labels)
+                        ]
                     } } } },
                     "responses": with_errors(json!({ "201": { "description": "Subscribed (e-mail subscribers confirm by a link first)",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Subscription" } } } } }),

@@ -20,7 +20,8 @@ pub struct UploadForm<'r> {
     pub csrf_token: Option<String>,
 }
 
-pub type UploadData<'r> = Result<Form<UploadForm<'r>>, form::Errors<'r>>;
+/// Strict: a field the form does not take is refused (422), as the API document says.
+pub type UploadData<'r> = Result<Form<form::Strict<UploadForm<'r>>>, form::Errors<'r>>;
 
 /// Turns Rocket's form errors into ours, naming the limit that was hit.
 pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
@@ -29,6 +30,21 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     let missing_file = errors.iter().any(|e| matches!(e.kind, form::error::ErrorKind::Missing) && e.is_for("file"));
     if missing_file {
         return AppError::new(ErrorCode::MissingFile, "The form has no `file` field.").with_detail(detail);
+    }
+    let unexpected: Vec<String> = errors
+        .iter()
+        .filter(|e| matches!(e.kind, form::error::ErrorKind::Unexpected))
+        .filter_map(|e| e.name.as_ref().map(|name| format!("`{name}`")))
+        .collect();
+    if !unexpected.is_empty() {
+        return AppError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "The form has fields it does not take: {}; it takes `file` and `description`.",
+                unexpected.join(", ")
+            ),
+        )
+        .with_detail(detail);
     }
     // Rocket reports a body cut short (the client hung up) as an incomplete field, which reads as a 413, plus a
     // read error of the stream; a spool file that cannot be written is a different i/o error.
@@ -83,7 +99,7 @@ pub async fn handle(
     idempotency_key: Option<crate::domain::IdempotencyKey>,
     check_form_token: Option<&FormTokenCheck<'_>>,
 ) -> AppResult<Uploaded> {
-    let form = data.map_err(|errors| form_error(&errors, state))?.into_inner();
+    let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     if let Some(check) = check_form_token {
         check(form.csrf_token.as_deref())?;
     }
@@ -96,15 +112,16 @@ pub async fn handle(
     ingest::ingest(state, bytes, permit, UploadMeta { original_filename, description, idempotency_key }).await
 }
 
-fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {
+pub fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {
     let Some(raw) = raw else { return Ok(None) };
-    let cleaned: String = raw.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect();
-    let cleaned = cleaned.trim();
-    if cleaned.chars().count() > max_chars {
+    // Counted as sent, as the API document's maxLength counts it, before control characters are dropped.
+    if raw.chars().count() > max_chars {
         return Err(AppError::new(
             ErrorCode::InvalidRequest,
             format!("The description is longer than {max_chars} characters."),
         ));
     }
+    let cleaned: String = raw.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect();
+    let cleaned = cleaned.trim();
     Ok((!cleaned.is_empty()).then(|| cleaned.to_owned()))
 }

@@ -93,7 +93,9 @@ impl Deadlines {
     pub fn deadline(&self, phase: Phase, server_active: Option<Instant>, now: Instant) -> (Instant, Cut) {
         let last_activity = server_active.map_or(self.client_active, |s| s.max(self.client_active));
         match phase {
-            Phase::Idle | Phase::Opaque | Phase::UnknownMethod => (last_activity + self.limits.idle, Cut::Idle),
+            Phase::Idle | Phase::Opaque | Phase::UnknownMethod | Phase::AwaitingUpgrade => {
+                (last_activity + self.limits.idle, Cut::Idle)
+            }
             Phase::Head => (self.head_started.unwrap_or(self.client_active) + self.limits.header, Cut::HeaderTimeout),
             Phase::Body { waiting_for_continue: true } => match server_active {
                 // The server answered (100 Continue or a final status): the client owes the body's start.

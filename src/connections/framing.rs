@@ -24,6 +24,9 @@ pub enum Phase {
     Opaque,
     /// A request with a method the server does not know, at this path: nothing more is read or passed on.
     UnknownMethod,
+    /// An upgrade request (WebSocket) was passed on; whether the server switched protocols decides what
+    /// follows (`upgrade_answered`).
+    AwaitingUpgrade,
 }
 
 #[derive(Debug)]
@@ -34,6 +37,7 @@ enum State {
     Chunked { chunk: Chunk, expect_continue: bool, started: bool },
     Opaque,
     UnknownMethod(String),
+    AwaitingUpgrade,
 }
 
 #[derive(Debug)]
@@ -72,6 +76,14 @@ impl Framing {
             }
             State::Opaque => Phase::Opaque,
             State::UnknownMethod(_) => Phase::UnknownMethod,
+            State::AwaitingUpgrade => Phase::AwaitingUpgrade,
+        }
+    }
+
+    /// The server answered an upgrade request: with 101, raw bytes follow; otherwise, more requests.
+    pub fn upgrade_answered(&mut self, switched: bool) {
+        if matches!(self.state, State::AwaitingUpgrade) {
+            self.state = if switched { State::Opaque } else { State::Idle };
         }
     }
 
@@ -113,6 +125,11 @@ impl Framing {
                     &[]
                 }
                 State::UnknownMethod(_) => &[],
+                // Bytes before the server's answer: only a client that already speaks the new protocol sends them.
+                State::AwaitingUpgrade => {
+                    self.state = State::Opaque;
+                    bytes
+                }
             };
         }
     }
@@ -219,8 +236,11 @@ fn body_state(request: &httparse::Request<'_, '_>) -> State {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let upgrade = values("upgrade").next().is_some() && has_token("connection", "upgrade");
-    if request.method == Some("CONNECT") || upgrade {
+    if request.method == Some("CONNECT") {
         return State::Opaque;
+    }
+    if upgrade {
+        return State::AwaitingUpgrade;
     }
     let expect_continue = has_token("expect", "100-continue");
     let codings: Vec<&[u8]> = values("transfer-encoding").collect();
@@ -308,10 +328,23 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_and_unfollowable_framing_become_opaque() {
+    fn an_upgrade_is_opaque_only_once_the_server_switches() {
+        let head = b"GET /api/v1/ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        for switched in [true, false] {
+            let mut framing = Framing::default();
+            let mut forwarded = Vec::new();
+            framing.feed(head, &mut forwarded);
+            assert_eq!(framing.phase(), Phase::AwaitingUpgrade);
+            framing.upgrade_answered(switched);
+            framing.feed(b"GET / HTTP/1.1\r\n", &mut forwarded);
+            assert_eq!(framing.phase(), if switched { Phase::Opaque } else { Phase::Head });
+        }
+    }
+
+    #[test]
+    fn unfollowable_framing_becomes_opaque() {
         for head in [
-            &b"GET /api/v1/ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
-            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            &b"CONNECT a:443 HTTP/1.1\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",

@@ -8,7 +8,7 @@ mod framing;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -205,11 +205,18 @@ fn unknown_method_response(path: &str, allowed: &AllowedMethods) -> String {
     }
 }
 
-/// Monotonic milliseconds since the connection opened, shared between its two directions.
+/// What one direction of a connection tells the other: when the server last sent anything (monotonic
+/// milliseconds since the connection opened), and how it answered an upgrade request.
 struct Clock {
     opened: Instant,
     server_active_ms: AtomicU64,
+    upgrade: AtomicU8,
 }
+
+const UPGRADE_NONE: u8 = 0;
+const UPGRADE_AWAITED: u8 = 1;
+const UPGRADE_SWITCHED: u8 = 2;
+const UPGRADE_REFUSED: u8 = 3;
 
 impl Clock {
     fn server_active(&self) -> Option<Instant> {
@@ -217,6 +224,24 @@ impl Clock {
             0 => None,
             ms => Some(self.opened + Duration::from_millis(ms)),
         }
+    }
+
+    /// Reads the server's first bytes after an upgrade request: `101 Switching Protocols` or another answer.
+    fn note_response_start(&self, bytes: &[u8]) {
+        if self.upgrade.load(Ordering::Acquire) == UPGRADE_AWAITED {
+            let switched = bytes.starts_with(b"HTTP/1.1 101");
+            self.upgrade.store(if switched { UPGRADE_SWITCHED } else { UPGRADE_REFUSED }, Ordering::Release);
+        }
+    }
+
+    /// Hands the server's answer to an upgrade request to the request side's framing.
+    fn apply_upgrade_answer(&self, framing: &mut Framing) {
+        match self.upgrade.load(Ordering::Acquire) {
+            UPGRADE_SWITCHED => framing.upgrade_answered(true),
+            UPGRADE_REFUSED => framing.upgrade_answered(false),
+            _ => return,
+        }
+        self.upgrade.store(UPGRADE_NONE, Ordering::Release);
     }
 
     fn mark_server_active(&self) {
@@ -243,7 +268,7 @@ async fn relay(
     let _ = server.set_nodelay(true);
     let Ok(loopback) = server.local_addr() else { return };
     let _registration = peers.register(loopback.port(), address);
-    let clock = Clock { opened: Instant::now(), server_active_ms: AtomicU64::new(0) };
+    let clock = Clock { opened: Instant::now(), server_active_ms: AtomicU64::new(0), upgrade: AtomicU8::new(0) };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
 
@@ -255,6 +280,7 @@ async fn relay(
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         clock.mark_server_active();
+                        clock.note_response_start(&buffer[..n]);
                         if client_write.write_all(&buffer[..n]).await.is_err() {
                             break;
                         }
@@ -308,6 +334,7 @@ async fn pass_requests(
     let mut buffer = vec![0u8; BUFFER_BYTES];
     let mut forward = Vec::with_capacity(BUFFER_BYTES);
     loop {
+        clock.apply_upgrade_answer(&mut framing);
         let phase = framing.phase();
         let waiting_since = Instant::now();
         let (deadline, cut) = deadlines.deadline(phase, clock.server_active(), waiting_since);
@@ -328,9 +355,13 @@ async fn pass_requests(
             Ok(n) => n,
         };
         let now = Instant::now();
+        clock.apply_upgrade_answer(&mut framing);
         forward.clear();
         framing.feed(&buffer[..n], &mut forward);
         deadlines.record(phase, framing.phase(), now - waiting_since, n as u64, now);
+        if framing.phase() == framing::Phase::AwaitingUpgrade {
+            clock.upgrade.store(UPGRADE_AWAITED, Ordering::Release);
+        }
         if !forward.is_empty() && server.write_all(&forward).await.is_err() {
             return Ok(None);
         }

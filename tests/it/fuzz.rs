@@ -56,12 +56,14 @@ fn position(data: &[u8], fraction: f64) -> usize {
 fn apply(mut data: Vec<u8>, mutation: &Mutation) -> Vec<u8> {
     match mutation {
         Mutation::Truncate(keep) => data.truncate((data.len() as f64 * keep) as usize),
-        Mutation::FlipBits(flips) => {
+        // An earlier truncation may have left nothing to flip.
+        Mutation::FlipBits(flips) if !data.is_empty() => {
             for &(at, bit) in flips {
                 let i = position(&data, at);
                 data[i] ^= 1 << (bit % 8);
             }
         }
+        Mutation::FlipBits(_) => {}
         Mutation::Splice { from, to, len } => {
             let (from, to) = (position(&data, *from), position(&data, *to));
             let len = (*len).min(data.len() - from).min(data.len() - to);

@@ -402,3 +402,37 @@ async fn metrics_count_requests_uploads_and_inference(stack: Stack) {
     assert!(text.contains(&format!("upshot_upload_bytes_total {bytes}")), "{text}");
     assert!(text.contains("upshot_outbox_unsent "), "{text}");
 }
+
+#[tokio::test]
+async fn the_api_refuses_what_its_document_does_not_allow() {
+    let app = spawn(Stack::Embedded).await;
+    // A form field the upload does not take, named in the error.
+    let form = file_form("cat.jpg").text("tags", "cat");
+    let (status, code, body) = error_code(app.upload_form("/api/v1/images", form).await).await;
+    assert_eq!((status, code.as_str()), (422, "INVALID_REQUEST"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("`tags`"), "{body}");
+    // A description over the limit counts as sent, control characters included.
+    let long = "\u{7}".repeat(1001);
+    let form = file_form("cat.jpg").text("description", long);
+    assert_eq!(error_code(app.upload_form("/api/v1/classify", form).await).await.1, "INVALID_REQUEST");
+    assert_eq!(app.image_rows().await, 0);
+
+    let admin = |query: &str| {
+        let request = app.client.get(app.url(&format!("/api/v1/images{query}"))).bearer_auth(ADMIN_KEY);
+        async move { request.send().await.unwrap() }
+    };
+    for query in ["?limit=0", "?limit=null", "?limit=5&limit=5", "?limit=201"] {
+        assert_eq!(error_code(admin(query).await).await.1, "INVALID_REQUEST", "{query}");
+    }
+    for query in ["?cursor=", "?cursor=abc", "?cursor=1-XYZ"] {
+        assert_eq!(error_code(admin(query).await).await.1, "BAD_REQUEST", "{query}");
+    }
+    app.upload_ok("cat.jpg").await;
+    app.upload_ok("coffee.png").await;
+    let first: serde_json::Value = admin("?limit=1").await.json().await.unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let pattern = regex::Regex::new(upshot::api::openapi::CURSOR_PATTERN).unwrap();
+    assert!(pattern.is_match(cursor), "{cursor} matches the documented pattern");
+    let second: serde_json::Value = admin(&format!("?limit=1&cursor={cursor}")).await.json().await.unwrap();
+    assert_ne!(first["items"][0]["id"], second["items"][0]["id"]);
+}
