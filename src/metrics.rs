@@ -1,53 +1,28 @@
-//! Prometheus metrics at `/metrics`: requests and latency by route and status, upload bytes, inference time,
-//! CPU and model queues, and the notification backlog.
+//! Prometheus metrics at `/metrics`, through the `metrics` facade and its Prometheus exporter. Each server
+//! has its own recorder (several run in one test process), so values are recorded with it in scope rather
+//! than through a global one.
+//!
+//! | series | type | labels |
+//! | --- | --- | --- |
+//! | `upshot_http_requests_total` | counter | `method`, `route` (the route's template), `status` |
+//! | `upshot_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `upshot_upload_bytes_total` | counter | |
+//! | `upshot_inference_seconds` | histogram | |
+//! | `upshot_cpu_slots_free`, `upshot_upload_budget_free_bytes`, `upshot_inference_sessions_idle` | gauge | |
+//! | `upshot_outbox_unsent`, `upshot_outbox_failed`, `upshot_outbox_oldest_unsent_seconds` | gauge | |
+//! | `upshot_connections_open` | gauge | |
+//! | `upshot_connections_refused_total` | counter | |
+//! | `upshot_connections_closed_total` | counter | `reason`: `header_timeout`, `slow_body`, `idle` |
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in BUCKETS.iter().zip(self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    requests: BTreeMap<(String, String, u16), Histogram>,
-    upload_bytes: u64,
-    inference: Histogram,
-}
-
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
 }
 
 /// Values read at scrape time rather than counted.
@@ -69,100 +44,87 @@ pub struct Connections {
     pub cut: [(&'static str, u64); 3],
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &BUCKETS)
+            .expect("the latency buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let metrics = Metrics { recorder, handle };
+        metrics.record(describe);
+        metrics
+    }
+}
+
+fn describe() {
+    describe_counter!("upshot_http_requests_total", "HTTP requests by method, route and status.");
+    describe_histogram!("upshot_http_request_duration_seconds", Unit::Seconds, "Request latency by method and route.");
+    describe_counter!("upshot_upload_bytes_total", Unit::Bytes, "Bytes of accepted upload files read.");
+    describe_histogram!(
+        "upshot_inference_seconds",
+        Unit::Seconds,
+        "Model time per image (classifier, face detector, colours)."
+    );
+    describe_gauge!("upshot_cpu_slots_free", "Image decoding slots free right now.");
+    describe_gauge!("upshot_upload_budget_free_bytes", "Room left for upload bytes in memory (upload_budget_bytes).");
+    describe_gauge!("upshot_inference_sessions_idle", "Model sessions not in use right now.");
+    describe_gauge!("upshot_outbox_unsent", "Notifications not yet published.");
+    describe_gauge!("upshot_outbox_failed", "Notifications parked after their last attempt.");
+    describe_gauge!("upshot_outbox_oldest_unsent_seconds", "Age of the oldest unpublished notification.");
+    describe_gauge!("upshot_connections_open", "Client connections open now.");
+    describe_counter!("upshot_connections_refused_total", "Connections answered 503 BUSY: max_connections were open.");
+    describe_counter!("upshot_connections_closed_total", "Connections closed for a slow or idle client, by reason.");
+}
+
 impl Metrics {
+    /// Runs `record` with this server's recorder as the one the `metrics` macros write to.
+    fn record(&self, record: impl FnOnce()) {
+        metrics::with_local_recorder(&self.recorder, record);
+    }
+
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.requests.entry((method.to_owned(), route.to_owned(), status)).or_default().observe(seconds);
+        self.record(|| {
+            let (method, route) = (method.to_owned(), route.to_owned());
+            counter!("upshot_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+                .increment(1);
+            histogram!("upshot_http_request_duration_seconds", "method" => method, "route" => route).record(seconds);
+        });
     }
 
     pub fn add_upload_bytes(&self, bytes: u64) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).upload_bytes += bytes;
+        self.record(|| counter!("upshot_upload_bytes_total").increment(bytes));
     }
 
     pub fn observe_inference(&self, milliseconds: f64) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).inference.observe(milliseconds / 1000.0);
+        self.record(|| histogram!("upshot_inference_seconds").record(milliseconds / 1000.0));
     }
 
-    /// The Prometheus text exposition format, version 0.0.4.
+    /// The Prometheus text exposition format, version 0.0.4, with the gauges as of now.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::new();
-        out.push_str("# HELP upshot_http_requests_total HTTP requests by method, route and status.\n");
-        out.push_str("# TYPE upshot_http_requests_total counter\n");
-        for ((method, route, status), histogram) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "upshot_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}",
-                histogram.count
-            );
-        }
-        out.push_str("# HELP upshot_http_request_duration_seconds Request latency by method and route.\n");
-        out.push_str("# TYPE upshot_http_request_duration_seconds histogram\n");
-        let mut by_route: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
-        for ((method, route, _), histogram) in &inner.requests {
-            let merged = by_route.entry((method, route)).or_default();
-            for (total, count) in merged.counts.iter_mut().zip(histogram.counts) {
-                *total += count;
+        self.record(|| {
+            gauge!("upshot_cpu_slots_free").set(gauges.cpu_slots_free as f64);
+            gauge!("upshot_upload_budget_free_bytes").set(gauges.upload_budget_free_bytes as f64);
+            gauge!("upshot_inference_sessions_idle").set(gauges.inference_sessions_idle as f64);
+            let optional = [
+                ("upshot_outbox_unsent", gauges.outbox_unsent),
+                ("upshot_outbox_failed", gauges.outbox_failed),
+                ("upshot_outbox_oldest_unsent_seconds", gauges.outbox_oldest_unsent_secs),
+            ];
+            // A figure the database could not give is left out, not reported as zero.
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    gauge!(name).set(value as f64);
+                }
             }
-            merged.count += histogram.count;
-            merged.sum += histogram.sum;
-        }
-        for ((method, route), histogram) in &by_route {
-            let labels = format!("method=\"{method}\",route=\"{route}\"");
-            histogram.render(&mut out, "upshot_http_request_duration_seconds", &labels);
-        }
-        out.push_str("# HELP upshot_upload_bytes_total Bytes of accepted upload files read.\n");
-        out.push_str("# TYPE upshot_upload_bytes_total counter\n");
-        let _ = writeln!(out, "upshot_upload_bytes_total {}", inner.upload_bytes);
-        out.push_str("# HELP upshot_inference_seconds Model time per image (classifier, face detector, colours).\n");
-        out.push_str("# TYPE upshot_inference_seconds histogram\n");
-        inner.inference.render(&mut out, "upshot_inference_seconds", "");
-        let gauge = |out: &mut String, name: &str, help: &str, value: Option<i64>| {
-            if let Some(value) = value {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let connections = &gauges.connections;
+            gauge!("upshot_connections_open").set(connections.open as f64);
+            counter!("upshot_connections_refused_total").absolute(connections.refused);
+            for (reason, count) in connections.cut {
+                counter!("upshot_connections_closed_total", "reason" => reason).absolute(count);
             }
-        };
-        gauge(
-            &mut out,
-            "upshot_cpu_slots_free",
-            "Image decoding slots free right now.",
-            Some(gauges.cpu_slots_free as i64),
-        );
-        gauge(
-            &mut out,
-            "upshot_upload_budget_free_bytes",
-            "Room left for upload bytes in memory (upload_budget_bytes).",
-            Some(gauges.upload_budget_free_bytes as i64),
-        );
-        gauge(
-            &mut out,
-            "upshot_inference_sessions_idle",
-            "Model sessions not in use right now.",
-            Some(gauges.inference_sessions_idle as i64),
-        );
-        gauge(&mut out, "upshot_outbox_unsent", "Notifications not yet published.", gauges.outbox_unsent);
-        gauge(&mut out, "upshot_outbox_failed", "Notifications parked after their last attempt.", gauges.outbox_failed);
-        gauge(
-            &mut out,
-            "upshot_outbox_oldest_unsent_seconds",
-            "Age of the oldest unpublished notification.",
-            gauges.outbox_oldest_unsent_secs,
-        );
-        let connections = &gauges.connections;
-        gauge(&mut out, "upshot_connections_open", "Client connections open now.", Some(connections.open as i64));
-        out.push_str(
-            "# HELP upshot_connections_refused_total Connections answered 503 BUSY: max_connections were open.\n",
-        );
-        out.push_str("# TYPE upshot_connections_refused_total counter\n");
-        let _ = writeln!(out, "upshot_connections_refused_total {}", connections.refused);
-        out.push_str(
-            "# HELP upshot_connections_closed_total Connections closed for a slow or idle client, by reason.\n",
-        );
-        out.push_str("# TYPE upshot_connections_closed_total counter\n");
-        for (reason, count) in connections.cut {
-            let _ = writeln!(out, "upshot_connections_closed_total{{reason=\"{reason}\"}} {count}");
-        }
-        out
+        });
+        self.handle.render()
     }
 }
 
@@ -170,14 +132,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_counters_histograms_and_gauges() {
-        let metrics = Metrics::default();
-        metrics.observe_request("POST", "/api/v1/images", 201, 0.02);
-        metrics.observe_request("POST", "/api/v1/images", 415, 0.001);
-        metrics.add_upload_bytes(1234);
-        metrics.observe_inference(7.5);
-        let text = metrics.render(&Gauges {
+    fn gauges() -> Gauges {
+        Gauges {
             cpu_slots_free: 2,
             upload_budget_free_bytes: 1 << 20,
             inference_sessions_idle: 1,
@@ -189,16 +145,38 @@ mod tests {
                 refused: 1,
                 cut: [("header_timeout", 2), ("slow_body", 0), ("idle", 5)],
             },
-        });
-        assert!(text.contains(r#"upshot_http_requests_total{method="POST",route="/api/v1/images",status="201"} 1"#));
+        }
+    }
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let metrics = Metrics::default();
+        metrics.observe_request("POST", "/api/v1/images", 201, 0.02);
+        metrics.observe_request("POST", "/api/v1/images", 415, 0.001);
+        metrics.add_upload_bytes(1234);
+        metrics.observe_inference(7.5);
+        let text = metrics.render(&gauges());
+        assert!(
+            text.contains(r#"upshot_http_requests_total{method="POST",route="/api/v1/images",status="201"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(
             r#"upshot_http_request_duration_seconds_bucket{method="POST",route="/api/v1/images",le="0.005"} 1"#
         ));
         assert!(text.contains(r#"upshot_http_request_duration_seconds_count{method="POST",route="/api/v1/images"} 2"#));
+        assert!(text.contains("# HELP upshot_http_requests_total HTTP requests by method, route and status."));
         assert!(text.contains("upshot_upload_bytes_total 1234"));
         assert!(text.contains("upshot_inference_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("upshot_outbox_unsent 3") && !text.contains("upshot_outbox_oldest_unsent_seconds "));
         assert!(text.contains("upshot_connections_open 4\n") && text.contains("upshot_connections_refused_total 1\n"));
         assert!(text.contains("upshot_connections_closed_total{reason=\"header_timeout\"} 2\n"));
+    }
+
+    #[test]
+    fn two_servers_keep_their_own_figures() {
+        let (one, other) = (Metrics::default(), Metrics::default());
+        one.add_upload_bytes(10);
+        assert!(one.render(&gauges()).contains("upshot_upload_bytes_total 10"));
+        assert!(!other.render(&gauges()).contains("upshot_upload_bytes_total 10"));
     }
 }
