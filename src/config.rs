@@ -1,7 +1,7 @@
 //! Typed settings, layered as Rocket layers its own: defaults in code, then `Rocket.toml` (profile-aware),
 //! then `ROCKET_*` and `UPSHOT_*` environment variables. Validated once at start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use figment::providers::{Env, Serialized};
 use figment::Figment;
@@ -435,53 +435,6 @@ fn valid_bucket_name(name: &str) -> bool {
         && !name.ends_with(['-', '.'])
 }
 
-/// Human-readable byte size: "20 MiB", "1.5 KiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Reads the delete-token key from the data dir, creating it (mode 0600) on first start.
-pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
-    use std::io::Write;
-    match std::fs::read_to_string(path) {
-        Ok(existing) if existing.trim().len() >= 32 => return Ok(existing.trim().to_owned()),
-        Ok(_) => {
-            return Err(std::io::Error::other(format!("{} is shorter than 32 characters", path.display())));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let secret = crate::domain::random_token(32);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes())?;
-            file.sync_all()?;
-            Ok(secret)
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(path)?.trim().to_owned()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,12 +464,5 @@ mod tests {
         let figment = AppConfig::figment().merge(("database_url", "postgres://h/db"));
         let err = AppConfig::from_figment(figment).unwrap_err().to_string();
         assert!(err.contains("secret_key"), "{err}");
-    }
-
-    #[test]
-    fn formats_byte_sizes() {
-        assert_eq!(human_bytes(20 * MIB), "20 MiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10), "10 B");
     }
 }

@@ -7,15 +7,16 @@ pub mod connections;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod images;
 pub mod imaging;
 pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod responses;
+pub mod secret_file;
 pub mod state;
 pub mod store;
+pub mod stored_images;
 pub mod telemetry;
 pub mod web;
 
@@ -167,7 +168,7 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     let settings = &config.settings;
     let secret = match &settings.secret_key {
         Some(secret) => secret.clone(),
-        None => config::load_or_create_secret(&config.secret_key_file())
+        None => secret_file::load_or_create(&config.secret_key_file())
             .map_err(|e| format!("secret key {}: {e}", config.secret_key_file().display()))?,
     };
     let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
@@ -191,7 +192,7 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
         "database: {}; object store: {}; upload limit {}; {} CPU slots; model {} {} in {} sessions",
         db.backend(),
         store.describe(),
-        config::human_bytes(settings.max_upload_bytes),
+        domain::human_bytes(settings.max_upload_bytes),
         config.cpu_slots,
         engine.classifier_info().name,
         engine.classifier_info().version,

@@ -4,7 +4,7 @@ use rocket::serde::json::Json;
 use rocket::{get, post, routes, Route, State};
 use serde_json::{json, Value};
 
-use super::images::Created;
+use super::image_routes::Created;
 use super::upload::{self, UploadData};
 use crate::error::AppResult;
 use crate::inference::BODY_TYPE_REASON;

@@ -3,7 +3,7 @@
 mod classify;
 mod compat;
 pub mod guards;
-mod images;
+mod image_routes;
 pub mod openapi;
 mod ops;
 mod subscriptions;
@@ -12,7 +12,7 @@ pub mod upload;
 use rocket::Route;
 
 pub fn v1_routes() -> Vec<Route> {
-    let mut routes = images::routes();
+    let mut routes = image_routes::routes();
     routes.extend(classify::routes());
     routes.extend(subscriptions::routes());
     routes.extend(openapi::routes());

@@ -5,8 +5,8 @@ use rocket::fs::TempFile;
 use rocket::FromForm;
 use tokio::io::AsyncReadExt;
 
-use crate::config::human_bytes;
 use crate::domain::display_filename;
+use crate::domain::human_bytes;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::ingest::UploadPermit;
 use crate::ingest::{self, UploadMeta, Uploaded};

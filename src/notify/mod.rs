@@ -9,7 +9,7 @@ pub mod subscriptions;
 use std::sync::Arc;
 
 pub use message::Notification;
-pub use sns::SnsNotifier;
+pub use sns::{SnsConfig, SnsNotifier};
 pub use subscriptions::{Subscription, SubscriptionRequest};
 
 use crate::config::{AppConfig, NotifierKind};
@@ -74,6 +74,15 @@ impl Notifier for LogNotifier {
 pub async fn from_config(config: &AppConfig) -> Result<Arc<dyn Notifier>, String> {
     Ok(match config.settings.notifier {
         NotifierKind::Log => Arc::new(LogNotifier),
-        NotifierKind::Sns => Arc::new(SnsNotifier::connect(&config.settings).await?),
+        NotifierKind::Sns => {
+            let settings = &config.settings;
+            let sns = SnsConfig {
+                topic_arn: settings.sns_topic_arn.clone().ok_or("no SNS topic configured")?,
+                region: settings.sns_region.clone(),
+                endpoint_url: settings.sns_endpoint_url.clone(),
+                publish_timeout: crate::config::SNS_PUBLISH_TIMEOUT,
+            };
+            Arc::new(SnsNotifier::connect(&sns).await?)
+        }
     })
 }

@@ -7,18 +7,28 @@ use aws_sdk_sns::Client;
 
 use super::subscriptions::{Subscription, SubscriptionRequest};
 use super::{Notification, Notifier, NotifyError};
-use crate::config::Settings;
 
 pub struct SnsNotifier {
     client: Client,
     topic_arn: String,
 }
 
+/// Which topic, where, and how long one publish may take; `notify::from_config` builds it from the settings.
+#[derive(Debug, Clone)]
+pub struct SnsConfig {
+    pub topic_arn: String,
+    /// Overrides the SDK's region chain.
+    pub region: Option<String>,
+    /// A non-AWS endpoint (a local test endpoint).
+    pub endpoint_url: Option<String>,
+    pub publish_timeout: std::time::Duration,
+}
+
 impl SnsNotifier {
-    pub async fn connect(settings: &Settings) -> Result<Self, String> {
-        let topic_arn = settings.sns_topic_arn.clone().ok_or("no SNS topic configured")?;
+    pub async fn connect(settings: &SnsConfig) -> Result<Self, String> {
+        let topic_arn = settings.topic_arn.clone();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.sns_region {
+        if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
@@ -26,12 +36,12 @@ impl SnsNotifier {
         // endpoint costs seconds, not the SDK's retry budget per message.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(3))
-            .operation_timeout(crate::config::SNS_PUBLISH_TIMEOUT)
+            .operation_timeout(settings.publish_timeout)
             .build();
         let mut config = aws_sdk_sns::config::Builder::from(&shared)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
             .timeout_config(timeouts);
-        if let Some(endpoint) = &settings.sns_endpoint_url {
+        if let Some(endpoint) = &settings.endpoint_url {
             config = config.endpoint_url(endpoint);
         }
         Ok(SnsNotifier { client: Client::from_conf(config.build()), topic_arn })

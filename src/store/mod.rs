@@ -11,9 +11,9 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 pub use local::LocalStore;
-pub use s3::S3Store;
+pub use s3::{S3Config, S3Store};
 
-use crate::config::{AppConfig, StoreKind};
+use crate::config::{AppConfig, Settings, StoreKind};
 use crate::error::{AppError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +61,25 @@ pub trait ObjectStore: Send + Sync {
 pub async fn from_config(config: &AppConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let store: Arc<dyn ObjectStore> = match config.settings.store {
         StoreKind::Local => Arc::new(LocalStore::open(config.local_store_dir()).await?),
-        StoreKind::S3 => Arc::new(S3Store::connect(&config.settings).await?),
+        StoreKind::S3 => Arc::new(S3Store::connect(&s3_config(&config.settings)?).await?),
     };
     Ok(store)
+}
+
+fn s3_config(settings: &Settings) -> Result<S3Config, StoreError> {
+    let bucket = settings.s3_bucket.clone().ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
+    let prefix = match settings.s3_prefix.trim_matches('/') {
+        "" => String::new(),
+        p => format!("{p}/"),
+    };
+    Ok(S3Config {
+        bucket,
+        prefix,
+        region: settings.s3_region.clone(),
+        endpoint_url: settings.s3_endpoint_url.clone(),
+        force_path_style: settings.s3_force_path_style,
+        timeout: std::time::Duration::from_secs(settings.s3_timeout_secs),
+    })
 }
 
 /// Keys are `/`-separated segments of `[A-Za-z0-9._-]`, none of them `.` or `..`.

@@ -7,7 +7,6 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{validate_key, ObjectBody, ObjectStore, StoreError};
-use crate::config::Settings;
 
 pub struct S3Store {
     client: Client,
@@ -19,33 +18,44 @@ fn backend<E: std::error::Error>(action: &str, key: &str, error: E) -> StoreErro
     StoreError::Backend(format!("S3 {action} {key}: {}", DisplayErrorContext(error)))
 }
 
+/// Where S3 is and how long a call may take; `store::from_config` builds it from the settings.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Prepended to every key; empty, or ending in `/`.
+    pub prefix: String,
+    /// Overrides the SDK's region chain.
+    pub region: Option<String>,
+    /// A non-AWS endpoint (MinIO, a local test endpoint).
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    /// Connect, attempt and operation timeout.
+    pub timeout: std::time::Duration,
+}
+
 impl S3Store {
-    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
-        let bucket = settings.s3_bucket.clone().ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
+    pub async fn connect(settings: &S3Config) -> Result<Self, StoreError> {
+        let bucket = settings.bucket.clone();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.s3_region {
+        if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
         // An S3 that hangs (a brownout, a black-holed route) must cost a request a bounded wait, then a 503,
         // not hold it and its buffered body until the client gives up.
-        let limit = std::time::Duration::from_secs(settings.s3_timeout_secs);
+        let limit = settings.timeout;
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(3).min(limit))
             .operation_attempt_timeout(limit)
             .operation_timeout(limit)
             .build();
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.s3_force_path_style)
+            .force_path_style(settings.force_path_style)
             .timeout_config(timeouts);
-        if let Some(endpoint) = &settings.s3_endpoint_url {
+        if let Some(endpoint) = &settings.endpoint_url {
             config = config.endpoint_url(endpoint);
         }
-        let prefix = match settings.s3_prefix.trim_matches('/') {
-            "" => String::new(),
-            p => format!("{p}/"),
-        };
-        Ok(S3Store { client: Client::from_conf(config.build()), bucket, prefix })
+        Ok(S3Store { client: Client::from_conf(config.build()), bucket, prefix: settings.prefix.clone() })
     }
 
     fn full_key(&self, key: &str) -> Result<String, StoreError> {

@@ -14,9 +14,9 @@ use super::csrf::{self, CsrfToken};
 use super::page_image;
 use crate::domain::{constant_time_eq, ImageId};
 use crate::error::{AppError, ErrorCode};
-use crate::images::{self, DeleteAuthority};
 use crate::responses::PageError;
 use crate::state::AppState;
+use crate::stored_images::{self, DeleteAuthority};
 
 pub fn routes() -> Vec<Route> {
     routes![login_page, login, gallery, gallery_login, delete, logout]
@@ -186,15 +186,16 @@ async fn gallery(
     cursor: Option<&str>,
     label: Option<&str>,
 ) -> Result<Template, PageError> {
-    let before = cursor.filter(|c| !c.is_empty()).map(images::decode_cursor).transpose()?;
+    let before = cursor.filter(|c| !c.is_empty()).map(stored_images::decode_cursor).transpose()?;
     let label = label.map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned);
     let filter = label.clone();
     let records = state
         .db
-        .run(move |conn| crate::db::images::list_page(conn, before, filter, PAGE_SIZE))
+        .run(move |conn| crate::db::image_rows::list_page(conn, before, filter, PAGE_SIZE))
         .await
         .map_err(AppError::from)?;
-    let next_cursor = (records.len() as i64 == PAGE_SIZE).then(|| records.last().map(images::encode_cursor)).flatten();
+    let next_cursor =
+        (records.len() as i64 == PAGE_SIZE).then(|| records.last().map(stored_images::encode_cursor)).flatten();
     let items: Vec<_> = records.iter().map(page_image).collect();
     Ok(Template::render(
         "admin_gallery",
@@ -223,7 +224,7 @@ async fn delete(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    images::delete(state, &id, DeleteAuthority::Admin).await?;
+    stored_images::delete(state, &id, DeleteAuthority::Admin).await?;
     Ok(Redirect::to("/admin/images"))
 }
 

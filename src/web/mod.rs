@@ -14,13 +14,13 @@ use rocket_dyn_templates::{context, Template};
 use serde_json::Value;
 
 use crate::api::upload::{self, UploadData};
-use crate::config::human_bytes;
-use crate::db::images::ImageRecord;
+use crate::db::image_rows::ImageRecord;
+use crate::domain::human_bytes;
 use crate::domain::ImageId;
 use crate::error::AppError;
-use crate::images::{self, DeleteAuthority, ImageView};
 use crate::responses::PageError;
 use crate::state::AppState;
+use crate::stored_images::{self, DeleteAuthority, ImageView};
 use csrf::CsrfToken;
 
 pub fn routes() -> Vec<Route> {
@@ -106,7 +106,7 @@ async fn image_page(
     csrf: CsrfToken,
 ) -> Result<Template, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    let record = images::find(state, &id).await?;
+    let record = stored_images::find(state, &id).await?;
     let delete_token = cookies.get(DELETE_TOKEN_COOKIE).map(|c| c.value().to_owned());
     if delete_token.is_some() {
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
@@ -141,6 +141,6 @@ async fn delete_form(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    images::delete(state, &id, DeleteAuthority::Token(&form.delete_token)).await?;
+    stored_images::delete(state, &id, DeleteAuthority::Token(&form.delete_token)).await?;
     Ok(Redirect::to("/?deleted=true"))
 }

@@ -143,12 +143,13 @@ async fn relay_on(db: &Db, topic_arn: &str, lease: Duration) -> Relay {
 }
 
 async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: Duration) -> Relay {
-    let settings = upshot::config::Settings {
-        sns_topic_arn: Some(topic_arn.to_owned()),
-        sns_endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
-        ..Default::default()
+    let sns = upshot::notify::SnsConfig {
+        topic_arn: topic_arn.to_owned(),
+        region: None,
+        endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
+        publish_timeout: upshot::config::SNS_PUBLISH_TIMEOUT,
     };
-    let notifier: Arc<dyn Notifier> = Arc::new(SnsNotifier::connect(&settings).await.unwrap());
+    let notifier: Arc<dyn Notifier> = Arc::new(SnsNotifier::connect(&sns).await.unwrap());
     let config = RelayConfig {
         batch: 5,
         lease,

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::images::{self as image_rows, ImageRecord};
+use crate::db::image_rows::{self, ImageRecord};
 use crate::domain::{DeleteTokens, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Face, ModelInfo, Prediction};

@@ -11,9 +11,9 @@ use super::guards::{Credentials, IdempotencyHeader};
 use super::upload::{self, UploadData};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
 use crate::ingest::Uploaded;
 use crate::state::AppState;
+use crate::stored_images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
 
 pub fn routes() -> Vec<Route> {
     routes![create, show, file, thumbnail, remove, list]
@@ -59,7 +59,7 @@ fn parse_id(raw: &str) -> AppResult<ImageId> {
 
 #[get("/images/<id>")]
 async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
-    let record = images::find(state, &parse_id(id)?).await?;
+    let record = stored_images::find(state, &parse_id(id)?).await?;
     Ok(Json(ImageView::from(&record)))
 }
 
@@ -103,7 +103,7 @@ impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
 }
 
 async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
-    let object = images::open(state, &parse_id(id)?, variant).await?;
+    let object = stored_images::open(state, &parse_id(id)?, variant).await?;
     let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
     // A deleted photo must stop showing: the original is revalidated on every view (a 304 with the ETag); a
     // thumbnail, shown in lists, may stay in a browser's cache for five minutes at most.
@@ -138,7 +138,7 @@ async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> 
         })?;
         DeleteAuthority::Token(token)
     };
-    images::delete(state, &id, authority).await?;
+    stored_images::delete(state, &id, authority).await?;
     Ok(Status::NoContent)
 }
 
@@ -163,11 +163,12 @@ async fn list(
     };
     let before = match cursor[..] {
         [] => None,
-        [raw] => Some(images::decode_cursor(raw)?),
+        [raw] => Some(stored_images::decode_cursor(raw)?),
         _ => return Err(AppError::new(ErrorCode::BadRequest, "Give `cursor` once.")),
     };
-    let records = state.db.run(move |conn| crate::db::images::list_page(conn, before, None, limit)).await?;
-    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
+    let records = state.db.run(move |conn| crate::db::image_rows::list_page(conn, before, None, limit)).await?;
+    let next_cursor =
+        (records.len() as i64 == limit).then(|| records.last().map(stored_images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }

@@ -1,0 +1,295 @@
+//! The storing half of an upload: the objects stored (or shared with identical bytes) while the models run,
+//! then the row and its outbox message in one transaction; whatever was written is removed when a later step
+//! fails, and an unanswered commit is left to the database to decide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::RgbImage;
+use serde_json::json;
+
+use super::{prepare, Pipeline, PreparedImage, UploadPermit};
+use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
+use crate::db::outbox::{self, OutboxRow};
+use crate::domain::{now, sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::inference::Analysis;
+
+/// What the client sent besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    pub original_filename: Option<String>,
+    pub description: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+#[derive(Debug)]
+pub struct Uploaded {
+    pub record: ImageRecord,
+    /// The bytes were already stored for an earlier upload and are shared.
+    pub deduplicated: bool,
+    /// An `Idempotency-Key` retry: nothing new was stored.
+    pub replayed: bool,
+}
+
+/// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
+/// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
+/// upload budget until its bytes are stored.
+pub async fn ingest(state: &Pipeline, upload: Vec<u8>, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
+    if let Some(key) = &meta.idempotency_key {
+        if let Some(done) = replay(state, key, sha256_hex(&upload)).await? {
+            return Ok(done);
+        }
+    }
+    let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+    let state = state.clone();
+    tokio::spawn(async move {
+        let stored = persist(&state, prepared, meta).await;
+        drop(permit);
+        stored
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
+}
+
+/// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
+async fn replay(state: &Pipeline, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+    let key = key.as_str().to_owned();
+    let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
+        return Ok(None);
+    };
+    if record.source_sha256 != source_sha256 {
+        return Err(AppError::new(
+            ErrorCode::IdempotencyConflict,
+            "This Idempotency-Key was already used for a different file.",
+        ));
+    }
+    if record.status != image_rows::STATUS_STORED {
+        return Err(AppError::not_found());
+    }
+    Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
+}
+
+/// The models run while the objects are stored; the row and its outbox message are written once both are done.
+async fn persist(state: &Pipeline, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+    let id = ImageId::generate();
+    let (analysis, stored) =
+        tokio::join!(analyse(state, prepared.pixels.clone()), store_or_share(state, &id, &prepared));
+    let (mut objects, mut deduplicated) = stored?;
+    let analysis = match analysis {
+        Ok(analysis) => analysis,
+        Err(error) => {
+            remove_objects(state, deduplicated, &objects).await;
+            return Err(error);
+        }
+    };
+    loop {
+        let record = new_record(state, &id, &prepared, &analysis, &meta, &objects);
+        let message = outbox_message(&record, &analysis);
+        let (row, msg) = (record.clone(), message.clone());
+        let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        match outcome {
+            Ok(InsertOutcome::Inserted) => {
+                state.outbox_wake.notify_one();
+                return Ok(Uploaded { record, deduplicated, replayed: false });
+            }
+            // The objects we meant to share were deleted meanwhile: store our own and try again.
+            Ok(InsertOutcome::SharedObjectsGone) => {
+                objects = store_objects(state, &id, &prepared).await?;
+                deduplicated = false;
+            }
+            // Too slow: the sweeper took this upload's objects as those of a dead upload, and removes them.
+            Ok(InsertOutcome::ObjectsReclaimed) => {
+                return Err(AppError::new(ErrorCode::Busy, "The upload took too long to store; try again.")
+                    .with_detail(format!("upload {id}: objects reclaimed after the orphan grace period"))
+                    .retry_after(2));
+            }
+            Ok(InsertOutcome::IdempotencyKeyTaken) => {
+                remove_objects(state, deduplicated, &objects).await;
+                let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
+                return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
+            }
+            // The connection broke: the commit may have landed all the same, so the objects go only once the
+            // database, back again, says that no row points at them.
+            Err(error) if error.is_unavailable() => {
+                if !deduplicated {
+                    tokio::spawn(remove_unless_committed(state.clone(), id.clone(), objects));
+                }
+                return Err(error.into());
+            }
+            Err(error) => {
+                remove_objects(state, deduplicated, &objects).await;
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// Runs the models on an upright working image and records the inference time.
+pub async fn analyse(state: &Pipeline, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+    let analysis = state.inference.analyse(pixels).await?;
+    state.metrics.observe_inference(analysis.inference_ms);
+    Ok(analysis)
+}
+
+/// The objects of identical bytes stored earlier (with dedup on), else this upload's own; and whether shared.
+async fn store_or_share(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
+    if state.config.settings.dedup {
+        let sha = prepared.sha256.clone();
+        if let Some(shared) = state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
+            return Ok((shared, true));
+        }
+    }
+    Ok((store_objects(state, id, prepared).await?, false))
+}
+
+/// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
+/// orphan sweeper, which removes them (after `orphan_grace_secs`) only if the row was never written: the
+/// row's transaction clears their pending entries.
+const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
+
+async fn remove_unless_committed(state: Pipeline, id: ImageId, objects: StoredObjects) {
+    let deadline = tokio::time::Instant::now() + UNANSWERED_COMMIT_PATIENCE;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let row_id = id.to_string();
+        match state.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
+            Ok(Some(_)) => {
+                log::info!("upload {id}: its commit landed before the database connection broke; objects kept");
+                return;
+            }
+            Ok(None) => return remove_objects(&state, false, &objects).await,
+            Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                log::error!(
+                    "upload {id}: cannot tell whether its row was written ({error}); objects {} and {} left to the \
+                     orphan sweeper",
+                    objects.original_key,
+                    objects.thumbnail_key
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
+/// committed, the sweeper removes them after `orphan_grace_secs`.
+async fn store_objects(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+    let original_key = format!("images/{id}/original.{}", prepared.format.extension());
+    let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
+    let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
+    state
+        .db
+        .run(move |conn| crate::db::pending::record(conn, &row_id, &[keys[0].as_str(), keys[1].as_str()], now()))
+        .await?;
+    let thumbnail_type = prepared.thumbnail_format.content_type();
+    let (original, thumbnail) = tokio::join!(
+        state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
+        state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+    );
+    // Whichever of the two was written goes again when the other failed.
+    match (original, thumbnail) {
+        (Ok(()), Ok(())) => {
+            Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
+        }
+        (Err(error), Ok(())) => {
+            delete_logged(state, &thumbnail_key).await;
+            Err(error.into())
+        }
+        (Ok(()), Err(error)) => {
+            delete_logged(state, &original_key).await;
+            Err(error.into())
+        }
+        (Err(error), Err(_)) => Err(error.into()),
+    }
+}
+
+async fn remove_objects(state: &Pipeline, shared: bool, objects: &StoredObjects) {
+    if !shared {
+        delete_logged(state, &objects.original_key).await;
+        delete_logged(state, &objects.thumbnail_key).await;
+    }
+}
+
+/// Best-effort cleanup; a failure is logged with the key so `upshot` operators can find the orphan.
+pub(crate) async fn delete_logged(state: &Pipeline, key: &str) {
+    if let Err(error) = state.store.delete(key).await {
+        log::error!("could not remove object {key} after a failed upload: {error}");
+    }
+}
+
+fn new_record(
+    state: &Pipeline,
+    id: &ImageId,
+    prepared: &PreparedImage,
+    analysis: &Analysis,
+    meta: &UploadMeta,
+    objects: &StoredObjects,
+) -> ImageRecord {
+    let details = json!({
+        "faces": analysis.faces,
+        "selfie": analysis.selfie,
+        "selfie_reason": analysis.selfie_reason,
+        "face_model": analysis.face_model,
+    });
+    ImageRecord {
+        id: id.to_string(),
+        sha256: prepared.sha256.clone(),
+        source_sha256: prepared.source_sha256.clone(),
+        original_filename: meta.original_filename.clone(),
+        description: meta.description.clone(),
+        format: prepared.format.name().to_owned(),
+        content_type: prepared.format.content_type().to_owned(),
+        byte_size: prepared.original.len() as i64,
+        width: prepared.width as i32,
+        height: prepared.height as i32,
+        original_key: objects.original_key.clone(),
+        thumbnail_key: objects.thumbnail_key.clone(),
+        thumbnail_content_type: objects.thumbnail_content_type.clone(),
+        predictions: serde_json::to_string(&analysis.predictions).expect("predictions serialize"),
+        model_name: Some(analysis.model.name.clone()),
+        model_version: Some(analysis.model.version.clone()),
+        status: image_rows::STATUS_STORED.to_owned(),
+        delete_token_hash: DeleteTokens::hash(&state.tokens.token_for(id)),
+        idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
+        created_at: now(),
+        model_sha256: Some(analysis.model.sha256.clone()),
+        inference_ms: Some(analysis.inference_ms),
+        analysis: details.to_string(),
+        top_label: analysis.predictions.first().map(|p| p.label.clone()),
+    }
+}
+
+fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
+    let top = analysis.predictions.first();
+    let payload = json!({
+        "event_type": "image.uploaded",
+        "image_id": record.id,
+        "sha256": record.sha256,
+        "content_type": record.content_type,
+        "width": record.width,
+        "height": record.height,
+        "byte_size": record.byte_size,
+        "page_path": format!("/images/{}", record.id),
+        "top_label": top.map(|p| p.label.as_str()),
+        "top_score": top.map(|p| p.score),
+        "has_face": !analysis.faces.is_empty(),
+        "season": analysis.selfie.as_ref().map(|s| s.season),
+    });
+    OutboxRow {
+        id: ImageId::generate().to_string(),
+        image_id: record.id.clone(),
+        event_type: "image.uploaded".to_owned(),
+        payload: payload.to_string(),
+        status: outbox::PENDING.to_owned(),
+        attempts: 0,
+        available_at: record.created_at,
+        last_error: None,
+        created_at: record.created_at,
+        published_at: None,
+    }
+}
