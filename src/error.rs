@@ -4,7 +4,6 @@
 use std::fmt;
 
 use rocket::http::Status;
-use serde_json::json;
 
 /// Stable error codes: clients match on these, so a code is never renamed or reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +147,22 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// What every error answers, in JSON.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. UNSUPPORTED_MEDIA_TYPE
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    pub message: String,
+    pub request_id: String,
+}
+
 #[derive(Debug)]
 pub struct AppError {
     pub code: ErrorCode,
@@ -198,7 +213,9 @@ impl AppError {
     }
 
     pub fn body(&self, request_id: &str) -> serde_json::Value {
-        json!({ "error": { "code": self.code.as_str(), "message": self.message, "request_id": request_id } })
+        let detail =
+            ErrorDetail { code: self.code.as_str(), message: self.message.clone(), request_id: request_id.to_owned() };
+        serde_json::to_value(ErrorBody { error: detail }).unwrap_or_default()
     }
 }
 

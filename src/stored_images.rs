@@ -10,7 +10,7 @@ use crate::inference::{Face, ModelInfo, Prediction};
 use crate::state::AppState;
 use crate::store::ObjectBody;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ImageUrls {
     pub file: String,
     pub thumbnail: String,
@@ -18,17 +18,20 @@ pub struct ImageUrls {
 }
 
 /// The public description of an image, as the API and the pages show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Image)]
 pub struct ImageView {
     pub id: String,
     pub urls: ImageUrls,
     pub original_filename: Option<String>,
     pub description: Option<String>,
+    #[schema(example = "jpeg")]
     pub format: String,
     pub content_type: String,
     pub width: i32,
     pub height: i32,
     pub byte_size: i64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     pub thumbnail_content_type: String,
     /// The classifier's top labels, most probable first.
@@ -38,8 +41,10 @@ pub struct ImageView {
     pub inference_ms: Option<f64>,
     pub faces: Vec<Face>,
     /// The seasonal colour analysis, present for exactly one clear face.
+    #[schema(value_type = Option<crate::inference::season::SeasonAnalysis>)]
     pub selfie: Option<Value>,
     pub selfie_reason: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 

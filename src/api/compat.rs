@@ -23,7 +23,8 @@ fn health() -> Json<Value> {
 #[post("/upload-selfie", data = "<data>")]
 async fn upload_selfie(state: &State<AppState>, data: UploadData<'_>, request_id: RequestId) -> AppResult<Json<Value>> {
     let uploaded = upload::handle(state, data, None, None).await?;
-    let mut result = Created::new(state, &uploaded).body;
+    let mut result =
+        serde_json::to_value(Created::new(state, &uploaded).body).map_err(crate::error::AppError::internal)?;
     // The earlier API's field names, beside the full image description.
     let selfie = result["selfie"].clone();
     result["labels"] = result["predictions"].clone();

@@ -19,9 +19,20 @@ pub fn routes() -> Vec<Route> {
     routes![create, show, file, thumbnail, remove, list]
 }
 
+/// An upload's answer: the image, and what only its uploader gets.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UploadedImage {
+    #[serde(flatten)]
+    pub image: ImageView,
+    /// Shown once; send it as X-Delete-Token to delete
+    pub delete_token: String,
+    /// The same bytes were already stored and are shared
+    pub deduplicated: bool,
+}
+
 /// The 201 answer to an upload; a replayed `Idempotency-Key` answers the same, marked as a replay.
 pub struct Created {
-    pub body: Value,
+    pub body: UploadedImage,
     pub location: String,
     pub replayed: bool,
 }
@@ -29,9 +40,11 @@ pub struct Created {
 impl Created {
     pub fn new(state: &AppState, uploaded: &Uploaded) -> Self {
         let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
-        let mut body = serde_json::to_value(ImageView::from(&uploaded.record)).expect("views serialize");
-        body["delete_token"] = json!(state.tokens.token_for(&id));
-        body["deduplicated"] = json!(uploaded.deduplicated);
+        let body = UploadedImage {
+            image: ImageView::from(&uploaded.record),
+            delete_token: state.tokens.token_for(&id),
+            deduplicated: uploaded.deduplicated,
+        };
         Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
     }
 }

@@ -1,12 +1,19 @@
-//! The OpenAPI 3 document of the JSON routes, served at `/api/v1/openapi.json`.
+//! The OpenAPI 3.1 document of the JSON routes, served at `/api/v1/openapi.json`. The schemas of what the
+//! handlers answer are derived (utoipa) from the types they serialize; the operations are written here, with
+//! the limits of the running configuration (upload size, description length, accepted formats, labels).
 
 use rocket::serde::json::Json;
 use rocket::{get, routes, Route, State};
 use serde_json::{json, Value};
 
+use super::image_routes::UploadedImage;
 use crate::config::AppConfig;
+use crate::error::ErrorBody;
+use crate::inference::Analysis;
 use crate::notify::subscriptions::{E164_PATTERN, EMAIL_PATTERN, MAX_LABELS};
+use crate::notify::Subscription;
 use crate::state::AppState;
+use crate::stored_images::ImageView;
 
 pub fn routes() -> Vec<Route> {
     routes![openapi_json]
@@ -15,6 +22,20 @@ pub fn routes() -> Vec<Route> {
 #[get("/openapi.json")]
 fn openapi_json(state: &State<AppState>) -> Json<Value> {
     Json(document(&state.config, state.inference.labels()))
+}
+
+/// The schemas of what the handlers answer, derived from the types they serialize.
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(ErrorBody, ImageView, UploadedImage, Analysis, Subscription)))]
+struct ResponseTypes;
+
+fn derived_schemas() -> serde_json::Map<String, Value> {
+    use utoipa::OpenApi;
+    let components = ResponseTypes::openapi().components.unwrap_or_default();
+    match serde_json::to_value(components.schemas) {
+        Ok(Value::Object(schemas)) => schemas,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// `GET /api/v1/images?cursor=`: the `next_cursor` of a page, `<milliseconds>-<image id>`.
@@ -103,8 +124,13 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
             "encoding": { "file": { "contentType": accepted.join(", ") } }
         } }
     });
+    let mut schemas = derived_schemas();
+    schemas.insert(
+        "Status".to_owned(),
+        json!({ "type": "object", "required": ["status"], "properties": { "status": { "type": "string" } } }),
+    );
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Upshot API",
             "version": "1.0.0",
@@ -141,7 +167,7 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
                             "required": ["items", "next_cursor"],
                             "properties": {
                                 "items": { "type": "array", "items": { "$ref": "#/components/schemas/Image" } },
-                                "next_cursor": { "type": "string", "nullable": true }
+                                "next_cursor": { "type": ["string", "null"] }
                             }
                         } } }
                     } }), &[("400", "BAD_REQUEST: a cursor this server did not issue"), ("401", "UNAUTHORIZED"), ("403", "FORBIDDEN: admin routes disabled"), ("422", "INVALID_REQUEST: limit out of range")])
@@ -242,9 +268,9 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
                                 { "$ref": "#/components/schemas/UploadedImage" },
                                 { "type": "object", "properties": {
                                     "labels": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
-                                    "season": { "type": "string", "nullable": true },
-                                    "confidence": { "type": "number", "nullable": true },
-                                    "body_type": { "type": "string", "nullable": true, "description": "Always null: no model for it" },
+                                    "season": { "type": ["string", "null"] },
+                                    "confidence": { "type": ["number", "null"] },
+                                    "body_type": { "type": "null", "description": "Always null: no model for it" },
                                     "body_type_reason": { "type": "string" }
                                 } }
                             ] }
@@ -278,110 +304,7 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
         },
         "components": {
             "securitySchemes": { "adminKey": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": { "error": {
-                        "type": "object",
-                        "required": ["code", "message", "request_id"],
-                        "properties": {
-                            "code": { "type": "string", "description": "Stable code, e.g. UNSUPPORTED_MEDIA_TYPE" },
-                            "message": { "type": "string" },
-                            "request_id": { "type": "string" }
-                        }
-                    } }
-                },
-                "Status": { "type": "object", "required": ["status"], "properties": { "status": { "type": "string" } } },
-                "Prediction": {
-                    "type": "object", "required": ["label", "score"],
-                    "properties": { "label": { "type": "string" }, "score": { "type": "number", "minimum": 0, "maximum": 1 } }
-                },
-                "Image": {
-                    "type": "object",
-                    "required": ["id", "urls", "format", "content_type", "width", "height", "byte_size", "sha256", "predictions", "model", "created_at"],
-                    "properties": {
-                        "id": { "type": "string" },
-                        "urls": { "type": "object", "required": ["file", "thumbnail", "page"], "properties": {
-                            "file": { "type": "string" }, "thumbnail": { "type": "string" }, "page": { "type": "string" } } },
-                        "original_filename": { "type": "string", "nullable": true },
-                        "description": { "type": "string", "nullable": true },
-                        "format": { "type": "string", "enum": ["jpeg", "png", "webp", "gif"] },
-                        "content_type": { "type": "string" },
-                        "width": { "type": "integer" },
-                        "height": { "type": "integer" },
-                        "byte_size": { "type": "integer" },
-                        "sha256": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
-                        "thumbnail_content_type": { "type": "string" },
-                        "predictions": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
-                        "model": { "allOf": [{ "$ref": "#/components/schemas/Model" }], "nullable": true },
-                        "inference_ms": { "type": "number", "nullable": true },
-                        "faces": { "type": "array", "items": { "$ref": "#/components/schemas/Face" } },
-                        "selfie": { "allOf": [{ "$ref": "#/components/schemas/Selfie" }], "nullable": true },
-                        "selfie_reason": { "type": "string", "nullable": true, "description": "Why `selfie` is absent" },
-                        "created_at": { "type": "string", "format": "date-time" }
-                    }
-                },
-                "Subscription": {
-                    "type": "object", "required": ["id", "protocol", "endpoint", "labels", "pending_confirmation"],
-                    "properties": {
-                        "id": { "type": "string", "description": "The SNS subscription ARN" },
-                        "protocol": { "type": "string" },
-                        "endpoint": { "type": "string" },
-                        "labels": { "type": "array", "items": { "type": "string" } },
-                        "pending_confirmation": { "type": "boolean" }
-                    }
-                },
-                "Model": {
-                    "type": "object", "required": ["name", "version", "sha256"],
-                    "properties": { "name": { "type": "string" }, "version": { "type": "string" }, "sha256": { "type": "string" } }
-                },
-                "Face": {
-                    "type": "object", "required": ["score", "bbox", "keypoints"],
-                    "properties": {
-                        "score": { "type": "number" },
-                        "bbox": { "type": "array", "minItems": 4, "maxItems": 4, "items": { "type": "number" },
-                            "description": "[xmin, ymin, xmax, ymax] as fractions of the image's width and height" },
-                        "keypoints": { "type": "array", "items": { "type": "object", "required": ["name", "x", "y"], "properties": {
-                            "name": { "type": "string" }, "x": { "type": "number" }, "y": { "type": "number" } } } }
-                    }
-                },
-                "Selfie": {
-                    "type": "object",
-                    "required": ["season", "confidence", "undertone", "value", "clarity", "palette"],
-                    "properties": {
-                        "season": { "type": "string", "description": "One of the 12 seasons, e.g. Soft Autumn" },
-                        "confidence": { "type": "number", "minimum": 0, "maximum": 1 },
-                        "undertone": { "type": "string", "enum": ["warm", "cool"] },
-                        "value": { "type": "string", "enum": ["light", "deep"] },
-                        "clarity": { "type": "string", "enum": ["clear", "soft"] },
-                        "contrast": { "type": "number", "nullable": true },
-                        "palette": { "type": "array", "items": { "type": "string" } }
-                    }
-                },
-                "Analysis": {
-                    "type": "object",
-                    "required": ["predictions", "model", "faces", "face_model", "selfie", "inference_ms"],
-                    "properties": {
-                        "predictions": { "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } },
-                        "model": { "$ref": "#/components/schemas/Model" },
-                        "faces": { "type": "array", "items": { "$ref": "#/components/schemas/Face" } },
-                        "face_model": { "$ref": "#/components/schemas/Model" },
-                        "selfie": { "allOf": [{ "$ref": "#/components/schemas/Selfie" }], "nullable": true },
-                        "selfie_reason": { "type": "string", "nullable": true },
-                        "inference_ms": { "type": "number" }
-                    }
-                },
-                "UploadedImage": {
-                    "allOf": [
-                        { "$ref": "#/components/schemas/Image" },
-                        { "type": "object", "required": ["delete_token", "deduplicated"], "properties": {
-                            "delete_token": { "type": "string", "description": "Shown once; send it as X-Delete-Token to delete" },
-                            "deduplicated": { "type": "boolean", "description": "The same bytes were already stored and are shared" }
-                        } }
-                    ]
-                }
-            }
+            "schemas": schemas
         }
     })
 }

@@ -64,9 +64,10 @@ pub fn preprocess(rgb: &RgbImage, spec: &ClassifierPreprocessing) -> Array4<f32>
     tensor
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Prediction {
     pub label: String,
+    #[schema(minimum = 0, maximum = 1)]
     pub score: f64,
 }
 

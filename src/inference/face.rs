@@ -96,7 +96,7 @@ pub fn preprocess(rgb: &RgbImage, size: u32) -> (Array4<f32>, Letterbox) {
     (tensor, Letterbox { size, offset_x: ox, offset_y: oy, width: nw, height: nh })
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Keypoint {
     pub name: String,
     pub x: f64,
@@ -104,10 +104,11 @@ pub struct Keypoint {
 }
 
 /// A detected face. Coordinates are fractions of the image's width and height.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Face {
     pub score: f64,
-    /// [xmin, ymin, xmax, ymax]
+    /// [xmin, ymin, xmax, ymax] as fractions of the image's width and height
+    #[schema(min_items = 4, max_items = 4)]
     pub bbox: [f64; 4],
     pub keypoints: Vec<Keypoint>,
 }

@@ -9,7 +9,8 @@ use super::face::{AnchorSpec, DecodingSpec};
 use crate::domain::sha256_hex;
 
 /// Recorded with every result, so a prediction can always be traced to the exact model file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Model)]
 pub struct ModelInfo {
     pub name: String,
     pub version: String,

@@ -71,7 +71,7 @@ pub struct EngineConfig {
 pub const BODY_TYPE_REASON: &str = "no body-shape model is available, so body type is not estimated";
 
 /// Everything the models say about one image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Analysis {
     pub predictions: Vec<Prediction>,
     pub model: ModelInfo,

@@ -15,7 +15,7 @@
 use serde::Serialize;
 
 /// A colour in CIELAB.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Lab {
     pub l: f64,
     pub a: f64,
@@ -66,14 +66,20 @@ pub struct FaceColours {
     pub eyes: Option<Lab>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Selfie)]
 pub struct SeasonAnalysis {
     /// One of the 12 seasons, e.g. "Soft Autumn".
+    #[schema(value_type = String)]
     pub season: &'static str,
     /// 0..1: how far the deciding measurements are from the boundaries between seasons.
+    #[schema(minimum = 0, maximum = 1)]
     pub confidence: f64,
+    #[schema(value_type = String)]
     pub undertone: &'static str,
+    #[schema(value_type = String)]
     pub value: &'static str,
+    #[schema(value_type = String)]
     pub clarity: &'static str,
     /// Lightness difference between skin and hair, when the hair was measured.
     pub contrast: Option<f64>,
@@ -81,6 +87,7 @@ pub struct SeasonAnalysis {
     pub hair_lab: Option<Lab>,
     pub eye_lab: Option<Lab>,
     /// A few representative colours of the season, as hex sRGB.
+    #[schema(value_type = Vec<String>)]
     pub palette: [&'static str; 5],
 }
 

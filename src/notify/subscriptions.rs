@@ -21,8 +21,9 @@ impl Protocol {
 }
 
 /// A subscription as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
+    /// The SNS subscription ARN
     pub id: String,
     pub protocol: String,
     pub endpoint: String,

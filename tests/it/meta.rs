@@ -80,7 +80,7 @@ async fn openapi_document_names_every_json_route() {
     let config = AppConfig::from_figment(figment).unwrap();
     let document = upshot::api::openapi::document(&config, &["tabby".to_owned()]);
     let rocket = upshot::rocket(config);
-    assert_eq!(document["openapi"], "3.0.3");
+    assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().unwrap();
     let mut checked = BTreeSet::new();
     for route in rocket.routes() {

@@ -241,6 +241,8 @@ async fn a_locked_sqlite_database_answers_503_then_recovers() {
     // Another process's writer holding the database, as a long migration or a stuck tool would.
     let holder = std::thread::spawn(move || {
         let mut conn = SqliteConnection::establish(&path).unwrap();
+        // The server's relay may be writing at this moment: wait for it like any other writer would.
+        conn.batch_execute("PRAGMA busy_timeout = 5000").unwrap();
         conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
         locked_tx.send(()).unwrap();
         release_rx.recv_timeout(Duration::from_secs(30)).unwrap();
