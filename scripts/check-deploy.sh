@@ -3,7 +3,7 @@
 #
 #   cfn-lint        deploy/cloudformation/*.yaml, clean (no error, warning or informational finding)
 #   checkov         deploy/cloudformation/upshot.yaml: no failed check; skips only in the template, with reasons
-#   shellcheck      every shell script: scripts/*.sh, deploy/codedeploy/*.sh, the rehearsal's fake systemctl, .ci/run
+#   shellcheck      every shell script: scripts/*.sh, tests/*/run.sh, tests/support/*.sh, deploy/codedeploy/*.sh, the rehearsal's fake systemctl, .ci/run
 #   systemd         `systemd-analyze verify` of deploy/systemd/upshot.service, silent. verify needs ExecStart to exist,
 #                   so a temp copy is verified with /opt/upshot rewritten to a temp tree holding a staged binary
 #                   (target/release/upshot or target/debug/upshot when built, else a stub executable)
@@ -124,7 +124,7 @@ PY
 
 shell_scripts() {
     local f
-    for f in scripts/*.sh deploy/codedeploy/*.sh deploy/codedeploy/testing/fake-systemctl .ci/run; do
+    for f in scripts/*.sh tests/*/run.sh tests/support/*.sh deploy/codedeploy/*.sh deploy/codedeploy/testing/fake-systemctl .ci/run; do
         [ -f "$f" ] && printf '%s\n' "$f"
     done
 }

@@ -22,43 +22,11 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$schemathesis_version"; the
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version" >&2
 fi
 
-bin="${UPSHOT_BIN:-target/debug/upshot}"
-if [[ ! -x "$bin" ]]; then
-  echo "run.sh: $bin not found; build it with: cargo build" >&2
-  exit 1
-fi
-export UPSHOT_ORT_LIB="${UPSHOT_ORT_LIB:-target/onnxruntime/libonnxruntime.so.1.31.1}"
-
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-work="$(mktemp -d -t upshot-api.XXXXXX)"
-log="$work/server.log"
-server_pid=""
-cleanup() {
-  local status=$?
-  if [[ -n "$server_pid" ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  if [[ $status -ne 0 && -f "$log" ]]; then
-    echo "run.sh: last server log lines:" >&2
-    tail -n 20 "$log" >&2 || true
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 admin_key=schemathesis-admin-key-0123456789
-base="http://127.0.0.1:$port"
-UPSHOT_DATA_DIR="$work/data" ROCKET_PORT="$port" ROCKET_ADDRESS=127.0.0.1 UPSHOT_ADMIN_API_KEY="$admin_key" \
-  UPSHOT_PUBLIC_URL="$base" UPSHOT_LOG=warn "$bin" serve >"$log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 120); do
-  kill -0 "$server_pid" 2>/dev/null || { echo "run.sh: the server exited during start-up" >&2; exit 1; }
-  curl -fs -o /dev/null --max-time 2 "$base/readyz" && break
-  sleep 0.5
-done
+# shellcheck source=tests/support/server.sh
+source "$root/tests/support/server.sh"
+start_test_server api UPSHOT_ADMIN_API_KEY="$admin_key"
+base="$TEST_SERVER_BASE"
 
 cd "$here"  # schemathesis.toml: what the checks expect where the document cannot say it
 "$venv/bin/st" run "$base/api/v1/openapi.json" --checks all --max-examples 20 --max-time 150 \

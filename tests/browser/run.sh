@@ -27,65 +27,10 @@ if [[ ! -f "$stamp" || "$here/package-lock.json" -nt "$stamp" ]]; then
   (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-bin="${UPSHOT_BIN:-target/debug/upshot}"
-if [[ ! -x "$bin" ]]; then
-  echo "run.sh: $bin not found; build it with: cargo build" >&2
-  exit 1
-fi
-export UPSHOT_ORT_LIB="${UPSHOT_ORT_LIB:-target/onnxruntime/libonnxruntime.so.1.31.1}"
-
-port="$(node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')"
-data_dir="$(mktemp -d -t upshot-browser.XXXXXX)"
-log="$data_dir/server.log"
-server_pid=""
-
-cleanup() {
-  local status=$?
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  if [[ $status -ne 0 && -f "$log" ]]; then
-    echo "run.sh: last server log lines:" >&2
-    tail -n 40 "$log" >&2 || true
-  fi
-  rm -rf "$data_dir"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-base="http://127.0.0.1:$port"
-UPSHOT_DATA_DIR="$data_dir/data" \
-  ROCKET_PORT="$port" \
-  ROCKET_ADDRESS=127.0.0.1 \
-  UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123 \
-  UPSHOT_PUBLIC_URL="$base" \
-  UPSHOT_LOG=warn \
-  "$bin" serve >"$log" 2>&1 &
-server_pid=$!
-
-ready=""
-for _ in $(seq 1 120); do
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "run.sh: the server exited during start-up" >&2
-    exit 1
-  fi
-  if curl -fs -o /dev/null --max-time 2 "$base/readyz" 2>/dev/null; then
-    ready=1
-    break
-  fi
-  sleep 0.5
-done
-if [[ -z "$ready" ]]; then
-  echo "run.sh: $base/readyz did not answer 200 within 60 s" >&2
-  exit 1
-fi
+# shellcheck source=tests/support/server.sh
+source "$root/tests/support/server.sh"
+start_test_server browser UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
+base="$TEST_SERVER_BASE"
 
 export UPSHOT_BASE_URL="$base"
 export UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
