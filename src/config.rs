@@ -266,7 +266,8 @@ impl AppConfig {
     pub fn figment() -> Figment {
         Figment::from(rocket::Config::figment())
             .join(Serialized::defaults(Settings::default()))
-            .merge(Env::prefixed("UPSHOT_").global())
+            // UPSHOT_LOG is the log level, read by the logger; as a key it would reach Rocket as its old `log`.
+            .merge(Env::prefixed("UPSHOT_").ignore(&["log"]).global())
     }
 
     pub fn load() -> Result<Self, ConfigError> {
