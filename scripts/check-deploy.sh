@@ -245,7 +245,7 @@ JSON
         UPSHOT_SYSTEMCTL="$work/systemctl" UPSHOT_USER="$(id -un)" UPSHOT_GROUP="$(id -gn)")
     env "${hook_env[@]}" UPSHOT_ENV_SOURCE=aws DEPLOYMENT_ID=d-CHECK deploy/codedeploy/after-install.sh || return 1
     env=$root/etc/upshot/upshot.env
-    for line in ROCKET_PROFILE=production UPSHOT_PUBLIC_URL=https://upshot.example.com \
+    for line in ROCKET_PROFILE=aws UPSHOT_PUBLIC_URL=https://upshot.example.com \
         UPSHOT_ADMIN_API_KEY=admin-key-0123456789-0123456789 UPSHOT_S3_BUCKET=upshot-images-prod \
         UPSHOT_SECRET_KEY=app-secret-key-0123456789-0123456789-0123456789 \
         "UPSHOT_DATABASE_URL=postgres://upshot@db.internal:5432/upshot?sslmode=require&passfile=${root//\//%2F}%2Fetc%2Fupshot%2Fpgpass"; do

@@ -75,7 +75,7 @@ print("postgres://%s@%s/%s?sslmode=require&passfile=%s" % (q(e["DB_USER"]), e["D
 
     {
         echo "# Written by deploy/codedeploy/after-install.sh at deployment ${DEPLOYMENT_ID:-manual}; do not edit."
-        echo "ROCKET_PROFILE=production"
+        echo "ROCKET_PROFILE=aws"
         echo "AWS_REGION=$region"
         echo "UPSHOT_DATABASE_URL=$db_url"
         echo "UPSHOT_S3_BUCKET=$bucket"

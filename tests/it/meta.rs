@@ -57,11 +57,11 @@ fn each_profile_of_the_example_config_loads() {
     assert_eq!(config.database, DatabaseUrl::Sqlite("data/upshot.sqlite3".into()));
 
     // Production refuses to start until the deployment provides its database, bucket and key...
-    let error = AppConfig::from_figment(file().select("production")).unwrap_err().to_string();
+    let error = AppConfig::from_figment(file().select("aws")).unwrap_err().to_string();
     assert!(error.contains("database_url"), "{error}");
     // ...and starts with them.
     let production = file()
-        .select("production")
+        .select("aws")
         .merge(("database_url", "postgres://app@db.internal/upshot"))
         .merge(("s3_bucket", "upshot-images-prod"))
         .merge(("sns_topic_arn", "arn:aws:sns:eu-west-1:123456789012:upshot-uploads"))
