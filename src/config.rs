@@ -54,6 +54,8 @@ pub struct Settings {
     pub s3_timeout_secs: u64,
     /// Objects of an upload whose row was never written (the process died in between) are removed after this.
     pub orphan_grace_secs: u64,
+    /// `upshot reconcile` leaves objects younger than this alone: an upload may still be writing its row.
+    pub reconcile_grace_secs: u64,
     /// Bearer key for admin routes; admin routes answer 403 while it is unset.
     pub admin_api_key: Option<String>,
     /// Key that derives delete tokens. Generated into the data dir when unset on SQLite; required on
@@ -146,6 +148,7 @@ impl Default for Settings {
             s3_endpoint_url: None,
             s3_timeout_secs: 20,
             orphan_grace_secs: 600,
+            reconcile_grace_secs: 3600,
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,

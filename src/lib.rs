@@ -12,6 +12,7 @@ pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod reconcile;
 pub mod responses;
 pub mod secret_file;
 pub mod state;

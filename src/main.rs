@@ -24,6 +24,14 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Compare the database with the object store: objects no row points at (older than
+    /// reconcile_grace_secs), rows whose objects are gone, stuck notifications. Changes nothing.
+    /// Exit status: 0 consistent, 3 findings, 1 the check could not run.
+    Reconcile {
+        /// One JSON document on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +121,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reconcile { json } => reconcile(config, json).await,
         Command::CheckConfig => {
             let settings = &config.settings;
             let database = match &config.database {
@@ -127,6 +136,77 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+async fn reconcile(config: AppConfig, json: bool) -> ExitCode {
+    let settings = &config.settings;
+    let options = upshot::reconcile::Options {
+        grace: std::time::Duration::from_secs(settings.reconcile_grace_secs),
+        page: 1000,
+        stuck_after: std::time::Duration::from_secs(settings.outbox_degraded_after_secs),
+    };
+    let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
+    let checked = async {
+        let db = upshot::db::Db::open(config.database.clone(), 2, timeout).await.map_err(|e| e.to_string())?;
+        let store = upshot::store::from_config(&config).await.map_err(|e| e.to_string())?;
+        upshot::reconcile::check(&db, store, &options).await.map_err(|e| e.to_string())
+    };
+    let report = match checked.await {
+        Ok(report) => report,
+        Err(error) => {
+            log::error!("reconcile could not run: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!(
+            "objects scanned: {}, rows scanned: {}, in {} ms",
+            report.objects_scanned, report.rows_scanned, report.elapsed_ms
+        );
+        println!(
+            "orphaned objects: {} ({} more within the grace period)",
+            report.orphan_count, report.recent_unreferenced
+        );
+        for orphan in &report.orphans {
+            println!("  {} ({} s old)", orphan.key, orphan.age_secs);
+        }
+        println!("images missing their original: {}", report.missing_original_count);
+        for id in &report.missing_originals {
+            println!("  {id}");
+        }
+        println!("images missing their thumbnail: {}", report.missing_thumbnail_count);
+        for id in &report.missing_thumbnails {
+            println!("  {id}");
+        }
+        println!("notifications failed: {}, stuck: {}", report.outbox_failed, report.outbox_stuck);
+    }
+    log::info!(
+        "reconcile: objects={} rows={} orphans={} recent_unreferenced={} missing_originals={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
+        report.objects_scanned,
+        report.rows_scanned,
+        report.orphan_count,
+        report.recent_unreferenced,
+        report.missing_original_count,
+        report.missing_thumbnail_count,
+        report.outbox_failed,
+        report.outbox_stuck,
+        report.elapsed_ms,
+        peak_rss_kib().map_or_else(|| "-".to_owned(), |kib| kib.to_string()),
+    );
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// This process's peak resident memory (VmHWM), where /proc says it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn outbox_command(database: &DatabaseUrl, command: OutboxCommand) -> Result<(), upshot::db::DbError> {

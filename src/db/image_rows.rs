@@ -208,3 +208,39 @@ pub fn list_page(
         .select(ImageRecord::as_select())
         .load(conn)?)
 }
+
+/// One row's objects, for the consistency check.
+#[derive(Debug, Clone)]
+pub struct RowObjects {
+    pub id: String,
+    pub status: String,
+    pub original_key: String,
+    pub thumbnail_key: String,
+}
+
+/// Rows in id order after `after`, any status: a keyset page for the consistency check.
+pub fn objects_page(conn: &mut DbConnection, after: Option<&str>, limit: i64) -> Result<Vec<RowObjects>, DbError> {
+    let mut query = images::table.into_boxed();
+    if let Some(after) = after {
+        query = query.filter(images::id.gt(after.to_owned()));
+    }
+    let rows: Vec<(String, String, String, String)> = query
+        .order(images::id.asc())
+        .limit(limit)
+        .select((images::id, images::status, images::original_key, images::thumbnail_key))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, original_key, thumbnail_key)| RowObjects { id, status, original_key, thumbnail_key })
+        .collect())
+}
+
+/// Which of `keys` some row points at, as its original or its thumbnail (shared objects included).
+pub fn referenced_keys(conn: &mut DbConnection, keys: &[String]) -> Result<Vec<String>, DbError> {
+    let mut found: Vec<String> =
+        images::table.filter(images::original_key.eq_any(keys)).select(images::original_key).load(conn)?;
+    found.extend(
+        images::table.filter(images::thumbnail_key.eq_any(keys)).select(images::thumbnail_key).load::<String>(conn)?,
+    );
+    Ok(found)
+}

@@ -139,6 +139,15 @@ pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
     Ok(Backlog { unsent, failed, oldest_unsent })
 }
 
+/// Notifications still unsent that were written before `before`.
+pub fn unsent_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<i64, DbError> {
+    Ok(outbox::table
+        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .filter(outbox::created_at.lt(before))
+        .count()
+        .get_result(conn)?)
+}
+
 pub fn all(conn: &mut DbConnection) -> Result<Vec<OutboxRow>, DbError> {
     Ok(outbox::table.order(outbox::created_at.asc()).select(OutboxRow::as_select()).load(conn)?)
 }

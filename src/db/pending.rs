@@ -60,3 +60,11 @@ pub fn claim_expired(
         })?,
     })
 }
+
+/// Which of `keys` an upload under way has listed as pending.
+pub fn listed_keys(conn: &mut DbConnection, keys: &[String]) -> Result<Vec<String>, DbError> {
+    Ok(pending_objects::table
+        .filter(pending_objects::object_key.eq_any(keys))
+        .select(pending_objects::object_key)
+        .load(conn)?)
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{validate_key, ObjectBody, ObjectStore, StoreError};
+use super::{validate_key, Listed, ObjectBody, ObjectStore, StoreError};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -83,6 +83,13 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Listed>, StoreError> {
+        let (root, prefix, after) = (self.root.clone(), prefix.to_owned(), after.map(str::to_owned));
+        tokio::task::spawn_blocking(move || smallest_keys(&root, &prefix, after.as_deref(), limit))
+            .await
+            .map_err(|e| StoreError::Backend(format!("listing task failed: {e}")))?
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(self.root.join(".tmp")).await {
             Ok(meta) if meta.is_dir() => Ok(()),
@@ -94,4 +101,43 @@ impl ObjectStore for LocalStore {
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }
+}
+
+/// The `limit` smallest keys under `root` that start with `prefix` and sort after `after`. A directory has no
+/// order of its own, so each page walks the tree and keeps only the smallest keys it has seen: memory is one
+/// page, time is the tree once per page.
+fn smallest_keys(root: &Path, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Listed>, StoreError> {
+    let mut kept: std::collections::BTreeMap<String, std::time::SystemTime> = Default::default();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(backend("cannot list", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| backend("cannot list", &dir, e))?;
+            let path = entry.path();
+            let Some(key) = path.strip_prefix(root).ok().and_then(|k| k.to_str()).map(str::to_owned) else { continue };
+            let file_type = entry.file_type().map_err(|e| backend("cannot stat", &path, e))?;
+            if file_type.is_dir() {
+                // Only directories that can hold matching keys: the temp directory and others are skipped.
+                let dir_prefix = format!("{key}/");
+                if prefix.starts_with(&dir_prefix) || dir_prefix.starts_with(prefix) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            let wanted = key.starts_with(prefix) && after.is_none_or(|after| key.as_str() > after);
+            let room = kept.len() < limit || kept.last_key_value().is_some_and(|(largest, _)| key < *largest);
+            if wanted && room {
+                let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                kept.insert(key, modified);
+                if kept.len() > limit {
+                    kept.pop_last();
+                }
+            }
+        }
+    }
+    Ok(kept.into_iter().map(|(key, modified)| Listed { key, modified }).collect())
 }

@@ -37,6 +37,13 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    pub modified: std::time::SystemTime,
+}
+
 /// An object's bytes as a stream, with its length.
 pub struct ObjectBody {
     pub len: u64,
@@ -52,6 +59,9 @@ pub trait ObjectStore: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Removes the object; removing a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Up to `limit` objects whose keys start with `prefix` and sort after `after`, in key (byte) order: one
+    /// page of a listing that holds only a page in memory.
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Listed>, StoreError>;
     /// Cheap reachability check for `/readyz`.
     async fn health(&self) -> Result<(), StoreError>;
     /// For logs: where the objects go, without credentials.

@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectBody, ObjectStore, StoreError};
+use super::{validate_key, Listed, ObjectBody, ObjectStore, StoreError};
 
 pub struct S3Store {
     client: Client,
@@ -99,6 +99,32 @@ impl ObjectStore for S3Store {
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
             Err(e) => Err(backend("head", &full, e)),
         }
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Listed>, StoreError> {
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let mut request = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .max_keys(i32::try_from(limit).unwrap_or(1000));
+        if let Some(after) = after {
+            request = request.start_after(format!("{}{after}", self.prefix));
+        }
+        let output = request.send().await.map_err(|e| backend("list", &full_prefix, e))?;
+        Ok(output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                let key = object.key()?.strip_prefix(&self.prefix)?.to_owned();
+                let modified = object
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                Some(Listed { key, modified })
+            })
+            .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

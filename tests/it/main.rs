@@ -13,3 +13,4 @@ mod notifications;
 mod outage;
 mod pages;
 mod pipeline;
+mod reconcile;

@@ -1,0 +1,1 @@
+DROP INDEX images_thumbnail_key_idx;
