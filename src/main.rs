@@ -25,12 +25,16 @@ enum Command {
         command: OutboxCommand,
     },
     /// Compare the database with the object store: objects no row points at (older than
-    /// reconcile_grace_secs), rows whose objects are gone, stuck notifications. Changes nothing.
-    /// Exit status: 0 consistent, 3 findings, 1 the check could not run.
+    /// reconcile_grace_secs), rows whose objects are gone, stuck notifications. One run at a time across the
+    /// fleet; another exits at once. Exit status: 0 consistent (or another run holds the lock), 3 findings,
+    /// 1 the check could not run.
     Reconcile {
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
+        /// Remove the orphaned objects found (missing objects are only reported).
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -121,7 +125,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Reconcile { json } => reconcile(config, json).await,
+        Command::Reconcile { json, repair } => reconcile(config, json, repair).await,
         Command::CheckConfig => {
             let settings = &config.settings;
             let database = match &config.database {
@@ -138,12 +142,33 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn reconcile(config: AppConfig, json: bool) -> ExitCode {
+async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
     let settings = &config.settings;
     let options = upshot::reconcile::Options {
         grace: std::time::Duration::from_secs(settings.reconcile_grace_secs),
         page: 1000,
         stuck_after: std::time::Duration::from_secs(settings.outbox_degraded_after_secs),
+        repair,
+    };
+    let database = config.database.clone();
+    let lock =
+        tokio::task::spawn_blocking(move || upshot::db::try_fleet_lock(&database, upshot::reconcile::FLEET_LOCK_ID))
+            .await;
+    let _lock = match lock {
+        Ok(Ok(Some(lock))) => lock,
+        Ok(Ok(None)) => {
+            println!("another reconcile is running (it holds the lock); nothing done");
+            log::info!("reconcile: skipped, another run holds the lock");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Err(error)) => {
+            log::error!("reconcile could not run: database: {error}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            log::error!("reconcile could not run: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
     let checked = async {
@@ -166,8 +191,8 @@ async fn reconcile(config: AppConfig, json: bool) -> ExitCode {
             report.objects_scanned, report.rows_scanned, report.elapsed_ms
         );
         println!(
-            "orphaned objects: {} ({} more within the grace period)",
-            report.orphan_count, report.recent_unreferenced
+            "orphaned objects: {} ({} removed; {} more within the grace period)",
+            report.orphan_count, report.orphans_removed, report.recent_unreferenced
         );
         for orphan in &report.orphans {
             println!("  {} ({} s old)", orphan.key, orphan.age_secs);
@@ -183,10 +208,11 @@ async fn reconcile(config: AppConfig, json: bool) -> ExitCode {
         println!("notifications failed: {}, stuck: {}", report.outbox_failed, report.outbox_stuck);
     }
     log::info!(
-        "reconcile: objects={} rows={} orphans={} recent_unreferenced={} missing_originals={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
+        "reconcile: objects={} rows={} orphans={} orphans_removed={} recent_unreferenced={} missing_originals={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
         report.objects_scanned,
         report.rows_scanned,
         report.orphan_count,
+        report.orphans_removed,
         report.recent_unreferenced,
         report.missing_original_count,
         report.missing_thumbnail_count,

@@ -1,7 +1,7 @@
 //! The consistency check between the database and the object store (`upshot reconcile`): objects that no row
 //! points at (orphans), rows whose objects are gone, and notifications that are stuck. Both sides are read a
 //! page at a time (a listing page of objects, a keyset page of rows), so memory stays flat however many
-//! images there are. It reports; it changes nothing.
+//! images there are. It reports; with `repair`, it also removes the orphans.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,7 +27,12 @@ pub struct Options {
     pub page: usize,
     /// An unsent notification older than this is reported as stuck.
     pub stuck_after: Duration,
+    /// Remove the orphans found (missing objects are only reported).
+    pub repair: bool,
 }
+
+/// The PostgreSQL advisory lock that lets one reconcile run at a time across the fleet.
+pub const FLEET_LOCK_ID: i64 = 0x7570_7368_6f75;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -36,6 +41,8 @@ pub struct Report {
     /// Objects that no row and no upload under way points at, older than the grace period.
     pub orphans: Vec<Orphan>,
     pub orphan_count: u64,
+    /// Orphans removed (with `repair`).
+    pub orphans_removed: u64,
     /// Unreferenced objects within the grace period, left alone.
     pub recent_unreferenced: u64,
     /// Ids of images whose original is gone from the store: those images are lost.
@@ -104,17 +111,9 @@ async fn check_objects(
         after = Some(last.key.clone());
         report.objects_scanned += page.len() as u64;
         let keys: Vec<String> = page.iter().map(|object| object.key.clone()).collect();
-        // Pending first: an upload that commits in between has left the pending list only for its row.
-        let referenced: HashSet<String> = db
-            .run(move |conn| {
-                let mut found = pending::listed_keys(conn, &keys)?;
-                found.extend(image_rows::referenced_keys(conn, &keys)?);
-                Ok(found)
-            })
-            .await?
-            .into_iter()
-            .collect();
+        let referenced = referenced(db, keys).await?;
         let now = SystemTime::now();
+        let mut orphans = Vec::new();
         for object in page.iter().filter(|object| !referenced.contains(&object.key)) {
             let age = now.duration_since(object.modified).unwrap_or_default();
             if age < options.grace {
@@ -125,12 +124,43 @@ async fn check_objects(
             if report.orphans.len() < LISTED {
                 report.orphans.push(Orphan { key: object.key.clone(), age_secs: age.as_secs() });
             }
+            orphans.push(object.key.clone());
+        }
+        if options.repair && !orphans.is_empty() {
+            report.orphans_removed += remove_orphans(db, store, orphans).await?;
         }
         if page.len() < options.page {
             break;
         }
     }
     Ok(())
+}
+
+/// Which of `keys` a row or an upload under way points at. Pending first: an upload that commits in between
+/// has left the pending list only for its row, which the second query sees.
+async fn referenced(db: &Db, keys: Vec<String>) -> Result<HashSet<String>, CheckError> {
+    let found = db
+        .run(move |conn| {
+            let mut found = pending::listed_keys(conn, &keys)?;
+            found.extend(image_rows::referenced_keys(conn, &keys)?);
+            Ok(found)
+        })
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Removes the orphans that are still unreferenced when asked again, just before the delete. Once an object
+/// is neither pending nor a row's, nothing can come to point at it: an upload lists its keys as pending before
+/// it writes them, keys carry the upload's new random id, and sharing picks only objects that rows point at.
+async fn remove_orphans(db: &Db, store: &dyn ObjectStore, orphans: Vec<String>) -> Result<u64, CheckError> {
+    let still_referenced = referenced(db, orphans.clone()).await?;
+    let mut removed = 0;
+    for key in orphans.iter().filter(|key| !still_referenced.contains(*key)) {
+        store.delete(key).await?;
+        log::info!("reconcile removed orphaned object {key}");
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Rows → objects: each stored image's original and thumbnail must exist.

@@ -206,6 +206,29 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
     }
 }
 
+/// A lock only one holder across the fleet has at a time, released when dropped (its connection closes).
+pub struct FleetLock {
+    _connection: Option<DbConnection>,
+}
+
+/// Takes the fleet-wide lock `id` if no one holds it: a PostgreSQL session advisory lock, held by a connection
+/// of its own. `None` when another holder has it. SQLite serves one machine: the lock is always granted.
+pub fn try_fleet_lock(url: &DatabaseUrl, id: i64) -> Result<Option<FleetLock>, DbError> {
+    #[derive(QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        taken: bool,
+    }
+    match connect(url)? {
+        DbConnection::Postgresql(mut pg) => {
+            let taken: Taken =
+                diesel::sql_query(format!("SELECT pg_try_advisory_lock({id}) AS taken")).get_result(&mut pg)?;
+            Ok(taken.taken.then(|| FleetLock { _connection: Some(DbConnection::Postgresql(pg)) }))
+        }
+        DbConnection::Sqlite(_) => Ok(Some(FleetLock { _connection: None })),
+    }
+}
+
 /// `upshot migrate`: connect once and apply what is pending.
 pub fn migrate(url: &DatabaseUrl) -> Result<usize, DbError> {
     run_migrations(&mut connect(url)?)

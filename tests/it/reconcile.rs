@@ -7,9 +7,9 @@ use upshot::db::image_rows;
 use upshot::reconcile::{check, Options};
 use upshot::store::{LocalStore, ObjectStore, S3Config, S3Store};
 
-use crate::helpers::{spawn, Stack, TestApp};
+use crate::helpers::{spawn, spawn_with, Stack, TestApp};
 
-crate::on_both_stacks!(finds_orphans_and_images_missing_objects);
+crate::on_both_stacks!(finds_orphans_and_images_missing_objects, uploads_racing_a_repair_keep_their_objects);
 
 /// The test server's store, opened as a second process would open it.
 async fn store_of(app: &TestApp) -> Arc<dyn ObjectStore> {
@@ -32,7 +32,11 @@ async fn store_of(app: &TestApp) -> Arc<dyn ObjectStore> {
 
 fn options(grace: Duration) -> Options {
     // Pages of two: every listing and every row query pages several times.
-    Options { grace, page: 2, stuck_after: Duration::from_secs(3600) }
+    Options { grace, page: 2, stuck_after: Duration::from_secs(3600), repair: false }
+}
+
+fn repair(grace: Duration) -> Options {
+    Options { repair: true, ..options(grace) }
 }
 
 async fn finds_orphans_and_images_missing_objects(stack: Stack) {
@@ -64,6 +68,69 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     let report = check(&app.db, store.clone(), &options(Duration::from_secs(3600))).await.unwrap();
     assert_eq!((report.orphan_count, report.recent_unreferenced), (0, 1));
     assert_eq!(report.missing_original_count, 1, "missing objects are reported whatever their age");
+    let report = check(&app.db, store.clone(), &repair(Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(report.orphans_removed, 0, "nothing within the grace period is removed");
+
+    let report = check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap();
+    assert_eq!((report.orphan_count, report.orphans_removed), (1, 1));
+    assert!(!app.object_keys().await.contains(&stray.to_owned()));
+    let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
+    assert_eq!(after.orphan_count, 0);
+    assert_eq!((after.missing_original_count, after.missing_thumbnail_count), (1, 1), "reported, never deleted");
+    assert_eq!(app.image_rows().await, 3);
+}
+
+/// A repair with no grace period at all, over and over while uploads run: every upload keeps its objects,
+/// because an upload lists its keys as pending before it writes them.
+async fn uploads_racing_a_repair_keep_their_objects(stack: Stack) {
+    let app = spawn_with(stack, |figment| figment.merge(("dedup", false))).await;
+    let store = store_of(&app).await;
+    let uploads = async {
+        for name in ["cat.jpg", "coffee.png", "logo-alpha.png", "cat-gps-rotated.jpg", "astronaut.webp", "rocket.gif"] {
+            app.upload_ok(name).await;
+        }
+    };
+    let repairs = async {
+        let mut runs = 0;
+        let mut removed = 0;
+        while runs < 200 {
+            removed += check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap().orphans_removed;
+            runs += 1;
+            if app.image_rows().await == 6 {
+                break;
+            }
+        }
+        (runs, removed)
+    };
+    let ((), (runs, removed)) = tokio::join!(uploads, repairs);
+    assert!(runs > 1, "the repair ran while the uploads did");
+    assert_eq!(removed, 0);
+    let report = check(&app.db, store, &options(Duration::ZERO)).await.unwrap();
+    assert_eq!((report.rows_scanned, report.objects_scanned), (6, 12), "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Two runs at once on PostgreSQL: the second exits at once, saying another holds the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reconcile_at_a_time_across_the_fleet() {
+    let app = spawn(Stack::Cloud).await;
+    let url = upshot::config::DatabaseUrl::parse(&app.database_url).unwrap();
+    let held = upshot::db::try_fleet_lock(&url, upshot::reconcile::FLEET_LOCK_ID).unwrap();
+    assert!(held.is_some());
+    let second = upshot::db::try_fleet_lock(&url, upshot::reconcile::FLEET_LOCK_ID).unwrap();
+    assert!(second.is_none(), "the lock is taken");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_upshot"))
+        .args(["reconcile", "--repair"])
+        .env("UPSHOT_DATABASE_URL", &app.database_url)
+        .env("UPSHOT_DATA_DIR", app.data_dir.path())
+        .env("UPSHOT_SECRET_KEY", crate::helpers::SECRET)
+        .env("UPSHOT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("another reconcile is running"));
+    drop(held);
+    assert!(upshot::db::try_fleet_lock(&url, upshot::reconcile::FLEET_LOCK_ID).unwrap().is_some(), "released");
 }
 
 /// The command itself: JSON out, exit status 3 with findings. Many orphans are listed in flat memory:
