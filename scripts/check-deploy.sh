@@ -157,8 +157,12 @@ check_systemd() {
     chmod 0755 "$stage/opt/upshot/releases/check/deploy/codedeploy/refresh-db-password.sh"
     sed -e "s#/opt/upshot#$stage/opt/upshot#g" deploy/systemd/upshot-db-password.service >"$stage/upshot-db-password.service"
     cp deploy/systemd/upshot-db-password.timer "$stage/upshot-db-password.timer"
+    sed -e "s#/opt/upshot#$stage/opt/upshot#g" -e "s#/etc/upshot/upshot.env#$stage/etc/upshot/upshot.env#g" \
+        deploy/systemd/upshot-reconcile.service >"$stage/upshot-reconcile.service"
+    cp deploy/systemd/upshot-reconcile.timer "$stage/upshot-reconcile.timer"
     out=$(systemd-analyze verify "$stage/upshot.service" "$stage/upshot-db-password.service" \
-        "$stage/upshot-db-password.timer" 2>&1) || { echo "$out"; return 1; }
+        "$stage/upshot-db-password.timer" "$stage/upshot-reconcile.service" "$stage/upshot-reconcile.timer" 2>&1) ||
+        { echo "$out"; return 1; }
     [ -z "$out" ] || { echo "$out"; return 1; }
     echo "deploy/systemd/*.service and *.timer verify silently ($(systemd-analyze --version | head -n 1))"
 }
@@ -255,6 +259,7 @@ JSON
     grep -qxF '*:*:*:*:p@ss word' "$root/etc/upshot/pgpass" || { echo "the password file is wrong"; return 1; }
     [ "$(stat -c %a "$root/etc/upshot/pgpass")" = 600 ] || { echo "the password file is not 0600"; return 1; }
     grep -qx 'enable upshot-db-password.timer' "$work/systemctl.calls" || { echo "the refresh timer is not enabled"; return 1; }
+    grep -qx 'enable upshot-reconcile.timer' "$work/systemctl.calls" || { echo "the reconcile timer is not enabled"; return 1; }
     python3 - "$state" <<'PY'
 import json, sys
 state = json.load(open(sys.argv[1]))

@@ -142,11 +142,16 @@ install_unit "$UPSHOT_UNIT"
 if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
     install_unit upshot-db-password.service
     install_unit upshot-db-password.timer
+    install_unit upshot-reconcile.service
+    install_unit upshot-reconcile.timer
 fi
 systemctl_ daemon-reload
 if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
     systemctl_ enable upshot-db-password.timer
     systemctl_ restart upshot-db-password.timer
+    # Hourly on every instance; the run that takes the database's advisory lock does the work.
+    systemctl_ enable upshot-reconcile.timer
+    systemctl_ restart upshot-reconcile.timer
 fi
 
 printf '%s\n' "$id" >"$UPSHOT_PENDING"
