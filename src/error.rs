@@ -15,6 +15,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    ImageMissing,
     MethodNotAllowed,
     IdempotencyConflict,
     PayloadTooLarge,
@@ -37,7 +38,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for the README's list and its test.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::ClientClosedRequest,
         ErrorCode::MissingFile,
@@ -45,6 +46,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::ImageMissing,
         ErrorCode::MethodNotAllowed,
         ErrorCode::IdempotencyConflict,
         ErrorCode::PayloadTooLarge,
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::ImageMissing => "IMAGE_MISSING",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => Status::Unauthorized,
             ErrorCode::Forbidden | ErrorCode::CsrfTokenInvalid => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
+            ErrorCode::ImageMissing => Status::Gone,
             ErrorCode::MethodNotAllowed => Status::MethodNotAllowed,
             ErrorCode::IdempotencyConflict | ErrorCode::NotifierNotConfigured => Status::Conflict,
             ErrorCode::PayloadTooLarge => Status::PayloadTooLarge,
@@ -129,6 +133,7 @@ impl ErrorCode {
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
+            410 => ErrorCode::ImageMissing,
             409 => ErrorCode::IdempotencyConflict,
             413 => ErrorCode::PayloadTooLarge,
             415 => ErrorCode::UnsupportedMediaType,

@@ -32,7 +32,7 @@ enum Command {
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
-        /// Remove the orphaned objects found (missing objects are only reported).
+        /// Remove the orphaned objects found, and mark images whose original is gone as missing (410).
         #[arg(long)]
         repair: bool,
     },
@@ -197,7 +197,10 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         for orphan in &report.orphans {
             println!("  {} ({} s old)", orphan.key, orphan.age_secs);
         }
-        println!("images missing their original: {}", report.missing_original_count);
+        println!(
+            "images missing their original: {} ({} marked missing)",
+            report.missing_original_count, report.marked_missing
+        );
         for id in &report.missing_originals {
             println!("  {id}");
         }
@@ -208,13 +211,14 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         println!("notifications failed: {}, stuck: {}", report.outbox_failed, report.outbox_stuck);
     }
     log::info!(
-        "reconcile: objects={} rows={} orphans={} orphans_removed={} recent_unreferenced={} missing_originals={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
+        "reconcile: objects={} rows={} orphans={} orphans_removed={} recent_unreferenced={} missing_originals={} marked_missing={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
         report.objects_scanned,
         report.rows_scanned,
         report.orphan_count,
         report.orphans_removed,
         report.recent_unreferenced,
         report.missing_original_count,
+        report.marked_missing,
         report.missing_thumbnail_count,
         report.outbox_failed,
         report.outbox_stuck,

@@ -1,7 +1,8 @@
 //! The consistency check between the database and the object store (`upshot reconcile`): objects that no row
 //! points at (orphans), rows whose objects are gone, and notifications that are stuck. Both sides are read a
 //! page at a time (a listing page of objects, a keyset page of rows), so memory stays flat however many
-//! images there are. It reports; with `repair`, it also removes the orphans.
+//! images there are. It reports; with `repair`, it also removes the orphans and marks the images whose
+//! original is gone as `missing` (they then answer 410; nothing is deleted).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub struct Options {
     pub page: usize,
     /// An unsent notification older than this is reported as stuck.
     pub stuck_after: Duration,
-    /// Remove the orphans found (missing objects are only reported).
+    /// Remove the orphans found and mark images that lost their original as `missing`.
     pub repair: bool,
 }
 
@@ -48,6 +49,8 @@ pub struct Report {
     /// Ids of images whose original is gone from the store: those images are lost.
     pub missing_originals: Vec<String>,
     pub missing_original_count: u64,
+    /// Images marked `missing` by this run (with `repair`).
+    pub marked_missing: u64,
     /// Ids of images whose thumbnail is gone (the original is there).
     pub missing_thumbnails: Vec<String>,
     pub missing_thumbnail_count: u64,
@@ -190,20 +193,33 @@ async fn check_rows(
                     (row.id, original, thumbnail)
                 });
             }
+            let mut lost = Vec::new();
             while let Some(found) = lookups.join_next().await {
                 let (id, original, thumbnail) =
                     found.map_err(|e| crate::store::StoreError::Backend(format!("object lookup task failed: {e}")))?;
                 if original?.is_none() {
                     report.missing_original_count += 1;
                     if report.missing_originals.len() < LISTED {
-                        report.missing_originals.push(id);
+                        report.missing_originals.push(id.clone());
                     }
+                    lost.push(id);
                 } else if thumbnail?.is_none() {
                     report.missing_thumbnail_count += 1;
                     if report.missing_thumbnails.len() < LISTED {
                         report.missing_thumbnails.push(id);
                     }
                 }
+            }
+            if options.repair && !lost.is_empty() {
+                report.marked_missing += db
+                    .run(move |conn| {
+                        let mut marked = 0;
+                        for id in &lost {
+                            marked += image_rows::mark_missing(conn, id)? as u64;
+                        }
+                        Ok(marked)
+                    })
+                    .await?;
             }
         }
         if rows.len() < options.page {

@@ -85,9 +85,18 @@ impl From<&ImageRecord> for ImageView {
     }
 }
 
+/// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
 pub async fn find(state: &AppState, id: &ImageId) -> AppResult<ImageRecord> {
     let id = id.to_string();
-    state.db.run(move |conn| image_rows::find(conn, &id)).await?.ok_or_else(AppError::not_found)
+    let record = state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
+    match record.status.as_str() {
+        image_rows::STATUS_STORED => Ok(record),
+        image_rows::STATUS_MISSING => Err(AppError::new(
+            ErrorCode::ImageMissing,
+            "This image's file has been lost from storage; its record is kept.",
+        )),
+        _ => Err(AppError::not_found()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

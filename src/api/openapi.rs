@@ -98,7 +98,7 @@ fn binary_response(description: &str) -> Value {
             },
             "304": { "description": "Not modified (If-None-Match)" }
         }),
-        &[("404", "NOT_FOUND")],
+        &[("404", "NOT_FOUND"), ("410", "IMAGE_MISSING: the image's file was lost from the store")],
     )
 }
 
@@ -181,7 +181,7 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
                     "responses": with_errors(json!({ "200": {
                         "description": "The image",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Image" } } }
-                    } }), &[("404", "NOT_FOUND")])
+                    } }), &[("404", "NOT_FOUND"), ("410", "IMAGE_MISSING: the image's file was lost from the store")])
                 },
                 "delete": {
                     "summary": "Delete an image and its objects",

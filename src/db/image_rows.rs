@@ -11,6 +11,9 @@ use super::{DbConnection, DbError};
 pub const STATUS_STORED: &str = "stored";
 /// Set while a delete removes the objects; such rows are invisible and a retried delete finishes them.
 pub const STATUS_DELETING: &str = "deleting";
+/// Set by `upshot reconcile --repair` when the original is gone from the store: the image is lost, its row
+/// and notification history are kept, and reads answer 410.
+pub const STATUS_MISSING: &str = "missing";
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = images)]
@@ -160,9 +163,11 @@ pub struct DeletePlan {
 /// attempt failed half-way) are taken up again.
 pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePlan>, DbError> {
     Ok(conn.transaction::<_, diesel::result::Error, _>(|conn| {
-        let marked = diesel::update(
-            images::table.filter(images::id.eq(id)).filter(images::status.eq_any([STATUS_STORED, STATUS_DELETING])),
-        )
+        let marked = diesel::update(images::table.filter(images::id.eq(id)).filter(images::status.eq_any([
+            STATUS_STORED,
+            STATUS_DELETING,
+            STATUS_MISSING,
+        ])))
         .set(images::status.eq(STATUS_DELETING))
         .execute(conn)?;
         if marked == 0 {
@@ -243,4 +248,11 @@ pub fn referenced_keys(conn: &mut DbConnection, keys: &[String]) -> Result<Vec<S
         images::table.filter(images::thumbnail_key.eq_any(keys)).select(images::thumbnail_key).load::<String>(conn)?,
     );
     Ok(found)
+}
+
+/// Marks a stored image whose original is gone as `missing`; how many rows changed (0 if it was not stored).
+pub fn mark_missing(conn: &mut DbConnection, id: &str) -> Result<usize, DbError> {
+    Ok(diesel::update(images::table.filter(images::id.eq(id)).filter(images::status.eq(STATUS_STORED)))
+        .set(images::status.eq(STATUS_MISSING))
+        .execute(conn)?)
 }

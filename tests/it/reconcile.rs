@@ -59,7 +59,7 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     assert_eq!((report.objects_scanned, report.rows_scanned), (5, 3), "{report:?}");
     let orphans: Vec<&str> = report.orphans.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(orphans, [stray]);
-    assert_eq!(report.missing_originals, [lost]);
+    assert_eq!(report.missing_originals, std::slice::from_ref(&lost));
     assert_eq!(report.missing_thumbnails, [thumbless]);
     assert!(!report.is_clean());
     assert!(!report.missing_originals.contains(&kept));
@@ -68,16 +68,29 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     let report = check(&app.db, store.clone(), &options(Duration::from_secs(3600))).await.unwrap();
     assert_eq!((report.orphan_count, report.recent_unreferenced), (0, 1));
     assert_eq!(report.missing_original_count, 1, "missing objects are reported whatever their age");
+    let notifications = app.outbox_rows().await;
     let report = check(&app.db, store.clone(), &repair(Duration::from_secs(3600))).await.unwrap();
     assert_eq!(report.orphans_removed, 0, "nothing within the grace period is removed");
+    assert_eq!(report.marked_missing, 1, "a lost image is marked whatever the grace period");
 
     let report = check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap();
-    assert_eq!((report.orphan_count, report.orphans_removed), (1, 1));
+    assert_eq!((report.orphan_count, report.orphans_removed, report.marked_missing), (1, 1, 0));
     assert!(!app.object_keys().await.contains(&stray.to_owned()));
     let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
     assert_eq!(after.orphan_count, 0);
-    assert_eq!((after.missing_original_count, after.missing_thumbnail_count), (1, 1), "reported, never deleted");
+    assert_eq!((after.missing_original_count, after.missing_thumbnail_count), (0, 1), "the lost image is marked");
+
+    // The lost image answers 410 with its code, on the API and its page; nothing of it is deleted.
+    let (status, code, _) = crate::helpers::error_code(app.get(&format!("/api/v1/images/{lost}")).await).await;
+    assert_eq!((status, code.as_str()), (410, "IMAGE_MISSING"));
+    let file = app.get(&format!("/api/v1/images/{lost}/thumbnail")).await;
+    assert_eq!(file.status().as_u16(), 410);
+    let page = app.get(&format!("/images/{lost}")).await;
+    assert_eq!(page.status().as_u16(), 410);
+    assert!(page.text().await.unwrap().contains("IMAGE_MISSING"));
+    assert_eq!(app.get(&format!("/api/v1/images/{kept}")).await.status().as_u16(), 200);
     assert_eq!(app.image_rows().await, 3);
+    assert_eq!(app.outbox_rows().await, notifications, "the notification history is untouched");
 }
 
 /// A repair with no grace period at all, over and over while uploads run: every upload keeps its objects,
