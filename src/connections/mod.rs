@@ -166,8 +166,7 @@ impl Gate {
 /// An error answered by the socket itself, in the API's error shape, closing the connection.
 fn error_response(code: ErrorCode, message: &str, extra_headers: &str) -> String {
     let request_id = crate::domain::random_token(12);
-    let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message, "request_id": request_id } })
-        .to_string();
+    let body = crate::error::AppError::new(code, message).body(&request_id).to_string();
     let status = code.status();
     format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n\

@@ -53,16 +53,7 @@ pub struct StoredObjects {
     pub thumbnail_content_type: String,
 }
 
-pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, DbError> {
-    Ok(images::table
-        .filter(images::id.eq(id))
-        .filter(images::status.eq(STATUS_STORED))
-        .select(ImageRecord::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// Any row with this id, including one a failed delete left `deleting`.
+/// Any row with this id, whatever its status: stored, missing, or left `deleting` by a failed delete.
 pub fn find_any(conn: &mut DbConnection, id: &str) -> Result<Option<ImageRecord>, DbError> {
     Ok(images::table.filter(images::id.eq(id)).select(ImageRecord::as_select()).first(conn).optional()?)
 }
