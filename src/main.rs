@@ -144,11 +144,19 @@ async fn main() -> ExitCode {
 
 async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
     let settings = &config.settings;
+    let policy = match upshot::ingest::IngestPolicy::of_config(&config) {
+        Ok(policy) => std::sync::Arc::new(policy),
+        Err(error) => {
+            log::error!("reconcile could not run: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = upshot::reconcile::Options {
         grace: std::time::Duration::from_secs(settings.reconcile_grace_secs),
         page: 1000,
         stuck_after: std::time::Duration::from_secs(settings.outbox_degraded_after_secs),
         repair,
+        policy,
     };
     let database = config.database.clone();
     let lock =
@@ -204,14 +212,17 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         for id in &report.missing_originals {
             println!("  {id}");
         }
-        println!("images missing their thumbnail: {}", report.missing_thumbnail_count);
+        println!(
+            "images missing their thumbnail: {} ({} made again)",
+            report.missing_thumbnail_count, report.thumbnails_regenerated
+        );
         for id in &report.missing_thumbnails {
             println!("  {id}");
         }
         println!("notifications failed: {}, stuck: {}", report.outbox_failed, report.outbox_stuck);
     }
     log::info!(
-        "reconcile: objects={} rows={} orphans={} orphans_removed={} recent_unreferenced={} missing_originals={} marked_missing={} missing_thumbnails={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
+        "reconcile: objects={} rows={} orphans={} orphans_removed={} recent_unreferenced={} missing_originals={} marked_missing={} missing_thumbnails={} thumbnails_regenerated={} outbox_failed={} outbox_stuck={} elapsed_ms={} peak_rss_kib={}",
         report.objects_scanned,
         report.rows_scanned,
         report.orphan_count,
@@ -220,6 +231,7 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         report.missing_original_count,
         report.marked_missing,
         report.missing_thumbnail_count,
+        report.thumbnails_regenerated,
         report.outbox_failed,
         report.outbox_stuck,
         report.elapsed_ms,

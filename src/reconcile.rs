@@ -1,17 +1,26 @@
 //! The consistency check between the database and the object store (`upshot reconcile`): objects that no row
-//! points at (orphans), rows whose objects are gone, and notifications that are stuck. Both sides are read a
-//! page at a time (a listing page of objects, a keyset page of rows), so memory stays flat however many
-//! images there are. It reports; with `repair`, it also removes the orphans and marks the images whose
-//! original is gone as `missing` (they then answer 410; nothing is deleted).
+//! points at (orphans), rows whose objects are gone, and notifications that are stuck.
+//!
+//! The store's listing and the rows are walked side by side in key order, a sorted merge: a listing page of
+//! objects against keyset pages of rows ordered by original key, and by thumbnail key. Memory is a few pages
+//! whatever the number of images, and an object store is asked one listing request per page, plus one lookup
+//! per object found missing. What the merge finds is asked again before it counts: a row or an object that
+//! appeared after the walk passed its key is not drift.
+//!
+//! It reports; with `repair`, it also removes the orphans, makes missing thumbnails again from their original,
+//! and marks the images whose original is gone as `missing` (they then answer 410; nothing is deleted).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use tokio::io::AsyncReadExt;
 
+use crate::db::image_rows::{KeyColumn, KeyedRow};
 use crate::db::{image_rows, outbox, pending, Db, DbError};
-use crate::store::ObjectStore;
+use crate::ingest::IngestPolicy;
+use crate::store::{Listed, ObjectStore, StoreError};
 
 /// Where Upshot's objects live in the store.
 const OBJECTS_PREFIX: &str = "images/";
@@ -28,8 +37,11 @@ pub struct Options {
     pub page: usize,
     /// An unsent notification older than this is reported as stuck.
     pub stuck_after: Duration,
-    /// Remove the orphans found and mark images that lost their original as `missing`.
+    /// Remove the orphans found, make missing thumbnails again, and mark images that lost their original as
+    /// `missing`.
     pub repair: bool,
+    /// How uploads decode and make thumbnails, so a thumbnail made again is the one the upload made.
+    pub policy: Arc<IngestPolicy>,
 }
 
 /// The PostgreSQL advisory lock that lets one reconcile run at a time across the fleet.
@@ -54,6 +66,8 @@ pub struct Report {
     /// Ids of images whose thumbnail is gone (the original is there).
     pub missing_thumbnails: Vec<String>,
     pub missing_thumbnail_count: u64,
+    /// Thumbnails made again from their original (with `repair`).
+    pub thumbnails_regenerated: u64,
     /// Notifications parked as failed (`upshot outbox retry` revives them).
     pub outbox_failed: i64,
     /// Notifications unsent for longer than `stuck_after`.
@@ -72,7 +86,7 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.orphan_count == 0
             && self.missing_original_count == 0
-            && self.missing_thumbnail_count == 0
+            && self.missing_thumbnail_count == self.thumbnails_regenerated
             && self.outbox_failed == 0
             && self.outbox_stuck == 0
     }
@@ -83,60 +97,329 @@ pub enum CheckError {
     #[error("database: {0}")]
     Database(#[from] DbError),
     #[error("object store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
 }
 
 pub async fn check(db: &Db, store: Arc<dyn ObjectStore>, options: &Options) -> Result<Report, CheckError> {
     let started = Instant::now();
-    let mut report = Report::default();
-    check_objects(db, store.as_ref(), options, &mut report).await?;
-    check_rows(db, store, options, &mut report).await?;
+    let mut walk = Walk {
+        db,
+        store,
+        options,
+        originals: RowWalk::new(db, KeyColumn::Original, options.page),
+        thumbnails: RowWalk::new(db, KeyColumn::Thumbnail, options.page),
+        unreferenced: Vec::new(),
+        gaps: Vec::new(),
+        report: Report::default(),
+    };
+    walk.run().await?;
+    let mut report = walk.report;
+    report.rows_scanned = walk.originals.taken;
+    report.missing_originals.sort();
+    report.missing_thumbnails.sort();
     let stuck_before = crate::domain::now() - chrono::Duration::from_std(options.stuck_after).unwrap_or_default();
     let (failed, stuck) =
-        db.run(move |conn| Ok((outbox::backlog(conn)?.failed, outbox::unsent_before(conn, stuck_before)?))).await?;
+        db.run(move |conn| Ok((outbox::failed_count(conn)?, outbox::unsent_before(conn, stuck_before)?))).await?;
     report.outbox_failed = failed;
     report.outbox_stuck = stuck;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-/// Objects → rows: each listed object must be some row's original or thumbnail, or an upload's under way.
-async fn check_objects(
-    db: &Db,
-    store: &dyn ObjectStore,
-    options: &Options,
-    report: &mut Report,
-) -> Result<(), CheckError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_page(OBJECTS_PREFIX, after.as_deref(), options.page).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
-        report.objects_scanned += page.len() as u64;
-        let keys: Vec<String> = page.iter().map(|object| object.key.clone()).collect();
-        let referenced = referenced(db, keys).await?;
-        let now = SystemTime::now();
-        let mut orphans = Vec::new();
-        for object in page.iter().filter(|object| !referenced.contains(&object.key)) {
-            let age = now.duration_since(object.modified).unwrap_or_default();
-            if age < options.grace {
-                report.recent_unreferenced += 1;
-                continue;
-            }
-            report.orphan_count += 1;
-            if report.orphans.len() < LISTED {
-                report.orphans.push(Orphan { key: object.key.clone(), age_secs: age.as_secs() });
-            }
-            orphans.push(object.key.clone());
+/// Rows in the order of one of their keys, read a keyset page at a time.
+struct RowWalk {
+    db: Db,
+    column: KeyColumn,
+    page: usize,
+    buffered: VecDeque<KeyedRow>,
+    after: Option<(String, String)>,
+    exhausted: bool,
+    /// Rows taken off the walk so far.
+    taken: u64,
+}
+
+impl RowWalk {
+    fn new(db: &Db, column: KeyColumn, page: usize) -> Self {
+        RowWalk { db: db.clone(), column, page, buffered: VecDeque::new(), after: None, exhausted: false, taken: 0 }
+    }
+
+    /// The next row, when its key sorts before `bound` (any next row, without a bound).
+    async fn next_before(&mut self, bound: Option<&str>) -> Result<Option<KeyedRow>, CheckError> {
+        self.fill().await?;
+        Ok(match self.buffered.front() {
+            Some(row) if bound.is_none_or(|bound| row.key.as_str() < bound) => self.take(),
+            _ => None,
+        })
+    }
+
+    /// The next row, when its key is `key`.
+    async fn next_at(&mut self, key: &str) -> Result<Option<KeyedRow>, CheckError> {
+        self.fill().await?;
+        Ok(match self.buffered.front() {
+            Some(row) if row.key == key => self.take(),
+            _ => None,
+        })
+    }
+
+    fn take(&mut self) -> Option<KeyedRow> {
+        self.taken += 1;
+        self.buffered.pop_front()
+    }
+
+    async fn fill(&mut self) -> Result<(), CheckError> {
+        if !self.buffered.is_empty() || self.exhausted {
+            return Ok(());
         }
-        if options.repair && !orphans.is_empty() {
-            report.orphans_removed += remove_orphans(db, store, orphans).await?;
+        let (column, after, limit) = (self.column, self.after.clone(), self.page as i64);
+        let rows = self.db.run(move |conn| image_rows::key_order_page(conn, column, after, limit)).await?;
+        self.exhausted = rows.len() < self.page;
+        self.after = rows.last().map(|row| (row.key.clone(), row.id.clone()));
+        self.buffered.extend(rows);
+        Ok(())
+    }
+}
+
+/// A stored image whose key the listing did not show: drift, unless a lookup finds the object after all.
+#[derive(Clone)]
+struct Gap {
+    row: KeyedRow,
+    column: KeyColumn,
+}
+
+/// One run of the merge, with what it has found and not yet settled.
+struct Walk<'a> {
+    db: &'a Db,
+    store: Arc<dyn ObjectStore>,
+    options: &'a Options,
+    originals: RowWalk,
+    thumbnails: RowWalk,
+    /// Listed objects the walks passed without a row at their key.
+    unreferenced: Vec<Listed>,
+    gaps: Vec<Gap>,
+    report: Report,
+}
+
+impl Walk<'_> {
+    async fn run(&mut self) -> Result<(), CheckError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list_page(OBJECTS_PREFIX, after.as_deref(), self.options.page).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            self.report.objects_scanned += page.len() as u64;
+            let complete = page.len() < self.options.page;
+            for object in page {
+                self.pass(object).await?;
+            }
+            self.settle_unreferenced().await?;
+            self.settle_gaps().await?;
+            if complete {
+                break;
+            }
         }
-        if page.len() < options.page {
-            break;
+        // Rows whose keys sort after the last object listed.
+        for column in [KeyColumn::Original, KeyColumn::Thumbnail] {
+            while let Some(row) = self.rows(column).next_before(None).await? {
+                self.gap(row, column).await?;
+            }
+        }
+        self.settle_gaps().await
+    }
+
+    fn rows(&mut self, column: KeyColumn) -> &mut RowWalk {
+        match column {
+            KeyColumn::Original => &mut self.originals,
+            KeyColumn::Thumbnail => &mut self.thumbnails,
         }
     }
-    Ok(())
+
+    /// Moves both row walks up to `object`'s key: rows passed on the way name keys that were not listed.
+    async fn pass(&mut self, object: Listed) -> Result<(), CheckError> {
+        let mut referenced = false;
+        for column in [KeyColumn::Original, KeyColumn::Thumbnail] {
+            while let Some(row) = self.rows(column).next_before(Some(&object.key)).await? {
+                self.gap(row, column).await?;
+            }
+            // Shared objects: every row at this key is taken.
+            while self.rows(column).next_at(&object.key).await?.is_some() {
+                referenced = true;
+            }
+        }
+        if !referenced {
+            self.unreferenced.push(object);
+        }
+        Ok(())
+    }
+
+    async fn gap(&mut self, row: KeyedRow, column: KeyColumn) -> Result<(), CheckError> {
+        // Rows being deleted are losing their objects on purpose; rows marked missing are known.
+        if row.status == image_rows::STATUS_STORED {
+            self.gaps.push(Gap { row, column });
+            if self.gaps.len() >= self.options.page {
+                self.settle_gaps().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unreferenced objects past the grace period are orphans, when the database, asked again, still knows
+    /// nothing of them (a row committed after the walk passed, an upload that listed them as pending).
+    async fn settle_unreferenced(&mut self) -> Result<(), CheckError> {
+        let now = SystemTime::now();
+        let mut old = Vec::new();
+        for object in std::mem::take(&mut self.unreferenced) {
+            let age = now.duration_since(object.modified).unwrap_or_default();
+            if age < self.options.grace {
+                self.report.recent_unreferenced += 1;
+            } else {
+                old.push((object.key, age));
+            }
+        }
+        if old.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = old.iter().map(|(key, _)| key.clone()).collect();
+        let referenced = referenced(self.db, keys).await?;
+        let mut orphans = Vec::new();
+        for (key, age) in old.into_iter().filter(|(key, _)| !referenced.contains(key)) {
+            self.report.orphan_count += 1;
+            if self.report.orphans.len() < LISTED {
+                self.report.orphans.push(Orphan { key: key.clone(), age_secs: age.as_secs() });
+            }
+            orphans.push(key);
+        }
+        if self.options.repair && !orphans.is_empty() {
+            self.report.orphans_removed += remove_orphans(self.store.as_ref(), orphans).await?;
+        }
+        Ok(())
+    }
+
+    /// Looks up each gap's object, a few at a time: still absent, it is a lost original or a missing thumbnail.
+    async fn settle_gaps(&mut self) -> Result<(), CheckError> {
+        let gaps = std::mem::take(&mut self.gaps);
+        for batch in gaps.chunks(LOOKUPS_AT_ONCE) {
+            let mut lookups = tokio::task::JoinSet::new();
+            for Gap { row, column } in batch.iter().cloned() {
+                let (db, store) = (self.db.clone(), self.store.clone());
+                lookups.spawn(async move { look_up(&db, store.as_ref(), row, column).await });
+            }
+            let mut lost = Vec::new();
+            while let Some(found) = lookups.join_next().await {
+                match found.map_err(|e| StoreError::Backend(format!("object lookup task failed: {e}")))?? {
+                    Found::Present => {}
+                    Found::LostOriginal(id) => {
+                        self.report.missing_original_count += 1;
+                        if self.report.missing_originals.len() < LISTED {
+                            self.report.missing_originals.push(id.clone());
+                        }
+                        lost.push(id);
+                    }
+                    Found::LostThumbnail(record) => {
+                        self.report.missing_thumbnail_count += 1;
+                        if self.report.missing_thumbnails.len() < LISTED {
+                            self.report.missing_thumbnails.push(record.id.clone());
+                        }
+                        if self.options.repair {
+                            self.report.thumbnails_regenerated +=
+                                regenerate_thumbnail(self.db, self.store.as_ref(), &self.options.policy, *record)
+                                    .await? as u64;
+                        }
+                    }
+                }
+            }
+            if self.options.repair && !lost.is_empty() {
+                self.report.marked_missing += self
+                    .db
+                    .run(move |conn| {
+                        let mut marked = 0;
+                        for id in &lost {
+                            marked += image_rows::mark_missing(conn, id)? as u64;
+                        }
+                        Ok(marked)
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What looking a gap's object up found.
+enum Found {
+    /// The object is there after all (written after the listing passed its key), or the gap is counted
+    /// elsewhere: a thumbnail whose original is gone too belongs to a lost image.
+    Present,
+    LostOriginal(String),
+    LostThumbnail(Box<image_rows::ImageRecord>),
+}
+
+async fn look_up(db: &Db, store: &dyn ObjectStore, row: KeyedRow, column: KeyColumn) -> Result<Found, CheckError> {
+    if store.head(&row.key).await?.is_some() {
+        return Ok(Found::Present);
+    }
+    if column == KeyColumn::Original {
+        return Ok(Found::LostOriginal(row.id));
+    }
+    let id = row.id.clone();
+    let Some(record) = db.run(move |conn| image_rows::find_any(conn, &id)).await? else {
+        return Ok(Found::Present);
+    };
+    let stored = record.status == image_rows::STATUS_STORED && record.thumbnail_key == row.key;
+    if stored && store.head(&record.original_key).await?.is_some() {
+        Ok(Found::LostThumbnail(Box::new(record)))
+    } else {
+        Ok(Found::Present)
+    }
+}
+
+/// Makes a stored image's thumbnail again from its original, as its upload made it. Whether it was written:
+/// an original that no longer decodes under today's limits, or a thumbnail of another format than the row
+/// records, is left for a person (and logged).
+async fn regenerate_thumbnail(
+    db: &Db,
+    store: &dyn ObjectStore,
+    policy: &Arc<IngestPolicy>,
+    record: image_rows::ImageRecord,
+) -> Result<bool, CheckError> {
+    let mut body = store.get(&record.original_key).await?;
+    let mut original = Vec::with_capacity(body.len as usize);
+    body.reader
+        .read_to_end(&mut original)
+        .await
+        .map_err(|e| StoreError::Backend(format!("reading {}: {e}", record.original_key)))?;
+    let policy = policy.clone();
+    let made = tokio::task::spawn_blocking(move || crate::ingest::thumbnail_of_stored(&original, &policy))
+        .await
+        .map_err(|e| StoreError::Backend(format!("thumbnail task failed: {e}")))?;
+    let (thumbnail, format) = match made {
+        Ok(made) => made,
+        Err(error) => {
+            log::warn!("reconcile cannot make the thumbnail of image {} again: {error}", record.id);
+            return Ok(false);
+        }
+    };
+    if format.content_type() != record.thumbnail_content_type {
+        log::warn!(
+            "reconcile made a {} thumbnail for image {}, whose row records {}; not written",
+            format.content_type(),
+            record.id,
+            record.thumbnail_content_type
+        );
+        return Ok(false);
+    }
+    // Asked again just before the write: an image deleted meanwhile gets no thumbnail back.
+    let id = record.id.clone();
+    let still_stored = db
+        .run(
+            move |conn| Ok(image_rows::find_any(conn, &id)?.is_some_and(|row| row.status == image_rows::STATUS_STORED)),
+        )
+        .await?;
+    if !still_stored {
+        return Ok(false);
+    }
+    store.put(&record.thumbnail_key, thumbnail, format.content_type()).await?;
+    log::info!("reconcile made the thumbnail of image {} again ({})", record.id, record.thumbnail_key);
+    Ok(true)
 }
 
 /// Which of `keys` a row or an upload under way points at. Pending first: an upload that commits in between
@@ -152,81 +435,15 @@ async fn referenced(db: &Db, keys: Vec<String>) -> Result<HashSet<String>, Check
     Ok(found.into_iter().collect())
 }
 
-/// Removes the orphans that are still unreferenced when asked again, just before the delete. Once an object
-/// is neither pending nor a row's, nothing can come to point at it: an upload lists its keys as pending before
-/// it writes them, keys carry the upload's new random id, and sharing picks only objects that rows point at.
-async fn remove_orphans(db: &Db, store: &dyn ObjectStore, orphans: Vec<String>) -> Result<u64, CheckError> {
-    let still_referenced = referenced(db, orphans.clone()).await?;
+/// Removes the orphans, asked about just before: once an object is neither pending nor a row's, nothing can
+/// come to point at it. An upload lists its keys as pending before it writes them, keys carry the upload's new
+/// random id, and sharing picks only objects that rows point at.
+async fn remove_orphans(store: &dyn ObjectStore, orphans: Vec<String>) -> Result<u64, CheckError> {
     let mut removed = 0;
-    for key in orphans.iter().filter(|key| !still_referenced.contains(*key)) {
+    for key in &orphans {
         store.delete(key).await?;
         log::info!("reconcile removed orphaned object {key}");
         removed += 1;
     }
     Ok(removed)
-}
-
-/// Rows → objects: each stored image's original and thumbnail must exist.
-async fn check_rows(
-    db: &Db,
-    store: Arc<dyn ObjectStore>,
-    options: &Options,
-    report: &mut Report,
-) -> Result<(), CheckError> {
-    let mut after: Option<String> = None;
-    let page_size = options.page as i64;
-    loop {
-        let from = after.clone();
-        let rows = db.run(move |conn| image_rows::objects_page(conn, from.as_deref(), page_size)).await?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.id.clone());
-        report.rows_scanned += rows.len() as u64;
-        // Rows being deleted are losing their objects on purpose.
-        let stored: Vec<_> = rows.iter().filter(|row| row.status == image_rows::STATUS_STORED).cloned().collect();
-        for batch in stored.chunks(LOOKUPS_AT_ONCE) {
-            let mut lookups = tokio::task::JoinSet::new();
-            for row in batch.iter().cloned() {
-                let store = store.clone();
-                lookups.spawn(async move {
-                    let (original, thumbnail) =
-                        tokio::join!(store.head(&row.original_key), store.head(&row.thumbnail_key));
-                    (row.id, original, thumbnail)
-                });
-            }
-            let mut lost = Vec::new();
-            while let Some(found) = lookups.join_next().await {
-                let (id, original, thumbnail) =
-                    found.map_err(|e| crate::store::StoreError::Backend(format!("object lookup task failed: {e}")))?;
-                if original?.is_none() {
-                    report.missing_original_count += 1;
-                    if report.missing_originals.len() < LISTED {
-                        report.missing_originals.push(id.clone());
-                    }
-                    lost.push(id);
-                } else if thumbnail?.is_none() {
-                    report.missing_thumbnail_count += 1;
-                    if report.missing_thumbnails.len() < LISTED {
-                        report.missing_thumbnails.push(id);
-                    }
-                }
-            }
-            if options.repair && !lost.is_empty() {
-                report.marked_missing += db
-                    .run(move |conn| {
-                        let mut marked = 0;
-                        for id in &lost {
-                            marked += image_rows::mark_missing(conn, id)? as u64;
-                        }
-                        Ok(marked)
-                    })
-                    .await?;
-            }
-        }
-        if rows.len() < options.page {
-            break;
-        }
-    }
-    report.missing_originals.sort();
-    report.missing_thumbnails.sort();
-    Ok(())
 }

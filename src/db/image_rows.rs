@@ -205,30 +205,58 @@ pub fn list_page(
         .load(conn)?)
 }
 
-/// One row's objects, for the consistency check.
-#[derive(Debug, Clone)]
-pub struct RowObjects {
-    pub id: String,
-    pub status: String,
-    pub original_key: String,
-    pub thumbnail_key: String,
+/// Which of a row's two object keys a walk in key order follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyColumn {
+    Original,
+    Thumbnail,
 }
 
-/// Rows in id order after `after`, any status: a keyset page for the consistency check.
-pub fn objects_page(conn: &mut DbConnection, after: Option<&str>, limit: i64) -> Result<Vec<RowObjects>, DbError> {
-    let mut query = images::table.into_boxed();
-    if let Some(after) = after {
-        query = query.filter(images::id.gt(after.to_owned()));
-    }
-    let rows: Vec<(String, String, String, String)> = query
-        .order(images::id.asc())
-        .limit(limit)
-        .select((images::id, images::status, images::original_key, images::thumbnail_key))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, status, original_key, thumbnail_key)| RowObjects { id, status, original_key, thumbnail_key })
-        .collect())
+/// One row as seen from one of its objects, for the consistency check.
+#[derive(Debug, Clone)]
+pub struct KeyedRow {
+    pub key: String,
+    pub id: String,
+    pub status: String,
+}
+
+/// Rows of any status in `(key, id)` order after `after`: a keyset page for the consistency check, which walks
+/// them beside the store's listing. Keys compare as bytes on both backends, as S3 lists them.
+pub fn key_order_page(
+    conn: &mut DbConnection,
+    column: KeyColumn,
+    after: Option<(String, String)>,
+    limit: i64,
+) -> Result<Vec<KeyedRow>, DbError> {
+    let rows: Vec<(String, String, String)> = match column {
+        KeyColumn::Original => {
+            let mut query = images::table.into_boxed();
+            if let Some((key, id)) = after {
+                query = query.filter(
+                    images::original_key.gt(key.clone()).or(images::original_key.eq(key).and(images::id.gt(id))),
+                );
+            }
+            query
+                .order((images::original_key.asc(), images::id.asc()))
+                .limit(limit)
+                .select((images::original_key, images::id, images::status))
+                .load(conn)?
+        }
+        KeyColumn::Thumbnail => {
+            let mut query = images::table.into_boxed();
+            if let Some((key, id)) = after {
+                query = query.filter(
+                    images::thumbnail_key.gt(key.clone()).or(images::thumbnail_key.eq(key).and(images::id.gt(id))),
+                );
+            }
+            query
+                .order((images::thumbnail_key.asc(), images::id.asc()))
+                .limit(limit)
+                .select((images::thumbnail_key, images::id, images::status))
+                .load(conn)?
+        }
+    };
+    Ok(rows.into_iter().map(|(key, id, status)| KeyedRow { key, id, status }).collect())
 }
 
 /// Which of `keys` some row points at, as its original or its thumbnail (shared objects included).

@@ -131,12 +131,17 @@ pub struct Backlog {
 pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
     let unsent_filter = outbox::status.eq_any([PENDING, PROCESSING]);
     let unsent = outbox::table.filter(unsent_filter).count().get_result(conn)?;
-    let failed = outbox::table.filter(outbox::status.eq(FAILED)).count().get_result(conn)?;
+    let failed = failed_count(conn)?;
     let oldest_unsent = outbox::table
         .filter(outbox::status.eq_any([PENDING, PROCESSING]))
         .select(diesel::dsl::min(outbox::created_at))
         .first(conn)?;
     Ok(Backlog { unsent, failed, oldest_unsent })
+}
+
+/// Notifications parked as failed.
+pub fn failed_count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(outbox::table.filter(outbox::status.eq(FAILED)).count().get_result(conn)?)
 }
 
 /// Notifications still unsent that were written before `before`.

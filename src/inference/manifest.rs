@@ -108,6 +108,18 @@ impl ModelFile {
 }
 
 impl Manifest {
+    /// The smallest image the models' preprocessing reduces from without enlarging: the classifier's shorter
+    /// side, the face detector's square. Read from the manifest alone, so tools that make thumbnails without
+    /// running the models decode to the same size as uploads do.
+    pub fn input_size(&self) -> crate::imaging::WorkingSize {
+        let [crop_width, crop_height] = self.classifier_spec.center_crop.size;
+        let detector = &self.detector_spec.anchors;
+        crate::imaging::WorkingSize {
+            min_short_side: self.classifier_spec.resize.shorter_side.max(crop_width).max(crop_height),
+            min_long_side: detector.input_size_width.max(detector.input_size_height),
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<Manifest, String> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;

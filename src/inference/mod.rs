@@ -119,6 +119,11 @@ pub fn onnx_runtime(library: &Path) -> Result<ort::environment::Environment, Inf
         .map_err(InferenceError::Load)
 }
 
+/// The models' input size as the manifest in `models_dir` gives it, without loading the models.
+pub fn manifest_input_size(models_dir: &Path) -> Result<crate::imaging::WorkingSize, InferenceError> {
+    Ok(Manifest::load(models_dir).map_err(InferenceError::Load)?.input_size())
+}
+
 impl Engine {
     /// Verifies and loads every model, and fills the session pool. Blocking: call it off the async workers.
     pub fn load(config: &EngineConfig) -> Result<Engine, InferenceError> {
@@ -174,16 +179,9 @@ impl Engine {
         &self.manifest.labels
     }
 
-    /// The smallest image the models' preprocessing reduces from without enlarging: the classifier's shorter
-    /// side, the face detector's square.
+    /// The smallest image the models' preprocessing reduces from without enlarging.
     pub fn input_size(&self) -> crate::imaging::WorkingSize {
-        let classifier = &self.manifest.classifier_spec;
-        let [crop_width, crop_height] = classifier.center_crop.size;
-        let detector = &self.manifest.detector_spec.anchors;
-        crate::imaging::WorkingSize {
-            min_short_side: classifier.resize.shorter_side.max(crop_width).max(crop_height),
-            min_long_side: detector.input_size_width.max(detector.input_size_height),
-        }
+        self.manifest.input_size()
     }
 
     pub fn classifier_info(&self) -> &ModelInfo {

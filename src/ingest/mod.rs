@@ -95,6 +95,13 @@ impl IngestPolicy {
             },
         }
     }
+
+    /// The policy of a server with `config`, its models' input size read from their manifest without loading
+    /// them: for tools that must decode as uploads do.
+    pub fn of_config(config: &crate::config::AppConfig) -> Result<Self, crate::inference::InferenceError> {
+        let model_input = crate::inference::manifest_input_size(&config.settings.models_dir)?;
+        Ok(IngestPolicy::new(&config.settings, config.accepted_formats.clone(), model_input))
+    }
 }
 
 /// A validated upload, ready to store: metadata stripped, upright, thumbnail made.
@@ -133,6 +140,15 @@ pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, In
         thumbnail_format: thumb.format,
         pixels: Arc::new(upright.working.into_rgb8()),
     })
+}
+
+/// The thumbnail of an image as stored (upright, metadata stripped), made as the upload made it: for a
+/// consistency repair whose thumbnail object is gone.
+pub fn thumbnail_of_stored(original: &[u8], policy: &IngestPolicy) -> Result<(Bytes, ImageFormat), IngestError> {
+    let (format, _) = identify(original, policy)?;
+    let upright = pixels::for_storage(original.to_vec(), format, image::metadata::Orientation::NoTransforms, policy)?;
+    let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
+    Ok((thumb.bytes.into(), thumb.format))
 }
 
 /// Identifies, checks and decodes an upload for the models alone (nothing is stored): the upright working

@@ -4,12 +4,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use upshot::db::image_rows;
+use upshot::ingest::IngestPolicy;
 use upshot::reconcile::{check, Options};
 use upshot::store::{LocalStore, ObjectStore, S3Config, S3Store};
 
 use crate::helpers::{spawn, spawn_with, Stack, TestApp};
 
-crate::on_both_stacks!(finds_orphans_and_images_missing_objects, uploads_racing_a_repair_keep_their_objects);
+crate::on_both_stacks!(
+    finds_orphans_and_images_missing_objects,
+    uploads_racing_a_repair_keep_their_objects,
+    the_command_checks_many_objects_in_flat_memory
+);
 
 /// The test server's store, opened as a second process would open it.
 async fn store_of(app: &TestApp) -> Arc<dyn ObjectStore> {
@@ -30,9 +35,22 @@ async fn store_of(app: &TestApp) -> Arc<dyn ObjectStore> {
     }
 }
 
+/// How the test servers decode and make thumbnails (their settings are the defaults).
+fn policy() -> Arc<IngestPolicy> {
+    let config = upshot::config::AppConfig::from_figment(
+        upshot::config::AppConfig::figment().merge(("secret_key", crate::helpers::SECRET)),
+    )
+    .unwrap();
+    Arc::new(IngestPolicy::of_config(&config).unwrap())
+}
+
+fn decode(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
 fn options(grace: Duration) -> Options {
     // Pages of two: every listing and every row query pages several times.
-    Options { grace, page: 2, stuck_after: Duration::from_secs(3600), repair: false }
+    Options { grace, page: 2, stuck_after: Duration::from_secs(3600), repair: false, policy: policy() }
 }
 
 fn repair(grace: Duration) -> Options {
@@ -47,20 +65,38 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
 
     let kept = app.upload_ok("cat.jpg").await["id"].as_str().unwrap().to_owned();
     let lost = app.upload_ok("coffee.png").await["id"].as_str().unwrap().to_owned();
-    let thumbless = app.upload_ok("logo-alpha.png").await["id"].as_str().unwrap().to_owned();
-    let rows = app.db.run(|conn| image_rows::objects_page(conn, None, 10)).await.unwrap();
-    let row = |id: &str| rows.iter().find(|r| r.id == id).unwrap().clone();
-    store.delete(&row(&lost).original_key).await.unwrap();
-    store.delete(&row(&thumbless).thumbnail_key).await.unwrap();
+    let mut thumbless = Vec::new();
+    for name in ["logo-alpha.png", "cat-gps-rotated.jpg", "astronaut.webp"] {
+        thumbless.push(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
+    }
+    let turned = thumbless[1].clone();
+    thumbless.sort();
+    let row = |id: &str| {
+        let id = id.to_owned();
+        let db = app.db.clone();
+        async move { db.run(move |conn| image_rows::find_any(conn, &id)).await.unwrap().unwrap() }
+    };
+    store.delete(&row(&lost).await.original_key).await.unwrap();
+    let mut thumbnails = Vec::new();
+    for id in &thumbless {
+        let bytes = app.get(&format!("/api/v1/images/{id}/thumbnail")).await.bytes().await.unwrap();
+        let key = row(id).await.thumbnail_key;
+        store.delete(&key).await.unwrap();
+        thumbnails.push((id.clone(), bytes));
+    }
     let stray = "images/0123456789abcdef0123456789abcdef/original.jpg";
     store.put(stray, bytes::Bytes::from_static(b"left by hand"), "image/jpeg").await.unwrap();
+    // An upload whose insert fails takes its objects away again: nothing is left for the check to find.
+    app.execute_sql("ALTER TABLE outbox RENAME TO outbox_away").await;
+    assert_eq!(app.upload("rocket.gif").await.status().as_u16(), 500);
+    app.execute_sql("ALTER TABLE outbox_away RENAME TO outbox").await;
 
     let report = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
-    assert_eq!((report.objects_scanned, report.rows_scanned), (5, 3), "{report:?}");
+    assert_eq!((report.objects_scanned, report.rows_scanned), (7, 5), "{report:?}");
     let orphans: Vec<&str> = report.orphans.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(orphans, [stray]);
     assert_eq!(report.missing_originals, std::slice::from_ref(&lost));
-    assert_eq!(report.missing_thumbnails, [thumbless]);
+    assert_eq!(report.missing_thumbnails, thumbless);
     assert!(!report.is_clean());
     assert!(!report.missing_originals.contains(&kept));
 
@@ -72,13 +108,27 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     let report = check(&app.db, store.clone(), &repair(Duration::from_secs(3600))).await.unwrap();
     assert_eq!(report.orphans_removed, 0, "nothing within the grace period is removed");
     assert_eq!(report.marked_missing, 1, "a lost image is marked whatever the grace period");
+    assert_eq!(report.thumbnails_regenerated, 3, "{report:?}");
+    for (id, made_at_upload) in &thumbnails {
+        let made_again = app.get(&format!("/api/v1/images/{id}/thumbnail")).await.bytes().await.unwrap();
+        if id != &turned {
+            assert!(made_again == made_at_upload, "the thumbnail of {id} is made again byte for byte");
+            continue;
+        }
+        // A photo turned upright at upload was decoded before its turn; its thumbnail is made again from the
+        // upright original, so the IDCT rounds differently: same size, pixels within a few levels.
+        let (again, before) = (decode(&made_again), decode(made_at_upload));
+        assert_eq!(again.dimensions(), before.dimensions());
+        let levels = again.as_raw().iter().zip(before.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y)));
+        let mean = levels.sum::<u64>() as f64 / again.as_raw().len() as f64;
+        assert!(mean < 3.0, "the turned photo's thumbnail is made again within {mean} levels");
+    }
 
     let report = check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap();
     assert_eq!((report.orphan_count, report.orphans_removed, report.marked_missing), (1, 1, 0));
     assert!(!app.object_keys().await.contains(&stray.to_owned()));
     let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
-    assert_eq!(after.orphan_count, 0);
-    assert_eq!((after.missing_original_count, after.missing_thumbnail_count), (0, 1), "the lost image is marked");
+    assert!(after.is_clean(), "the lost image is marked, the thumbnails are back: {after:?}");
 
     // The lost image answers 410 with its code, on the API and its page; nothing of it is deleted.
     let (status, code, _) = crate::helpers::error_code(app.get(&format!("/api/v1/images/{lost}")).await).await;
@@ -89,7 +139,7 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     assert_eq!(page.status().as_u16(), 410);
     assert!(page.text().await.unwrap().contains("IMAGE_MISSING"));
     assert_eq!(app.get(&format!("/api/v1/images/{kept}")).await.status().as_u16(), 200);
-    assert_eq!(app.image_rows().await, 3);
+    assert_eq!(app.image_rows().await, 5);
     assert_eq!(app.outbox_rows().await, notifications, "the notification history is untouched");
 }
 
@@ -146,36 +196,101 @@ async fn one_reconcile_at_a_time_across_the_fleet() {
     assert!(upshot::db::try_fleet_lock(&url, upshot::reconcile::FLEET_LOCK_ID).unwrap().is_some(), "released");
 }
 
-/// The command itself: JSON out, exit status 3 with findings. Many orphans are listed in flat memory:
-/// `UPSHOT_RECONCILE_OBJECTS` sets how many (2,000 by default) and the run prints its time and peak RSS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_command_reports_many_objects_in_pages() {
-    let app = spawn(Stack::Embedded).await;
-    app.upload_ok("cat.jpg").await;
-    let count: usize = std::env::var("UPSHOT_RECONCILE_OBJECTS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000);
-    let store = store_of(&app).await;
-    for i in 0..count {
-        let key = format!("images/{i:032x}/original.jpg");
-        store.put(&key, bytes::Bytes::from_static(b"stray"), "image/jpeg").await.unwrap();
+/// Copies of the stored image `template` as `count` more rows, ids (and keys) `{n:032x}` for n in 1..=count.
+async fn copy_rows(app: &TestApp, stack: Stack, template: &str, count: usize) {
+    let id = match stack {
+        Stack::Embedded => "printf('%032x', n)",
+        Stack::Cloud => "lpad(to_hex(n), 32, '0')",
+    };
+    let sql = format!(
+        "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {count}) \
+         INSERT INTO images (id, sha256, source_sha256, original_filename, description, format, content_type, \
+           byte_size, width, height, original_key, thumbnail_key, thumbnail_content_type, predictions, model_name, \
+           model_version, status, delete_token_hash, idempotency_key, created_at, model_sha256, inference_ms, \
+           analysis, top_label) \
+         SELECT {id}, sha256, source_sha256, original_filename, description, format, content_type, byte_size, \
+           width, height, 'images/' || {id} || '/original.jpg', 'images/' || {id} || '/thumb.jpg', \
+           thumbnail_content_type, predictions, model_name, model_version, status, delete_token_hash, NULL, \
+           created_at, model_sha256, inference_ms, analysis, top_label \
+         FROM images, seq WHERE images.id = '{template}'"
+    );
+    app.db
+        .run(move |conn| {
+            use diesel::connection::SimpleConnection;
+            Ok(conn.batch_execute(&sql)?)
+        })
+        .await
+        .unwrap();
+}
+
+/// Writes small objects at `keys`, many at a time.
+async fn put_all(store: &Arc<dyn ObjectStore>, keys: Vec<String>) {
+    for chunk in keys.chunks(64) {
+        let mut puts = tokio::task::JoinSet::new();
+        for key in chunk {
+            let (store, key) = (store.clone(), key.clone());
+            puts.spawn(async move { store.put(&key, bytes::Bytes::from_static(b"x"), "image/jpeg").await });
+        }
+        while let Some(put) = puts.join_next().await {
+            put.unwrap().unwrap();
+        }
     }
-    let started = Instant::now();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_upshot"))
-        .arg("reconcile")
-        .arg("--json")
+}
+
+/// The command itself, over many objects: JSON out, exit status 3 with findings, the orphan list capped.
+/// `UPSHOT_RECONCILE_OBJECTS` objects (20,000 by default): nine in ten are the objects of rows, one in ten
+/// strays, and one row has lost its original. The run prints its time and peak RSS.
+async fn the_command_checks_many_objects_in_flat_memory(stack: Stack) {
+    let app = spawn(stack).await;
+    let template = app.upload_ok("cat.jpg").await["id"].as_str().unwrap().to_owned();
+    let count: usize = std::env::var("UPSHOT_RECONCILE_OBJECTS").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let (rows, strays) = (count * 9 / 20, count / 10);
+    copy_rows(&app, stack, &template, rows).await;
+    let store = store_of(&app).await;
+    let mut keys = Vec::with_capacity(count);
+    for n in 1..=rows {
+        if n != rows / 2 {
+            keys.push(format!("images/{n:032x}/original.jpg"));
+        }
+        keys.push(format!("images/{n:032x}/thumb.jpg"));
+    }
+    keys.extend((0..strays).map(|n| format!("images/{:032x}/original.png", u128::MAX - n as u128)));
+    let written = Instant::now();
+    put_all(&store, keys).await;
+    let written = written.elapsed();
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_upshot"));
+    command
+        .args(["reconcile", "--json"])
         .env("UPSHOT_DATA_DIR", app.data_dir.path())
         .env("UPSHOT_DATABASE_URL", &app.database_url)
         .env("UPSHOT_RECONCILE_GRACE_SECS", "0")
-        .env("UPSHOT_LOG", "info")
-        .output()
-        .unwrap();
+        .env("UPSHOT_SECRET_KEY", crate::helpers::SECRET)
+        .env("UPSHOT_LOG", "info");
+    if let Some(bucket) = &app.bucket {
+        command
+            .env("UPSHOT_STORE", "s3")
+            .env("UPSHOT_S3_BUCKET", bucket)
+            .env("UPSHOT_S3_PREFIX", "uploads")
+            .env("UPSHOT_S3_FORCE_PATH_STYLE", "true")
+            .env("UPSHOT_S3_ENDPOINT_URL", std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap());
+    }
+    let started = Instant::now();
+    let output = command.output().unwrap();
     let elapsed = started.elapsed();
     assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["objects_scanned"], count + 2);
-    assert_eq!(report["orphan_count"], count);
-    assert_eq!(report["orphans"].as_array().unwrap().len(), count.min(1000), "the list is capped, the count is not");
-    assert_eq!(report["missing_original_count"], 0);
+    assert_eq!(report["objects_scanned"], 2 + rows * 2 - 1 + strays, "{report}");
+    assert_eq!(report["rows_scanned"], rows + 1);
+    assert_eq!(report["orphan_count"], strays);
+    assert_eq!(report["orphans"].as_array().unwrap().len(), strays.min(1000), "the list is capped, the count is not");
+    assert_eq!(report["missing_originals"], serde_json::json!([format!("{:032x}", rows / 2)]));
+    assert_eq!(report["missing_thumbnail_count"], 0);
     let log = String::from_utf8_lossy(&output.stderr);
     let peak = log.split("peak_rss_kib=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("-");
-    println!("reconcile of {} objects: {elapsed:?}, peak RSS {peak} KiB", count + 2);
+    println!(
+        "reconcile on {stack:?}: {} objects and {} rows in {elapsed:?}, peak RSS {peak} KiB (objects written in {written:?})",
+        report["objects_scanned"],
+        report["rows_scanned"]
+    );
 }

@@ -1,0 +1,3 @@
+ALTER TABLE images
+    ALTER COLUMN original_key TYPE TEXT COLLATE "default",
+    ALTER COLUMN thumbnail_key TYPE TEXT COLLATE "default";

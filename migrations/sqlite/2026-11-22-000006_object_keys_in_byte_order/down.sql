@@ -1,0 +1,2 @@
+-- SQLite compares text as bytes already (BINARY): nothing to undo.
+SELECT 1;
