@@ -4,7 +4,9 @@ failure it prevents. Run by scripts/check-deploy.sh with the cfn-lint venv's pyt
 
     deploy-contract.py deploy/cloudformation/upshot.yaml
 """
+import json
 import sys
+import tomllib
 
 from cfnlint.decode import decode
 
@@ -99,6 +101,19 @@ for name, listener in of_type("AWS::ElasticLoadBalancingV2::Listener").items():
 parameters = {p["Properties"]["Name"]["Fn::Sub"].rsplit("/", 1)[-1] for p in of_type("AWS::SSM::Parameter").values()}
 for needed in ("public-url", "admin-secret-arn"):
     rule(needed in parameters, f"no SSM parameter {needed} for after-install.sh")
+
+# The consistency check's findings reach a person: the agent listens where the aws profile sends the figures,
+# and alarms watch lost images and runs that stopped.
+agent = json.load(open("deploy/cloudwatch/agent.json"))
+listener = agent["metrics"]["metrics_collected"].get("statsd", {}).get("service_address")
+sent_to = tomllib.load(open("Rocket.toml", "rb")).get("aws", {}).get("statsd_addr")
+rule(listener and listener == sent_to, f"the agent's StatsD listener {listener!r} is not where reconcile sends ({sent_to!r})")
+watched = {a["Properties"].get("MetricName"): a["Properties"] for a in of_type("AWS::CloudWatch::Alarm").values()}
+missing_alarm = watched.get("upshot_reconcile_missing", {})
+rule(missing_alarm.get("Threshold") == 0 and missing_alarm.get("ComparisonOperator") == "GreaterThanThreshold",
+     "no alarm on images missing from the bucket (upshot_reconcile_missing > 0)")
+rule(watched.get("upshot_reconcile_runs", {}).get("TreatMissingData") == "breaching",
+     "no alarm on a consistency check that stopped running (upshot_reconcile_runs missing)")
 
 for failure in failures:
     print(failure)

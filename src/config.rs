@@ -56,6 +56,9 @@ pub struct Settings {
     pub orphan_grace_secs: u64,
     /// `upshot reconcile` leaves objects younger than this alone: an upload may still be writing its row.
     pub reconcile_grace_secs: u64,
+    /// Where `upshot reconcile` sends its figures as StatsD gauges (the CloudWatch agent listens there on the
+    /// instances); unset, they go to the log and `/metrics` only.
+    pub statsd_addr: Option<std::net::SocketAddr>,
     /// Bearer key for admin routes; admin routes answer 403 while it is unset.
     pub admin_api_key: Option<String>,
     /// Key that derives delete tokens. Generated into the data dir when unset on SQLite; required on
@@ -149,6 +152,7 @@ impl Default for Settings {
             s3_timeout_secs: 20,
             orphan_grace_secs: 600,
             reconcile_grace_secs: 3600,
+            statsd_addr: None,
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,

@@ -237,10 +237,22 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         report.elapsed_ms,
         peak_rss_kib().map_or_else(|| "-".to_owned(), |kib| kib.to_string()),
     );
+    if let Some(addr) = settings.statsd_addr {
+        send_statsd(addr, &report.statsd_datagram());
+    }
     if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
+    }
+}
+
+/// One datagram to a StatsD listener; a lost one costs one hour's figures, so failures are only logged.
+fn send_statsd(addr: std::net::SocketAddr, datagram: &str) {
+    let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let sent = std::net::UdpSocket::bind(local).and_then(|socket| socket.send_to(datagram.as_bytes(), addr));
+    if let Err(error) = sent {
+        log::warn!("reconcile figures not sent to StatsD at {addr}: {error}");
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `upshot_cpu_slots_free`, `upshot_upload_budget_free_bytes`, `upshot_inference_sessions_idle` | gauge | |
 //! | `upshot_outbox_unsent`, `upshot_outbox_failed`, `upshot_outbox_oldest_unsent_seconds` | gauge | |
 //! | `upshot_connections_open` | gauge | |
+//! | `upshot_reconcile_orphans`, `upshot_reconcile_missing`, `upshot_reconcile_repaired`, `upshot_reconcile_last_success_timestamp` | gauge | |
 //! | `upshot_connections_refused_total` | counter | |
 //! | `upshot_connections_closed_total` | counter | `reason`: `header_timeout`, `slow_body`, `idle` |
 
@@ -34,6 +35,8 @@ pub struct Gauges {
     pub outbox_failed: Option<i64>,
     pub outbox_oldest_unsent_secs: Option<i64>,
     pub connections: Connections,
+    /// The fleet's last completed consistency check, when there is one.
+    pub reconcile: Option<crate::db::reconcile_runs::ReconcileRun>,
 }
 
 /// The public socket's counts.
@@ -73,6 +76,14 @@ fn describe() {
     describe_gauge!("upshot_outbox_failed", "Notifications parked after their last attempt.");
     describe_gauge!("upshot_outbox_oldest_unsent_seconds", "Age of the oldest unpublished notification.");
     describe_gauge!("upshot_connections_open", "Client connections open now.");
+    describe_gauge!("upshot_reconcile_orphans", "Orphaned objects the last consistency check found.");
+    describe_gauge!("upshot_reconcile_missing", "Images lost (original gone) as of the last consistency check.");
+    describe_gauge!("upshot_reconcile_repaired", "Repairs the last consistency check made.");
+    describe_gauge!(
+        "upshot_reconcile_last_success_timestamp",
+        Unit::Seconds,
+        "When the last consistency check completed, in Unix seconds."
+    );
     describe_counter!("upshot_connections_refused_total", "Connections answered 503 BUSY: max_connections were open.");
     describe_counter!("upshot_connections_closed_total", "Connections closed for a slow or idle client, by reason.");
 }
@@ -117,6 +128,12 @@ impl Metrics {
                     gauge!(name).set(value as f64);
                 }
             }
+            if let Some(run) = &gauges.reconcile {
+                gauge!("upshot_reconcile_orphans").set(run.orphans as f64);
+                gauge!("upshot_reconcile_missing").set(run.missing_images as f64);
+                gauge!("upshot_reconcile_repaired").set(run.repaired as f64);
+                gauge!("upshot_reconcile_last_success_timestamp").set(run.finished_at.and_utc().timestamp() as f64);
+            }
             let connections = &gauges.connections;
             gauge!("upshot_connections_open").set(connections.open as f64);
             counter!("upshot_connections_refused_total").absolute(connections.refused);
@@ -145,6 +162,7 @@ mod tests {
                 refused: 1,
                 cut: [("header_timeout", 2), ("slow_body", 0), ("idle", 5)],
             },
+            reconcile: None,
         }
     }
 

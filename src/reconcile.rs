@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use crate::db::image_rows::{KeyColumn, KeyedRow};
+use crate::db::reconcile_runs::{self, ReconcileRun};
 use crate::db::{image_rows, outbox, pending, Db, DbError};
 use crate::ingest::IngestPolicy;
 use crate::store::{Listed, ObjectStore, StoreError};
@@ -63,6 +64,9 @@ pub struct Report {
     pub missing_original_count: u64,
     /// Images marked `missing` by this run (with `repair`).
     pub marked_missing: u64,
+    /// Images lost at the end of the run: marked `missing` (by this run or an earlier one, until someone
+    /// deletes them), or found without their original and not marked.
+    pub missing_images: i64,
     /// Ids of images whose thumbnail is gone (the original is there).
     pub missing_thumbnails: Vec<String>,
     pub missing_thumbnail_count: u64,
@@ -82,6 +86,30 @@ pub struct Orphan {
 }
 
 impl Report {
+    /// The figures as one StatsD datagram: gauges of what was found, and a count of completed runs (its
+    /// absence for hours is what a stale-run alarm watches).
+    pub fn statsd_datagram(&self) -> String {
+        let run = self.as_run(false);
+        format!(
+            "upshot_reconcile_orphans:{}|g\nupshot_reconcile_missing:{}|g\nupshot_reconcile_missing_thumbnails:{}|g\n\
+             upshot_reconcile_repaired:{}|g\nupshot_reconcile_runs:1|c",
+            run.orphans, run.missing_images, run.missing_thumbnails, run.repaired
+        )
+    }
+
+    fn as_run(&self, repair: bool) -> ReconcileRun {
+        ReconcileRun {
+            id: crate::domain::random_token(16),
+            finished_at: crate::domain::now(),
+            repair,
+            orphans: self.orphan_count as i64,
+            missing_images: self.missing_images,
+            missing_thumbnails: (self.missing_thumbnail_count - self.thumbnails_regenerated) as i64,
+            repaired: (self.orphans_removed + self.thumbnails_regenerated + self.marked_missing) as i64,
+            elapsed_ms: self.elapsed_ms as i64,
+        }
+    }
+
     /// Nothing lost, nothing left over, nothing parked.
     pub fn is_clean(&self) -> bool {
         self.orphan_count == 0
@@ -118,11 +146,21 @@ pub async fn check(db: &Db, store: Arc<dyn ObjectStore>, options: &Options) -> R
     report.missing_originals.sort();
     report.missing_thumbnails.sort();
     let stuck_before = crate::domain::now() - chrono::Duration::from_std(options.stuck_after).unwrap_or_default();
-    let (failed, stuck) =
-        db.run(move |conn| Ok((outbox::failed_count(conn)?, outbox::unsent_before(conn, stuck_before)?))).await?;
+    let (failed, stuck, marked) = db
+        .run(move |conn| {
+            Ok((
+                outbox::failed_count(conn)?,
+                outbox::unsent_before(conn, stuck_before)?,
+                image_rows::missing_count(conn)?,
+            ))
+        })
+        .await?;
     report.outbox_failed = failed;
     report.outbox_stuck = stuck;
+    report.missing_images = marked + (report.missing_original_count - report.marked_missing) as i64;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    let run = report.as_run(options.repair);
+    db.run(move |conn| reconcile_runs::record(conn, &run)).await?;
     Ok(report)
 }
 

@@ -22,6 +22,7 @@ async fn metrics(
     connections: &State<std::sync::Arc<crate::connections::ConnectionStats>>,
 ) -> (rocket::http::ContentType, String) {
     let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
+    let reconcile = state.db.run(crate::db::reconcile_runs::latest).await.ok().flatten();
     let gauges = crate::metrics::Gauges {
         cpu_slots_free: state.cpu_slots_free(),
         upload_budget_free_bytes: state.upload_budget_free(),
@@ -32,6 +33,7 @@ async fn metrics(
             .and_then(|b| b.oldest_unsent)
             .map(|t| (crate::domain::now() - t).num_seconds().max(0)),
         connections: connections.snapshot(),
+        reconcile,
     };
     let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
     (text_format, state.metrics.render(&gauges))

@@ -275,3 +275,18 @@ pub fn mark_missing(conn: &mut DbConnection, id: &str) -> Result<usize, DbError>
         .set(images::status.eq(STATUS_MISSING))
         .execute(conn)?)
 }
+
+/// Images marked `missing`: lost, until someone deletes them.
+pub fn missing_count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(images::table.filter(images::status.eq(STATUS_MISSING)).count().get_result(conn)?)
+}
+
+/// The newest `limit` images marked `missing`, for the admin gallery.
+pub fn missing_page(conn: &mut DbConnection, limit: i64) -> Result<Vec<ImageRecord>, DbError> {
+    Ok(images::table
+        .filter(images::status.eq(STATUS_MISSING))
+        .order((images::created_at.desc(), images::id.desc()))
+        .limit(limit)
+        .select(ImageRecord::as_select())
+        .load(conn)?)
+}

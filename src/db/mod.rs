@@ -4,6 +4,7 @@
 pub mod image_rows;
 pub mod outbox;
 pub mod pending;
+pub mod reconcile_runs;
 pub mod schema;
 
 use std::time::Duration;

@@ -51,3 +51,16 @@ diesel::table! {
         created_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    reconcile_runs (id) {
+        id -> Text,
+        finished_at -> Timestamp,
+        repair -> Bool,
+        orphans -> BigInt,
+        missing_images -> BigInt,
+        missing_thumbnails -> BigInt,
+        repaired -> BigInt,
+        elapsed_ms -> BigInt,
+    }
+}

@@ -12,6 +12,7 @@ use rocket_dyn_templates::{context, Template};
 
 use super::csrf::{self, CsrfToken};
 use super::page_image;
+use crate::db::image_rows;
 use crate::domain::{constant_time_eq, ImageId};
 use crate::error::{AppError, ErrorCode};
 use crate::responses::PageError;
@@ -25,6 +26,8 @@ pub fn routes() -> Vec<Route> {
 const SESSION_COOKIE: &str = "upshot_admin";
 const SESSION_HOURS: i64 = 8;
 const PAGE_SIZE: i64 = 24;
+/// Lost images listed above the gallery; past this they are only counted.
+const LOST_LISTED: i64 = 50;
 
 /// A session value: `<expiry in unix seconds>.<signature>`, signed with the server's secret over the expiry
 /// and a fingerprint of the admin key, so that changing the key ends every session.
@@ -189,17 +192,28 @@ async fn gallery(
     let before = cursor.filter(|c| !c.is_empty()).map(stored_images::decode_cursor).transpose()?;
     let label = label.map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned);
     let filter = label.clone();
-    let records = state
+    // Lost images head the first page, so whoever looks at the gallery sees them until they are deleted.
+    let first_page = before.is_none() && label.is_none();
+    let (records, lost, lost_count) = state
         .db
-        .run(move |conn| crate::db::image_rows::list_page(conn, before, filter, PAGE_SIZE))
+        .run(move |conn| {
+            let records = image_rows::list_page(conn, before, filter, PAGE_SIZE)?;
+            if !first_page {
+                return Ok((records, Vec::new(), 0));
+            }
+            Ok((records, image_rows::missing_page(conn, LOST_LISTED)?, image_rows::missing_count(conn)?))
+        })
         .await
         .map_err(AppError::from)?;
+    let lost: Vec<_> = lost.iter().map(page_image).collect();
     let next_cursor =
         (records.len() as i64 == PAGE_SIZE).then(|| records.last().map(stored_images::encode_cursor)).flatten();
     let items: Vec<_> = records.iter().map(page_image).collect();
     Ok(Template::render(
         "admin_gallery",
-        context! { items, next_cursor, label, csrf_token: csrf.0, asset_version: &state.asset_version },
+        context! {
+            items, next_cursor, label, lost, lost_count, csrf_token: csrf.0, asset_version: &state.asset_version,
+        },
     ))
 }
 

@@ -33,6 +33,9 @@ start_test_server browser UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
 base="$TEST_SERVER_BASE"
 
 export UPSHOT_BASE_URL="$base"
+# For the test that runs `upshot reconcile` against the server's own data.
+export UPSHOT_TEST_DATA_DIR="$TEST_SERVER_DATA_DIR"
+export UPSHOT_BIN="${UPSHOT_BIN:-$root/target/debug/upshot}"
 export UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
 # Screenshots go under target/ so a test run leaves the tracked tree as it found it; UPSHOT_SCREENSHOT_DIR=docs/screenshots
 # refreshes the ones the README shows.

@@ -11,12 +11,12 @@ crate::on_both_stacks!(
 );
 
 /// A browser-like client: it keeps cookies, so it holds the CSRF cookie a page hands out.
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 /// The CSRF token of a page's forms (the hidden field's value).
-async fn csrf_token(client: &reqwest::Client, app: &TestApp, path: &str) -> String {
+pub(crate) async fn csrf_token(client: &reqwest::Client, app: &TestApp, path: &str) -> String {
     let html = client.get(app.url(path)).send().await.unwrap().text().await.unwrap();
     let marker = r#"name="csrf_token" value=""#;
     let start = html.find(marker).unwrap_or_else(|| panic!("no CSRF field on {path}: {html}")) + marker.len();
@@ -157,7 +157,7 @@ async fn admin_gallery_needs_a_session_from_the_login_form(stack: Stack) {
 }
 
 /// Signs in with `key` through the login form; the response.
-async fn sign_in(client: &reqwest::Client, app: &TestApp, key: &str) -> reqwest::Response {
+pub(crate) async fn sign_in(client: &reqwest::Client, app: &TestApp, key: &str) -> reqwest::Response {
     let token = csrf_token(client, app, "/admin/login").await;
     client.post(app.url("/admin/login")).form(&[("api_key", key), ("csrf_token", token.as_str())]).send().await.unwrap()
 }

@@ -129,6 +129,13 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     assert!(!app.object_keys().await.contains(&stray.to_owned()));
     let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
     assert!(after.is_clean(), "the lost image is marked, the thumbnails are back: {after:?}");
+    assert_eq!(after.missing_images, 1, "a marked image stays lost until someone deletes it");
+    // Every instance reports the last run, whichever ran it.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for series in ["upshot_reconcile_orphans 0\n", "upshot_reconcile_missing 1\n", "upshot_reconcile_repaired 0\n"] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(metrics.contains("upshot_reconcile_last_success_timestamp 1"), "{metrics}");
 
     // The lost image answers 410 with its code, on the API and its page; nothing of it is deleted.
     let (status, code, _) = crate::helpers::error_code(app.get(&format!("/api/v1/images/{lost}")).await).await;
@@ -139,8 +146,26 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     assert_eq!(page.status().as_u16(), 410);
     assert!(page.text().await.unwrap().contains("IMAGE_MISSING"));
     assert_eq!(app.get(&format!("/api/v1/images/{kept}")).await.status().as_u16(), 200);
+    // The admin gallery lists it above the others, with a way to delete its record.
+    let admin = crate::pages::browser();
+    assert_eq!(crate::pages::sign_in(&admin, &app, crate::helpers::ADMIN_KEY).await.status(), 303);
+    let gallery = admin.get(app.url("/admin/images")).send().await.unwrap().text().await.unwrap();
+    assert!(gallery.contains("1 lost image<") && gallery.contains(&format!("/admin/images/{lost}/delete")));
     assert_eq!(app.image_rows().await, 5);
     assert_eq!(app.outbox_rows().await, notifications, "the notification history is untouched");
+
+    // Deleting the record is how a person closes the case.
+    let token = crate::pages::csrf_token(&admin, &app, "/admin/images").await;
+    let deleted = admin
+        .post(app.url(&format!("/admin/images/{lost}/delete")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 303);
+    assert_eq!(app.get(&format!("/api/v1/images/{lost}")).await.status().as_u16(), 404);
+    let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
+    assert!(after.is_clean() && after.missing_images == 0, "{after:?}");
 }
 
 /// A repair with no grace period at all, over and over while uploads run: every upload keeps its objects,
@@ -259,6 +284,8 @@ async fn the_command_checks_many_objects_in_flat_memory(stack: Stack) {
     put_all(&store, keys).await;
     let written = written.elapsed();
 
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_upshot"));
     command
         .args(["reconcile", "--json"])
@@ -266,6 +293,7 @@ async fn the_command_checks_many_objects_in_flat_memory(stack: Stack) {
         .env("UPSHOT_DATABASE_URL", &app.database_url)
         .env("UPSHOT_RECONCILE_GRACE_SECS", "0")
         .env("UPSHOT_SECRET_KEY", crate::helpers::SECRET)
+        .env("UPSHOT_STATSD_ADDR", statsd.local_addr().unwrap().to_string())
         .env("UPSHOT_LOG", "info");
     if let Some(bucket) = &app.bucket {
         command
@@ -286,6 +314,11 @@ async fn the_command_checks_many_objects_in_flat_memory(stack: Stack) {
     assert_eq!(report["orphans"].as_array().unwrap().len(), strays.min(1000), "the list is capped, the count is not");
     assert_eq!(report["missing_originals"], serde_json::json!([format!("{:032x}", rows / 2)]));
     assert_eq!(report["missing_thumbnail_count"], 0);
+    let mut datagram = [0u8; 512];
+    let length = statsd.recv(&mut datagram).expect("the figures reach the StatsD listener");
+    let figures = String::from_utf8_lossy(&datagram[..length]);
+    let expected = format!("upshot_reconcile_orphans:{strays}|g\nupshot_reconcile_missing:1|g\n");
+    assert!(figures.starts_with(&expected) && figures.ends_with("upshot_reconcile_runs:1|c"), "{figures}");
     let log = String::from_utf8_lossy(&output.stderr);
     let peak = log.split("peak_rss_kib=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("-");
     println!(

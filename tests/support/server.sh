@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the test runners that need the real server (tests/browser/run.sh, tests/api/run.sh): starts
 # `upshot serve` on a free loopback port with a throwaway data directory, waits for /readyz, and stops it on
-# exit (printing the end of its log when the runner failed). Sets TEST_SERVER_BASE.
+# exit (printing the end of its log when the runner failed). Sets TEST_SERVER_BASE and TEST_SERVER_DATA_DIR.
 #
 #   start_test_server NAME [VAR=value ...]   # NAME names the temp directory; the rest is the server's env
 #
@@ -44,7 +44,8 @@ start_test_server() {
   trap stop_test_server EXIT
   trap 'exit 130' INT TERM
   TEST_SERVER_BASE="http://127.0.0.1:$port"
-  env UPSHOT_DATA_DIR="$test_server_dir/data" ROCKET_PORT="$port" ROCKET_ADDRESS=127.0.0.1 \
+  TEST_SERVER_DATA_DIR="$test_server_dir/data"
+  env UPSHOT_DATA_DIR="$TEST_SERVER_DATA_DIR" ROCKET_PORT="$port" ROCKET_ADDRESS=127.0.0.1 \
     UPSHOT_PUBLIC_URL="$TEST_SERVER_BASE" UPSHOT_LOG=warn "$@" "$bin" serve >"$test_server_dir/server.log" 2>&1 &
   test_server_pid=$!
   for _ in $(seq 1 120); do
