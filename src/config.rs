@@ -65,6 +65,11 @@ pub struct Settings {
     /// PostgreSQL so that every instance derives the same tokens.
     pub secret_key: Option<String>,
     pub max_upload_bytes: u64,
+    /// The largest file a direct upload session accepts (`POST /api/v1/uploads`): sent straight to the store,
+    /// so it may exceed `max_upload_bytes`.
+    pub direct_upload_max_bytes: u64,
+    /// How long a direct upload's URL stays valid; a session not completed twice as long after is swept.
+    pub upload_url_ttl_secs: u64,
     pub max_image_width: u32,
     pub max_image_height: u32,
     pub max_image_pixels: u64,
@@ -156,6 +161,8 @@ impl Default for Settings {
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,
+            direct_upload_max_bytes: 200 * MIB,
+            upload_url_ttl_secs: 900,
             max_image_width: 12_000,
             max_image_height: 12_000,
             max_image_pixels: 50_000_000,
@@ -335,6 +342,12 @@ impl AppConfig {
         }
         if settings.max_upload_bytes < 1024 {
             return Err(invalid("max_upload_bytes", "must be at least 1024"));
+        }
+        if settings.direct_upload_max_bytes < settings.max_upload_bytes {
+            return Err(invalid("direct_upload_max_bytes", "must be at least max_upload_bytes"));
+        }
+        if !(60..=7 * 24 * 3600).contains(&settings.upload_url_ttl_secs) {
+            return Err(invalid("upload_url_ttl_secs", "must be between 60 s and 7 days (S3's longest)"));
         }
         if settings.upload_budget_bytes < settings.max_upload_bytes {
             return Err(invalid(

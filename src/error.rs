@@ -30,6 +30,10 @@ pub enum ErrorCode {
     CsrfTokenInvalid,
     NotifierUnavailable,
     TooManyRequests,
+    UploadIncomplete,
+    UploadInProgress,
+    UploadExpired,
+    UploadUrlInvalid,
     NotReady,
     StoreUnavailable,
     DatabaseUnavailable,
@@ -38,7 +42,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for the README's list and its test.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::ClientClosedRequest,
         ErrorCode::MissingFile,
@@ -61,6 +65,10 @@ impl ErrorCode {
         ErrorCode::CsrfTokenInvalid,
         ErrorCode::NotifierUnavailable,
         ErrorCode::TooManyRequests,
+        ErrorCode::UploadIncomplete,
+        ErrorCode::UploadInProgress,
+        ErrorCode::UploadExpired,
+        ErrorCode::UploadUrlInvalid,
         ErrorCode::NotReady,
         ErrorCode::StoreUnavailable,
         ErrorCode::DatabaseUnavailable,
@@ -91,11 +99,20 @@ impl ErrorCode {
             ErrorCode::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
             ErrorCode::NotifierUnavailable => "NOTIFIER_UNAVAILABLE",
             ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorCode::UploadIncomplete => "UPLOAD_INCOMPLETE",
+            ErrorCode::UploadInProgress => "UPLOAD_IN_PROGRESS",
+            ErrorCode::UploadExpired => "UPLOAD_EXPIRED",
+            ErrorCode::UploadUrlInvalid => "UPLOAD_URL_INVALID",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
+    }
+
+    /// The code named `name`, as recorded (an upload session keeps the code it failed with).
+    pub fn from_name(name: &str) -> Option<Self> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
     }
 
     pub fn status(self) -> Status {
@@ -105,11 +122,14 @@ impl ErrorCode {
             // (no 413 or 400 in the metrics), and no one receives the answer.
             ErrorCode::ClientClosedRequest => Status::new(499),
             ErrorCode::Unauthorized => Status::Unauthorized,
-            ErrorCode::Forbidden | ErrorCode::CsrfTokenInvalid => Status::Forbidden,
+            ErrorCode::Forbidden | ErrorCode::CsrfTokenInvalid | ErrorCode::UploadUrlInvalid => Status::Forbidden,
             ErrorCode::NotFound => Status::NotFound,
-            ErrorCode::ImageMissing => Status::Gone,
+            ErrorCode::ImageMissing | ErrorCode::UploadExpired => Status::Gone,
             ErrorCode::MethodNotAllowed => Status::MethodNotAllowed,
-            ErrorCode::IdempotencyConflict | ErrorCode::NotifierNotConfigured => Status::Conflict,
+            ErrorCode::IdempotencyConflict
+            | ErrorCode::NotifierNotConfigured
+            | ErrorCode::UploadIncomplete
+            | ErrorCode::UploadInProgress => Status::Conflict,
             ErrorCode::PayloadTooLarge => Status::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType => Status::UnsupportedMediaType,
             ErrorCode::TooManyRequests => Status::TooManyRequests,

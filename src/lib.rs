@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod direct_uploads;
 pub mod domain;
 pub mod error;
 pub mod imaging;
@@ -228,5 +229,6 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
         let _ = stop.send(true);
     });
     tokio::spawn(ingest::sweep::run(state.pipeline.clone(), stopped.clone()));
+    tokio::spawn(direct_uploads::run_sweeper(state.pipeline.clone(), stopped.clone()));
     tokio::spawn(relay.run(stopped));
 }

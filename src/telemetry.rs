@@ -126,9 +126,10 @@ fn is_wanted(metadata: &log::Metadata<'_>) -> bool {
     // Rocket announces its launch as a warning, naming the loopback port behind the public socket; the
     // "listening on" line names the real address.
     let launch_banner = target == "rocket::launch" && metadata.level() > log::Level::Error;
-    // "No matching routes" and "responding with the default catcher" for every 404 and 405, as errors and
-    // warnings: the access line has the status.
-    let routing = target == "rocket::server::_";
+    // "No matching routes" and "responding with the default catcher" for every 404 and 405, and a guard's
+    // failure to parse a query, as errors and warnings under `<route's module>::_`: the access line has the
+    // status.
+    let routing = target.ends_with("::_");
     !launch_banner && !routing && (!framework || metadata.level() <= log::Level::Warn)
 }
 

@@ -8,6 +8,7 @@ pub mod openapi;
 mod ops;
 mod subscriptions;
 pub mod upload;
+mod upload_sessions;
 
 use rocket::Route;
 
@@ -15,6 +16,7 @@ pub fn v1_routes() -> Vec<Route> {
     let mut routes = image_routes::routes();
     routes.extend(classify::routes());
     routes.extend(subscriptions::routes());
+    routes.extend(upload_sessions::routes());
     routes.extend(openapi::routes());
     routes
 }

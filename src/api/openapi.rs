@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::image_routes::UploadedImage;
 use crate::config::AppConfig;
+use crate::direct_uploads::{SessionView, UploadTarget};
 use crate::error::ErrorBody;
 use crate::inference::Analysis;
 use crate::notify::subscriptions::{E164_PATTERN, EMAIL_PATTERN, MAX_LABELS};
@@ -26,7 +27,15 @@ fn openapi_json(state: &State<AppState>) -> Json<Value> {
 
 /// The schemas of what the handlers answer, derived from the types they serialize.
 #[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(ErrorBody, ImageView, UploadedImage, Analysis, Subscription)))]
+#[openapi(components(schemas(
+    ErrorBody,
+    ImageView,
+    UploadedImage,
+    Analysis,
+    Subscription,
+    UploadTarget,
+    SessionView
+)))]
 struct ResponseTypes;
 
 fn derived_schemas() -> serde_json::Map<String, Value> {
@@ -102,6 +111,73 @@ fn binary_response(description: &str) -> Value {
     )
 }
 
+/// Direct upload sessions: open, send, complete, ask.
+fn direct_upload_paths(config: &AppConfig, accepted: &[&str]) -> Value {
+    let max = config.settings.direct_upload_max_bytes;
+    let mut content_types: Vec<&str> = accepted.to_vec();
+    content_types.push("application/octet-stream");
+    json!({
+        "/api/v1/uploads": { "post": {
+            "summary": "Open a direct upload session, for files over the form's limit",
+            "description": "Answers a URL to PUT the file to (a presigned S3 URL, or on the local store one on this server), with the headers to send as they are. Then POST /api/v1/uploads/{id}/complete. Example: curl -X PUT -H 'content-type: image/jpeg' --data-binary @photo.jpg \"$url\".",
+            "operationId": "openUploadSession",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["filename", "byte_size"], "additionalProperties": false,
+                "properties": {
+                    "filename": { "type": "string", "maxLength": 1024 },
+                    "byte_size": { "type": "integer", "minimum": 1, "maximum": max,
+                        "description": format!("The file's exact size; at most direct_upload_max_bytes = {max}") },
+                    "content_type": { "type": "string", "enum": content_types },
+                    "sha256": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$", "description": "Checked against the bytes that arrive" }
+                }
+            } } } },
+            "responses": with_errors(json!({ "201": {
+                "description": "The session and where to send the file",
+                "headers": { "Location": { "schema": { "type": "string" } } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadSession" } } }
+            } }), &[("400", "MISSING_FILE: byte_size 0, or BAD_REQUEST"), ("413", "PAYLOAD_TOO_LARGE: over direct_upload_max_bytes"),
+                    ("415", "UNSUPPORTED_MEDIA_TYPE: a content_type that is not accepted"), ("422", "INVALID_REQUEST"),
+                    ("503", "DATABASE_UNAVAILABLE or STORE_UNAVAILABLE"), ("default", "Any other error, same shape")])
+        } },
+        "/api/v1/uploads/{id}": { "get": {
+            "summary": "A direct upload's status",
+            "operationId": "getUploadSession",
+            "parameters": [id_param()],
+            "responses": with_errors(json!({ "200": {
+                "description": "pending, processing, stored (with the image id) or failed (with the error)",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadStatus" } } }
+            } }), &[("404", "NOT_FOUND")])
+        } },
+        "/api/v1/uploads/{id}/data": { "put": {
+            "summary": "Send a direct upload's file (the local store's stand-in for a presigned S3 URL)",
+            "operationId": "putUploadData",
+            "parameters": [id_param(),
+                { "name": "expires", "in": "query", "required": true,
+                    "schema": { "type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX } },
+                { "name": "signature", "in": "query", "required": true, "schema": { "type": "string" } }],
+            "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+            "responses": with_errors(json!({ "200": { "description": "Received" } }),
+                &[("400", "BAD_REQUEST"), ("403", "UPLOAD_URL_INVALID: a signature or length other than signed"), ("404", "NOT_FOUND"),
+                  ("409", "UPLOAD_IN_PROGRESS: already completed"), ("410", "UPLOAD_EXPIRED"), ("413", "PAYLOAD_TOO_LARGE"),
+                  ("422", "INVALID_REQUEST"), ("503", "STORE_UNAVAILABLE"), ("default", "Any other error, same shape")])
+        } },
+        "/api/v1/uploads/{id}/complete": { "post": {
+            "summary": "Process a direct upload's file, as POST /api/v1/images does a form's; idempotent",
+            "operationId": "completeUploadSession",
+            "parameters": [id_param()],
+            "responses": with_errors(json!({ "201": {
+                "description": "Stored. A repeated call answers the same image, with `Idempotent-Replayed: true`.",
+                "headers": { "Location": { "schema": { "type": "string" } } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadedImage" } } }
+            } }), &[("404", "NOT_FOUND"), ("409", "UPLOAD_INCOMPLETE (send the file first) or UPLOAD_IN_PROGRESS"),
+                    ("410", "UPLOAD_EXPIRED or IMAGE_MISSING"), ("413", "PAYLOAD_TOO_LARGE"), ("415", "UNSUPPORTED_MEDIA_TYPE"),
+                    ("422", "IMAGE_TOO_LARGE, CORRUPT_IMAGE or INVALID_REQUEST (size or SHA-256 other than declared)"),
+                    ("500", "INTERNAL or INFERENCE_FAILED"), ("503", "BUSY, INFERENCE_BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
+                    ("default", "Any other error, same shape")])
+        } }
+    })
+}
+
 /// The document, with the limits of this server's configuration (upload size, description length, accepted
 /// formats) and its classifier's labels.
 pub fn document(config: &AppConfig, labels: &[String]) -> Value {
@@ -129,7 +205,7 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
         "Status".to_owned(),
         json!({ "type": "object", "required": ["status"], "properties": { "status": { "type": "string" } } }),
     );
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Upshot API",
@@ -306,5 +382,11 @@ pub fn document(config: &AppConfig, labels: &[String]) -> Value {
             "securitySchemes": { "adminKey": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas
         }
-    })
+    });
+    if let (Some(paths), Value::Object(more)) =
+        (document["paths"].as_object_mut(), direct_upload_paths(config, &accepted))
+    {
+        paths.extend(more);
+    }
+    document
 }

@@ -64,3 +64,21 @@ diesel::table! {
         elapsed_ms -> BigInt,
     }
 }
+
+diesel::table! {
+    upload_sessions (id) {
+        id -> Text,
+        status -> Text,
+        original_filename -> Nullable<Text>,
+        byte_size -> BigInt,
+        content_type -> Text,
+        sha256 -> Nullable<Text>,
+        image_id -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        claimed_until -> Nullable<Timestamp>,
+        finished_at -> Nullable<Timestamp>,
+    }
+}

@@ -5,9 +5,11 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
 
-use super::{validate_key, Listed, ObjectBody, ObjectStore, StoreError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{validate_key, Listed, ObjectBody, ObjectStore, PresignedPut, StoreError};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -47,6 +49,49 @@ impl ObjectStore for LocalStore {
             return Err(backend("cannot write", &path, e));
         }
         Ok(())
+    }
+
+    async fn put_reader<'a>(
+        &self,
+        key: &str,
+        body: Pin<Box<dyn AsyncRead + Send + 'a>>,
+        length: u64,
+        _content_type: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let parent = path.parent().expect("a validated key has a parent under the root");
+        tokio::fs::create_dir_all(parent).await.map_err(|e| backend("cannot create", parent, e))?;
+        let temp = self.root.join(".tmp").join(crate::domain::random_token(12));
+        let write = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            let written = tokio::io::copy(&mut body.take(length + 1), &mut file).await?;
+            if written != length {
+                return Ok(Some(written));
+            }
+            file.sync_all().await?;
+            tokio::fs::rename(&temp, &path).await.map(|()| None)
+        };
+        match write.await {
+            Ok(None) => Ok(()),
+            Ok(Some(actual)) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                Err(StoreError::LengthMismatch { expected: length, actual })
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                Err(backend("cannot write", &path, e))
+            }
+        }
+    }
+
+    async fn presign_put(
+        &self,
+        _key: &str,
+        _length: u64,
+        _content_type: &str,
+        _expires_in: std::time::Duration,
+    ) -> Result<Option<PresignedPut>, StoreError> {
+        Ok(None)
     }
 
     async fn get(&self, key: &str) -> Result<ObjectBody, StoreError> {

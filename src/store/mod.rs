@@ -24,6 +24,8 @@ pub enum StoreError {
     InvalidKey(String),
     #[error("object store failed: {0}")]
     Backend(String),
+    #[error("the body is {actual} bytes, not the {expected} announced")]
+    LengthMismatch { expected: u64, actual: u64 },
 }
 
 impl From<StoreError> for AppError {
@@ -44,6 +46,13 @@ pub struct Listed {
     pub modified: std::time::SystemTime,
 }
 
+/// A URL a client may `PUT` one object to, with the headers it must send as signed.
+#[derive(Debug, Clone)]
+pub struct PresignedPut {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
 /// An object's bytes as a stream, with its length.
 pub struct ObjectBody {
     pub len: u64,
@@ -54,6 +63,36 @@ pub struct ObjectBody {
 pub trait ObjectStore: Send + Sync {
     /// Writes the whole object, or nothing: a reader never sees a partial object.
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError>;
+    /// Writes an object of exactly `length` bytes from `body`, or nothing: a shorter or longer body fails.
+    /// By default the body is gathered in memory first; a store that can stream overrides it.
+    async fn put_reader<'a>(
+        &self,
+        key: &str,
+        body: Pin<Box<dyn AsyncRead + Send + 'a>>,
+        length: u64,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::with_capacity(length as usize);
+        body.take(length + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StoreError::Backend(format!("reading the body of {key}: {e}")))?;
+        if bytes.len() as u64 != length {
+            return Err(StoreError::LengthMismatch { expected: length, actual: bytes.len() as u64 });
+        }
+        self.put(key, bytes.into(), content_type).await
+    }
+    /// A URL that lets a client `PUT` the object at `key` itself, `length` bytes of `content_type`, until
+    /// `expires_in` has passed; `None` when the store cannot sign one (the local directory: Upshot then
+    /// receives the bytes itself).
+    async fn presign_put(
+        &self,
+        key: &str,
+        length: u64,
+        content_type: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<PresignedPut>, StoreError>;
     async fn get(&self, key: &str) -> Result<ObjectBody, StoreError>;
     /// The object's length, or `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError>;

@@ -2,11 +2,12 @@
 //! default chain: the instance role in production, `AWS_*` variables elsewhere.
 
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{validate_key, Listed, ObjectBody, ObjectStore, StoreError};
+use super::{validate_key, Listed, ObjectBody, ObjectStore, PresignedPut, StoreError};
 
 pub struct S3Store {
     client: Client,
@@ -66,6 +67,30 @@ impl S3Store {
 
 #[rocket::async_trait]
 impl ObjectStore for S3Store {
+    async fn presign_put(
+        &self,
+        key: &str,
+        length: u64,
+        content_type: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<PresignedPut>, StoreError> {
+        let full = self.full_key(key)?;
+        let config = PresigningConfig::expires_in(expires_in).map_err(|e| backend("presign", &full, e))?;
+        // The length and type are signed: S3 refuses a PUT of any other size.
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_length(length as i64)
+            .content_type(content_type)
+            .presigned(config)
+            .await
+            .map_err(|e| backend("presign", &full, e))?;
+        let headers = request.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+        Ok(Some(PresignedPut { url: request.uri().to_owned(), headers }))
+    }
+
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
         self.client

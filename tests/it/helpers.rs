@@ -186,9 +186,11 @@ impl Drop for TestApp {
 
 /// The settings of a test server on `stack`, before any test-specific change.
 pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Option<String>) {
+    let port = free_port();
     let figment = AppConfig::figment()
         .merge(("address", "127.0.0.1"))
-        .merge(("port", free_port()))
+        .merge(("port", port))
+        .merge(("public_url", format!("http://127.0.0.1:{port}")))
         .merge(("log_level", "off"))
         .merge(("cli_colors", false))
         .merge(("shutdown.ctrlc", false))

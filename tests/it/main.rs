@@ -3,6 +3,7 @@
 //! endpoint they need.
 
 mod connections;
+mod direct_uploads;
 mod faults;
 mod fuzz;
 mod helpers;
