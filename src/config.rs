@@ -110,6 +110,11 @@ pub struct Settings {
     pub sns_region: Option<String>,
     /// Overrides `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL`.
     pub sns_endpoint_url: Option<String>,
+    /// An SQS queue that receives the bucket's `ObjectCreated` events for `incoming/`: every instance
+    /// long-polls it and processes the direct uploads their clients never completed. Unset: no polling.
+    pub upload_queue_url: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL`.
+    pub sqs_endpoint_url: Option<String>,
     /// The address people reach Upshot at, for links in notifications.
     pub public_url: String,
     /// Attempts before a notification is parked as `failed`; 0: no limit but the retry horizon.
@@ -186,6 +191,8 @@ impl Default for Settings {
             sns_topic_arn: None,
             sns_region: None,
             sns_endpoint_url: None,
+            upload_queue_url: None,
+            sqs_endpoint_url: None,
             public_url: "http://127.0.0.1:8000".to_owned(),
             outbox_max_attempts: 0,
             outbox_retry_horizon_hours: 48,

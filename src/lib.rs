@@ -20,6 +20,7 @@ pub mod state;
 pub mod store;
 pub mod stored_images;
 pub mod telemetry;
+pub mod upload_events;
 pub mod web;
 
 use std::sync::Arc;
@@ -206,7 +207,8 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     Ok(AppState::new(pipeline, notifier))
 }
 
-/// The relay that publishes the outbox, stopped by the server's own shutdown.
+/// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller
+/// of upload events; all stopped by the server's own shutdown.
 fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
     let settings = &state.config.settings;
     let lease = std::time::Duration::from_secs(settings.outbox_lease_secs);
@@ -230,5 +232,8 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
     });
     tokio::spawn(ingest::sweep::run(state.pipeline.clone(), stopped.clone()));
     tokio::spawn(direct_uploads::run_sweeper(state.pipeline.clone(), stopped.clone()));
+    if let Some(queue_url) = settings.upload_queue_url.clone() {
+        tokio::spawn(upload_events::run(state.pipeline.clone(), queue_url, stopped.clone()));
+    }
     tokio::spawn(relay.run(stopped));
 }

@@ -205,3 +205,108 @@ async fn an_uncompleted_session_expires_and_its_file_is_removed(stack: Stack) {
     let (status_code, code, _) = error_code(complete(&app, id).await).await;
     assert_eq!((status_code, code.as_str()), (410, "UPLOAD_EXPIRED"));
 }
+
+/// A queue whose messages go to a dead-letter queue after `max_receives`: (queue URL, its ARN, the DLQ's URL).
+async fn queue_with_dead_letters(max_receives: u32, visibility_secs: u32) -> (String, String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let sqs = crate::helpers::sqs_client().await;
+    let name = format!("upshot-uploads-{}", &upshot::domain::ImageId::generate().as_str()[..12]);
+    let arn_of = |url: String| {
+        let sqs = sqs.clone();
+        async move {
+            let attributes = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .unwrap();
+            attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+        }
+    };
+    let dlq =
+        sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url().unwrap().to_owned();
+    let redrive = json!({ "deadLetterTargetArn": arn_of(dlq.clone()).await, "maxReceiveCount": max_receives });
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_secs.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let arn = arn_of(queue.clone()).await;
+    (queue, arn, dlq)
+}
+
+/// The bucket tells the queue of every object created under `incoming/`, as the stack configures it.
+async fn notify_queue_of_incoming(bucket: &str, queue_arn: &str) {
+    use aws_sdk_s3::types::{
+        Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+        QueueConfiguration, S3KeyFilter,
+    };
+    let prefix = FilterRule::builder().name(FilterRuleName::Prefix).value("uploads/incoming/").build();
+    let filter =
+        NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(prefix).build()).build();
+    let queue = QueueConfiguration::builder()
+        .queue_arn(queue_arn)
+        .events(Event::S3ObjectCreated)
+        .filter(filter)
+        .build()
+        .unwrap();
+    crate::helpers::s3_client()
+        .await
+        .put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(NotificationConfiguration::builder().queue_configurations(queue).build())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Two instances poll the bucket's events: an upload whose client never completes it is stored once, with
+/// one notification; a message that is no S3 event goes to the dead-letter queue after its receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_event_completes_an_upload_once_across_two_instances() {
+    let (queue, queue_arn, dead_letters) = queue_with_dead_letters(2, 1).await;
+    let endpoint = std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap();
+    let polling = |figment: figment::Figment| {
+        figment.merge(("upload_queue_url", queue.clone())).merge(("sqs_endpoint_url", endpoint.clone()))
+    };
+    let first = spawn_with(Stack::Cloud, polling).await;
+    let bucket = first.bucket.clone().unwrap();
+    let (database, topic) = (first.database_url.clone(), first.topic_arn.clone().unwrap());
+    let second = spawn_with(Stack::Cloud, |figment| {
+        polling(figment).merge(("database_url", database)).merge(("s3_bucket", &bucket)).merge(("sns_topic_arn", topic))
+    })
+    .await;
+    notify_queue_of_incoming(&bucket, &queue_arn).await;
+
+    let session = send(&second, "cat.jpg", fixture("cat.jpg"), "image/jpeg").await;
+    let id = session["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&first, id).await["status"] != "stored" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let state = status(&first, id).await;
+    assert_eq!(state["status"], "stored", "{state}");
+    assert_eq!((first.image_rows().await, first.outbox_rows().await), (1, 1), "stored once, one notification");
+    assert!(incoming(&first.object_keys().await).is_empty());
+    let image: Value = complete(&first, id).await.json().await.unwrap();
+    assert_eq!(image["id"], state["image_id"], "the client's late completion answers the same image");
+
+    let sqs = crate::helpers::sqs_client().await;
+    sqs.send_message().queue_url(&queue).message_body("not an S3 event").send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut parked = Vec::new();
+    while parked.is_empty() && Instant::now() < deadline {
+        let received = sqs.receive_message().queue_url(&dead_letters).wait_time_seconds(2).send().await.unwrap();
+        parked = received.messages.unwrap_or_default();
+    }
+    assert_eq!(parked.len(), 1, "the poison message reaches the dead-letter queue");
+    assert_eq!(parked[0].body(), Some("not an S3 event"));
+    drop(second);
+}
