@@ -239,6 +239,7 @@ check_env_file() {
   "/upshot/prod/db-endpoint": "db.internal:5432", "/upshot/prod/db-name": "upshot",
   "/upshot/prod/db-secret-arn": "arn:db", "/upshot/prod/app-secret-arn": "arn:app",
   "/upshot/prod/admin-secret-arn": "arn:admin", "/upshot/prod/public-url": "https://upshot.example.com",
+  "/upshot/prod/upload-queue-url": "https://sqs.eu-west-1.amazonaws.com/123456789012/upshot-uploads",
   "/upshot/prod/log-group": "/upshot/prod/app"},
  "secrets": {"arn:db": "{\"username\": \"upshot\", \"password\": \"p@ss word\"}",
   "arn:app": "app-secret-key-0123456789-0123456789-0123456789", "arn:admin": "admin-key-0123456789-0123456789"}}
@@ -252,6 +253,7 @@ JSON
     for line in ROCKET_PROFILE=aws UPSHOT_PUBLIC_URL=https://upshot.example.com \
         UPSHOT_ADMIN_API_KEY=admin-key-0123456789-0123456789 UPSHOT_S3_BUCKET=upshot-images-prod \
         UPSHOT_SECRET_KEY=app-secret-key-0123456789-0123456789-0123456789 \
+        UPSHOT_UPLOAD_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/upshot-uploads \
         "UPSHOT_DATABASE_URL=postgres://upshot@db.internal:5432/upshot?sslmode=require&passfile=${root//\//%2F}%2Fetc%2Fupshot%2Fpgpass"; do
         grep -qxF -- "$line" "$env" || { echo "the environment file lacks ${line%%=*} (or has another value)"; return 1; }
     done

@@ -99,7 +99,7 @@ for name, listener in of_type("AWS::ElasticLoadBalancingV2::Listener").items():
 
 # Settings the service cannot run without in production reach the instances.
 parameters = {p["Properties"]["Name"]["Fn::Sub"].rsplit("/", 1)[-1] for p in of_type("AWS::SSM::Parameter").values()}
-for needed in ("public-url", "admin-secret-arn"):
+for needed in ("public-url", "admin-secret-arn", "upload-queue-url"):
     rule(needed in parameters, f"no SSM parameter {needed} for after-install.sh")
 
 # The consistency check's findings reach a person: the agent listens where the aws profile sends the figures,
@@ -114,6 +114,22 @@ rule(missing_alarm.get("Threshold") == 0 and missing_alarm.get("ComparisonOperat
      "no alarm on images missing from the bucket (upshot_reconcile_missing > 0)")
 rule(watched.get("upshot_reconcile_runs", {}).get("TreatMissingData") == "breaching",
      "no alarm on a consistency check that stopped running (upshot_reconcile_runs missing)")
+
+# Direct uploads: the bucket announces incoming/ to a queue with a dead-letter queue, lets browsers PUT from
+# the site alone, and forgets what sessions left behind.
+bucket = resources["ImagesBucket"]["Properties"]
+queues = bucket.get("NotificationConfiguration", {}).get("QueueConfigurations", [])
+rule(any(q.get("Filter", {}).get("S3Key", {}).get("Rules") == [{"Name": "prefix", "Value": "incoming/"}] for q in queues),
+     "the images bucket does not announce incoming/ to a queue")
+for q in queues:
+    for queue in refs(q["Queue"]):
+        rule("RedrivePolicy" in resources[queue]["Properties"], f"{queue} has no dead-letter queue")
+cors = bucket.get("CorsConfiguration", {}).get("CorsRules", [])
+rule(cors and all(r["AllowedMethods"] == ["PUT"] and "*" not in str(r["AllowedOrigins"]) for r in cors),
+     "the images bucket's CORS must allow PUT from the site's origin only")
+rule(any(r.get("Prefix") == "incoming/" and "ExpirationInDays" in r and "AbortIncompleteMultipartUpload" in r
+         for r in bucket.get("LifecycleConfiguration", {}).get("Rules", [])),
+     "nothing expires what direct upload sessions leave in incoming/")
 
 for failure in failures:
     print(failure)

@@ -36,7 +36,7 @@ find "$release/deploy/codedeploy" -name '*.sh' -exec chmod 0755 {} +
 # ------------------------------------------------------------------ environment file
 write_env_from_aws() {
     local out=$1 region prefix params bucket topic endpoint db_name db_secret_arn app_secret_arn
-    local admin_secret_arn public_url db_user
+    local admin_secret_arn public_url db_user upload_queue
     prefix=$(parameter_prefix)
     use_instance_region >/dev/null
     region=$AWS_REGION
@@ -52,8 +52,9 @@ write_env_from_aws() {
     app_secret_arn=$(param app-secret-arn)
     admin_secret_arn=$(param admin-secret-arn)
     public_url=$(param public-url)
+    upload_queue=$(param upload-queue-url)
     log_group=$(param log-group)
-    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn admin_secret_arn public_url; do
+    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn admin_secret_arn public_url upload_queue; do
         [ -n "${!v}" ] || die "SSM parameter for $v missing under $prefix/"
     done
 
@@ -84,6 +85,7 @@ print("postgres://%s@%s/%s?sslmode=require&passfile=%s" % (q(e["DB_USER"]), e["D
         echo "UPSHOT_PUBLIC_URL=$public_url"
         echo "UPSHOT_NOTIFIER=sns"
         echo "UPSHOT_SNS_TOPIC_ARN=$topic"
+        echo "UPSHOT_UPLOAD_QUEUE_URL=$upload_queue"
         echo "UPSHOT_DATA_DIR=/var/lib/upshot"
         echo "UPSHOT_ORT_LIB=$UPSHOT_CURRENT/lib/$ORT_LIB_NAME"
     } >"$out"
