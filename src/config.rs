@@ -68,6 +68,8 @@ pub struct Settings {
     /// The largest file a direct upload session accepts (`POST /api/v1/uploads`): sent straight to the store,
     /// so it may exceed `max_upload_bytes`.
     pub direct_upload_max_bytes: u64,
+    /// The upload page sends every file by a direct upload session, not only those over `max_upload_bytes`.
+    pub direct_uploads_always: bool,
     /// How long a direct upload's URL stays valid; a session not completed twice as long after is swept.
     pub upload_url_ttl_secs: u64,
     pub max_image_width: u32,
@@ -168,6 +170,7 @@ impl Default for Settings {
             max_upload_bytes: 20 * MIB,
             direct_upload_max_bytes: 200 * MIB,
             upload_url_ttl_secs: 900,
+            direct_uploads_always: false,
             max_image_width: 12_000,
             max_image_height: 12_000,
             max_image_pixels: 50_000_000,

@@ -23,6 +23,8 @@ const CLAIM: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub filename: String,
+    /// Already checked against `max_description_chars` and cleaned, as the form's is.
+    pub description: Option<String>,
     pub byte_size: u64,
     pub content_type: Option<String>,
     pub sha256: Option<String>,
@@ -79,6 +81,25 @@ impl From<&SessionRow> for SessionView {
                 .clone()
                 .map(|code| SessionError { code, message: row.error_message.clone().unwrap_or_default() }),
             expires_at: rfc3339(row.expires_at),
+        }
+    }
+}
+
+/// The origin (`scheme://host[:port]`) of the URLs the store signs for direct uploads, when it signs them;
+/// `None` for the local store, whose uploads come to this server. Learnt by signing one, as S3's addressing
+/// (virtual host or path style, region, endpoint) decides it.
+pub async fn upload_origin(store: &dyn crate::store::ObjectStore) -> Option<String> {
+    let probe = incoming_key("00000000000000000000000000000000");
+    match store.presign_put(&probe, 1, "application/octet-stream", Duration::from_secs(60)).await {
+        Ok(Some(presigned)) => {
+            let (scheme, rest) = presigned.url.split_once("://")?;
+            let host = rest.split(['/', '?']).next()?;
+            Some(format!("{scheme}://{host}"))
+        }
+        Ok(None) => None,
+        Err(error) => {
+            log::warn!("cannot sign direct upload URLs ({error}); the upload page sends large files nowhere");
+            None
         }
     }
 }
@@ -142,6 +163,7 @@ pub async fn open(pipeline: &Pipeline, new: NewSession, local_url: &str) -> AppR
         id: id.clone(),
         status: PENDING.to_owned(),
         original_filename: display_filename(&new.filename),
+        description: new.description,
         byte_size: new.byte_size as i64,
         content_type: content_type.clone(),
         sha256,
@@ -341,7 +363,11 @@ async fn process(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
     }
     pipeline.metrics.add_upload_bytes(bytes.len() as u64);
     let idempotency_key = IdempotencyKey::parse(&format!("upload-session:{}", session.id));
-    let meta = UploadMeta { original_filename: session.original_filename.clone(), description: None, idempotency_key };
+    let meta = UploadMeta {
+        original_filename: session.original_filename.clone(),
+        description: session.description.clone(),
+        idempotency_key,
+    };
     ingest::ingest(pipeline, bytes, permit, meta).await
 }
 

@@ -203,8 +203,9 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     );
     let notifier = notify::from_config(&config).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
+    let upload_origin = direct_uploads::upload_origin(store.as_ref()).await;
     let pipeline = ingest::Pipeline::new(config, db, store, DeleteTokens::new(&secret), engine);
-    Ok(AppState::new(pipeline, notifier))
+    Ok(AppState::new(pipeline, notifier, upload_origin))
 }
 
 /// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller

@@ -12,12 +12,15 @@ pub struct AppState {
     pub notifier: Arc<dyn Notifier>,
     /// Fingerprint of the static assets, for cache-busting URLs.
     pub asset_version: String,
+    /// Where the upload page's script sends direct uploads when that is not this server (the bucket's
+    /// origin), for the pages' Content-Security-Policy.
+    pub direct_upload_origin: Option<String>,
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>) -> Self {
+    pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
         let asset_version = asset_version(&pipeline.config.settings.static_dir);
-        AppState { pipeline, notifier, asset_version }
+        AppState { pipeline, notifier, asset_version, direct_upload_origin }
     }
 }
 

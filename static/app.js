@@ -24,6 +24,8 @@ const FRIENDLY = {
     'The server is busy',
     'Too many images are being analysed right now. Please try again in a few seconds.',
   ],
+  UPLOAD_EXPIRED: ['The upload took too long', 'Its link expired before the file arrived. Please upload it again.'],
+  UPLOAD_URL_INVALID: ['The upload was refused', 'The file changed while it was being sent. Please upload it again.'],
   NETWORK_ERROR: ['The connection was lost', 'The upload could not reach the server. Check your connection and try again.'],
   NOT_FOUND: ['Not found', 'The image no longer exists.'],
   FORBIDDEN: ['Not allowed', 'The delete token was not accepted.'],
@@ -173,8 +175,17 @@ function setUpUpload(form) {
   const submit = form.querySelector('#upload-button');
   const result = document.getElementById('result');
   const resultBody = document.getElementById('result-body');
-  const maxBytes = Number(form.dataset.maxBytes) || Infinity;
-  const vars = { max: form.dataset.maxHuman || '', formats: form.dataset.formats || '' };
+  const formMaxBytes = Number(form.dataset.maxBytes) || Infinity;
+  // Files over the form's limit (or all, when configured) go straight to the store by a direct upload session.
+  const directMaxBytes = Number(form.dataset.directMaxBytes) || 0;
+  const directAlways = form.dataset.directAlways === 'true';
+  const maxBytes = Math.max(formMaxBytes, directMaxBytes);
+  const vars = {
+    max: (directMaxBytes > formMaxBytes ? form.dataset.directMaxHuman : form.dataset.maxHuman) || '',
+    formats: form.dataset.formats || '',
+  };
+  const maxSize = document.getElementById('max-size');
+  if (maxSize && vars.max) maxSize.textContent = vars.max;
   let previewUrl = null;
   let xhr = null;
 
@@ -275,14 +286,8 @@ function setUpUpload(form) {
     }
     if (!checkSize(file)) return;
 
-    const data = new FormData();
-    data.append('file', file, file.name);
-    data.append('description', form.querySelector('#description').value);
-
-    xhr = new XMLHttpRequest();
-    xhr.open('POST', form.dataset.api);
-    xhr.setRequestHeader('Accept', 'application/json');
-    xhr.responseType = 'text';
+    const description = form.querySelector('#description').value;
+    const direct = directMaxBytes > 0 && (directAlways || file.size > formMaxBytes);
     bar.value = 0;
     bar.textContent = '0%';
     progress.hidden = false;
@@ -291,53 +296,111 @@ function setUpUpload(form) {
     result.hidden = true;
     setStatus(`Uploading ${file.name}…`);
 
-    let lastAnnounced = -1;
-    xhr.upload.addEventListener('progress', (e) => {
-      if (!e.lengthComputable) return;
-      const pct = Math.round((e.loaded / e.total) * 100);
-      bar.value = pct;
-      bar.textContent = `${pct}%`;
-      // Announce in steps of 25% so screen readers are not flooded.
-      const step = Math.floor(pct / 25);
-      if (step !== lastAnnounced) {
-        lastAnnounced = step;
-        setStatus(pct >= 100 ? 'Upload sent; analysing the image…' : `Uploading ${file.name}: ${pct}%`);
-      }
-    });
-    xhr.upload.addEventListener('load', () => {
-      bar.value = 100;
-      setStatus('Upload sent; analysing the image…');
-    });
-    xhr.addEventListener('abort', () => {
+    /** An answer that is an error: shown, and the form is ready again. */
+    const failed = (request) => {
       finish();
-      setStatus('Upload cancelled. Nothing was stored.');
-    });
-    xhr.addEventListener('error', () => {
-      finish();
-      setStatus('');
-      showError(errorBox, { code: 'NETWORK_ERROR', message: '' }, vars);
-    });
-    xhr.addEventListener('load', () => {
-      const request = xhr;
-      finish();
-      if (request.status === 201 || request.status === 200) {
-        let image;
-        try {
-          image = JSON.parse(request.responseText);
-        } catch {
-          showError(errorBox, { code: 'BAD_RESPONSE', message: 'The server sent an answer we could not read.' }, vars);
-          return;
-        }
-        if (image.delete_token) storage()?.setItem(TOKEN_PREFIX + image.id, image.delete_token);
-        setStatus('Upload complete.');
-        showResult(image);
-        return;
-      }
       setStatus('');
       showError(errorBox, readError(request.status, request.responseText, request.getResponseHeader('X-Request-Id')), vars);
       errorBox.scrollIntoView({ block: 'nearest' });
+    };
+    const stored = (text) => {
+      let image;
+      try {
+        image = JSON.parse(text);
+      } catch {
+        showError(errorBox, { code: 'BAD_RESPONSE', message: 'The server sent an answer we could not read.' }, vars);
+        return;
+      }
+      if (image.delete_token) storage()?.setItem(TOKEN_PREFIX + image.id, image.delete_token);
+      setStatus('Upload complete.');
+      showResult(image);
+    };
+    /** One request with the progress bar on its body; `done` gets the finished request. */
+    const send = (method, url, headers, body, done) => {
+      xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+      xhr.responseType = 'text';
+      let lastAnnounced = -1;
+      xhr.upload.addEventListener('progress', (e) => {
+        if (!e.lengthComputable) return;
+        const pct = Math.round((e.loaded / e.total) * 100);
+        bar.value = pct;
+        bar.textContent = `${pct}%`;
+        // Announce in steps of 25% so screen readers are not flooded.
+        const step = Math.floor(pct / 25);
+        if (step !== lastAnnounced) {
+          lastAnnounced = step;
+          setStatus(pct >= 100 ? 'Upload sent; analysing the image…' : `Uploading ${file.name}: ${pct}%`);
+        }
+      });
+      xhr.upload.addEventListener('load', () => {
+        bar.value = 100;
+        setStatus('Upload sent; analysing the image…');
+      });
+      xhr.addEventListener('abort', () => {
+        finish();
+        setStatus('Upload cancelled. Nothing was stored.');
+      });
+      xhr.addEventListener('error', () => {
+        finish();
+        setStatus('');
+        showError(errorBox, { code: 'NETWORK_ERROR', message: '' }, vars);
+      });
+      xhr.addEventListener('load', () => done(xhr));
+      xhr.send(body);
+    };
+    /** A small JSON request of the direct path (the session, its completion); `done` as for `send`. */
+    const call = (url, body, done) => {
+      xhr = new XMLHttpRequest();
+      xhr.open('POST', url);
+      xhr.setRequestHeader('Accept', 'application/json');
+      if (body !== null) xhr.setRequestHeader('Content-Type', 'application/json');
+      xhr.responseType = 'text';
+      xhr.addEventListener('abort', () => {
+        finish();
+        setStatus('Upload cancelled. Nothing was stored.');
+      });
+      xhr.addEventListener('error', () => {
+        finish();
+        showError(errorBox, { code: 'NETWORK_ERROR', message: '' }, vars);
+      });
+      xhr.addEventListener('load', () => done(xhr));
+      xhr.send(body === null ? null : JSON.stringify(body));
+    };
+
+    if (!direct) {
+      const data = new FormData();
+      data.append('file', file, file.name);
+      data.append('description', description);
+      send('POST', form.dataset.api, { Accept: 'application/json' }, data, (request) => {
+        if (request.status !== 201 && request.status !== 200) return failed(request);
+        finish();
+        stored(request.responseText);
+      });
+      return;
+    }
+
+    // Direct: open a session, PUT the file where it says (with the headers it signed), then complete it.
+    const accepted = ['image/jpeg', 'image/png', 'image/webp', 'image/gif'];
+    const session = { filename: file.name, byte_size: file.size, description };
+    if (accepted.includes(file.type)) session.content_type = file.type;
+    call(form.dataset.directApi, session, (opened) => {
+      if (opened.status !== 201) return failed(opened);
+      const target = JSON.parse(opened.responseText);
+      // The browser sets the length itself, and refuses to be told it.
+      const headers = Object.fromEntries(
+        Object.entries(target.headers || {}).filter(([name]) => !['content-length', 'host'].includes(name.toLowerCase())),
+      );
+      send(target.method, target.url, headers, file, (put) => {
+        if (put.status < 200 || put.status >= 300) return failed(put);
+        call(`${form.dataset.directApi}/${encodeURIComponent(target.id)}/complete`, null, (completed) => {
+          if (completed.status !== 201) return failed(completed);
+          finish();
+          stored(completed.responseText);
+        });
+      });
     });
-    xhr.send(data);
   });
 
   function showResult(image) {

@@ -125,6 +125,7 @@ fn direct_upload_paths(config: &AppConfig, accepted: &[&str]) -> Value {
                 "type": "object", "required": ["filename", "byte_size"], "additionalProperties": false,
                 "properties": {
                     "filename": { "type": "string", "maxLength": 1024 },
+                    "description": { "type": "string", "maxLength": config.settings.max_description_chars },
                     "byte_size": { "type": "integer", "minimum": 1, "maximum": max,
                         "description": format!("The file's exact size; at most direct_upload_max_bytes = {max}") },
                     "content_type": { "type": "string", "enum": content_types },

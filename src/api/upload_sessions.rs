@@ -23,6 +23,8 @@ struct SessionInput {
     filename: String,
     byte_size: u64,
     #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
     content_type: Option<String>,
     #[serde(default)]
     sha256: Option<String>,
@@ -55,8 +57,10 @@ async fn open(
             .with_detail(e)
         })?
         .into_inner();
+    let description = super::upload::clean_description(input.description, state.config.settings.max_description_chars)?;
     let new = NewSession {
         filename: input.filename,
+        description,
         byte_size: input.byte_size,
         content_type: input.content_type,
         sha256: input.sha256,

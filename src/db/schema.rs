@@ -70,6 +70,7 @@ diesel::table! {
         id -> Text,
         status -> Text,
         original_filename -> Nullable<Text>,
+        description -> Nullable<Text>,
         byte_size -> BigInt,
         content_type -> Text,
         sha256 -> Nullable<Text>,

@@ -19,6 +19,7 @@ pub struct SessionRow {
     pub id: String,
     pub status: String,
     pub original_filename: Option<String>,
+    pub description: Option<String>,
     pub byte_size: i64,
     pub content_type: String,
     /// The SHA-256 the client declared, checked against the bytes that arrive.

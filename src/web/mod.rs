@@ -53,6 +53,9 @@ fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: O
         context! {
             max_upload_human: human_bytes(state.config.settings.max_upload_bytes),
             max_upload_bytes: state.config.settings.max_upload_bytes,
+            direct_max_human: human_bytes(state.config.settings.direct_upload_max_bytes),
+            direct_max_bytes: state.config.settings.direct_upload_max_bytes,
+            direct_always: state.config.settings.direct_uploads_always,
             accepted_formats: formats.iter().map(|f| f.label()).collect::<Vec<_>>(),
             accept_attr: formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(","),
             max_description_chars: state.config.settings.max_description_chars,

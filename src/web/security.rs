@@ -4,10 +4,20 @@ use rocket::fairing::{Fairing, Info, Kind};
 use rocket::http::Header;
 use rocket::{Request, Response};
 
-/// No inline script or style anywhere: every script and stylesheet comes from `/static`.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
-     form-action 'self'; object-src 'none'";
+use crate::state::AppState;
+
+/// No inline script or style anywhere: every script and stylesheet comes from `/static`. The page's script
+/// talks to this server, and to the bucket's origin for direct uploads when the store signs them.
+fn content_security_policy(direct_upload_origin: Option<&str>) -> String {
+    let connect = match direct_upload_origin {
+        Some(origin) => format!("'self' {origin}"),
+        None => "'self'".to_owned(),
+    };
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+         connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+    )
+}
 
 pub struct SecurityHeaders;
 
@@ -20,7 +30,8 @@ impl Fairing for SecurityHeaders {
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
         // Image bytes carry their own, stricter policy (a sandbox); everything else gets the page policy.
         if res.headers().get_one("Content-Security-Policy").is_none() {
-            res.set_header(Header::new("Content-Security-Policy", CONTENT_SECURITY_POLICY));
+            let origin = req.rocket().state::<AppState>().and_then(|state| state.direct_upload_origin.as_deref());
+            res.set_header(Header::new("Content-Security-Policy", content_security_policy(origin)));
         }
         res.set_header(Header::new("X-Frame-Options", "DENY"));
         res.set_header(Header::new("Referrer-Policy", "same-origin"));

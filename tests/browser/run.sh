@@ -29,7 +29,9 @@ fi
 
 # shellcheck source=tests/support/server.sh
 source "$root/tests/support/server.sh"
-start_test_server browser UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123
+# Direct uploads up to 24 MiB: a file just over the form's 20 MiB takes the direct path, and one over 24 MiB is
+# refused without making the browser hold hundreds of megabytes.
+start_test_server browser UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123 UPSHOT_DIRECT_UPLOAD_MAX_BYTES=25165824
 base="$TEST_SERVER_BASE"
 
 export UPSHOT_BASE_URL="$base"

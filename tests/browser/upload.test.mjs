@@ -1,6 +1,7 @@
 // The upload page: file picker, drag and drop, progress and cancel, errors, and the no-JavaScript form.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import zlib from 'node:zlib';
 import {
   launch, newPage, fixture, fixturePath, apiGet, screenshot, throttleUpload, DESKTOP, PHONE, url,
 } from './helpers.mjs';
@@ -19,7 +20,7 @@ test('file picker upload shows the progress bar, then the predictions without a 
   // The server's limits and formats are on the page, as text.
   const hint = await page.textContent('#file-hint');
   assert.match(hint, /JPEG, PNG, WebP, GIF/);
-  assert.match(hint, /20 MiB/);
+  assert.match(hint, /24 MiB/, 'with JavaScript, the direct upload limit');
   assert.ok(await page.isVisible('text=Drag and drop an image here'), 'the drop zone is announced with JS on');
 
   await page.setInputFiles('#file', fixturePath('cat.jpg'));
@@ -148,11 +149,11 @@ test('a file that is not an image gets the friendly error with UNSUPPORTED_MEDIA
 test('a file over the size limit is refused before it is sent', async () => {
   const { context, page, problems } = await newPage(browser);
   await page.goto('/');
-  const max = Number(await page.getAttribute('#upload-form', 'data-max-bytes'));
-  assert.ok(max > 0);
+  const max = Number(await page.getAttribute('#upload-form', 'data-direct-max-bytes'));
+  assert.ok(max > Number(await page.getAttribute('#upload-form', 'data-max-bytes')));
   let sent = false;
   page.on('request', (request) => {
-    if (request.url().endsWith('/api/v1/images')) sent = true;
+    if (request.url().includes('/api/v1/')) sent = true;
   });
   await page.setInputFiles('#file', { name: 'huge.jpg', mimeType: 'image/jpeg', buffer: Buffer.alloc(max + 1) });
   await page.click('#upload-button');
@@ -160,6 +161,61 @@ test('a file over the size limit is refused before it is sent', async () => {
   assert.match(text, /PAYLOAD_TOO_LARGE/);
   assert.match(text, /too big/);
   assert.equal(sent, false);
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+/** A PNG of noise, stored without compression: about 3 bytes a pixel, so its size is chosen exactly. */
+function noisePng(width, height) {
+  const chunk = (type, data) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  const rows = Buffer.alloc((width * 3 + 1) * height);
+  let state = 0x9e3779b9;
+  for (let i = 0; i < rows.length; i += 1) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    rows[i] = state & 0xff;
+  }
+  for (let y = 0; y < height; y += 1) rows[y * (width * 3 + 1)] = 0; // filter: none
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([signature, chunk('IHDR', header), chunk('IDAT', zlib.deflateSync(rows, { level: 0 })), chunk('IEND', Buffer.alloc(0))]);
+}
+
+test('a file over the form limit goes straight to the store by a direct upload session', async () => {
+  const { context, page, problems } = await newPage(browser);
+  await page.goto('/');
+  const formMax = Number(await page.getAttribute('#upload-form', 'data-max-bytes'));
+  const png = noisePng(2700, 2700);
+  assert.ok(png.length > formMax, `${png.length} is over the form's ${formMax}`);
+  const requests = [];
+  page.on('request', (request) => requests.push(`${request.method()} ${new URL(request.url()).pathname}`));
+  await page.setInputFiles('#file', { name: 'panorama.png', mimeType: 'image/png', buffer: png });
+  await page.fill('#description', 'Sent directly');
+  await throttleUpload(page, 8 * 1024 * 1024);
+  await page.click('#upload-button');
+  await page.waitForSelector('#progress:not([hidden])');
+  await page.waitForSelector('#result:not([hidden])', { timeout: 120000 });
+  assert.ok(requests.includes('POST /api/v1/uploads'), requests.join(', '));
+  assert.ok(requests.some((r) => /^PUT \/api\/v1\/uploads\/[0-9a-f]{32}\/data$/.test(r)), requests.join(', '));
+  assert.ok(requests.some((r) => /^POST \/api\/v1\/uploads\/[0-9a-f]{32}\/complete$/.test(r)), requests.join(', '));
+  assert.ok(!requests.includes('POST /api/v1/images'), 'not through the form');
+  assert.match(await page.textContent('#upload-status'), /Upload complete/);
+  const link = await page.getAttribute('#result-link', 'href');
+  const image = await (await apiGet(link.split('/').pop())).json();
+  assert.equal(image.original_filename, 'panorama.png');
+  assert.equal(image.description, 'Sent directly');
+  assert.equal(image.width, 2700);
   assert.deepEqual(problems, []);
   await context.close();
 });

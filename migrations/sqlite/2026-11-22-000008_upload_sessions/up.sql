@@ -5,6 +5,7 @@ CREATE TABLE upload_sessions (
     -- pending | processing | stored | failed
     status TEXT NOT NULL,
     original_filename TEXT,
+    description TEXT,
     byte_size BIGINT NOT NULL,
     content_type TEXT NOT NULL,
     sha256 TEXT,
