@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{validate_key, Listed, ObjectBody, ObjectStore, PresignedPut, StoreError};
 
@@ -33,22 +33,9 @@ impl LocalStore {
 
 #[rocket::async_trait]
 impl ObjectStore for LocalStore {
-    async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
-        let path = self.path_of(key)?;
-        let parent = path.parent().expect("a validated key has a parent under the root");
-        tokio::fs::create_dir_all(parent).await.map_err(|e| backend("cannot create", parent, e))?;
-        let temp = self.root.join(".tmp").join(crate::domain::random_token(12));
-        let write = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            file.write_all(&body).await?;
-            file.sync_all().await?;
-            tokio::fs::rename(&temp, &path).await
-        };
-        if let Err(e) = write.await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(backend("cannot write", &path, e));
-        }
-        Ok(())
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        let length = body.len() as u64;
+        self.put_reader(key, Box::pin(std::io::Cursor::new(body)), length, content_type).await
     }
 
     async fn put_reader<'a>(
