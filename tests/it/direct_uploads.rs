@@ -310,3 +310,80 @@ async fn the_bucket_event_completes_an_upload_once_across_two_instances() {
     assert_eq!(parked[0].body(), Some("not an S3 event"));
     drop(second);
 }
+
+/// A server process of its own, for what only a process shows: its peak resident memory.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The process's peak RSS (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The 60 MB photo through `upshot serve` on the embedded default: the file travels to the store without
+/// the server holding it, and processing it costs the server's memory a bounded amount (printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_direct_upload_keeps_the_servers_memory_bounded() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = ServerProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_upshot"))
+            .arg("serve")
+            .env("UPSHOT_DATA_DIR", data_dir.path())
+            .env("ROCKET_ADDRESS", "127.0.0.1")
+            .env("ROCKET_PORT", port.to_string())
+            .env("UPSHOT_PUBLIC_URL", &base)
+            .env("UPSHOT_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "the server did not get ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = peak_rss_kib(server.0.id());
+    let photo = large_noisy_jpeg(60);
+    let size = photo.len() as u64;
+    let opened = client
+        .post(format!("{base}/api/v1/uploads"))
+        .json(&json!({ "filename": "big.jpg", "byte_size": size, "content_type": "image/jpeg" }))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = opened.json().await.unwrap();
+    let put = client
+        .put(session["url"].as_str().unwrap())
+        .header("content-type", "image/jpeg")
+        .body(photo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let received = peak_rss_kib(server.0.id());
+    let done = client
+        .post(format!("{base}/api/v1/uploads/{}/complete", session["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 201);
+    let processed = peak_rss_kib(server.0.id());
+    println!(
+        "direct upload of {size} bytes: server peak RSS {ready} KiB ready, {received} KiB after the PUT, \
+         {processed} KiB after completion"
+    );
+    assert!(received - ready < size / 1024 / 4, "the PUT streams to the store: {ready} → {received} KiB");
+    assert!(processed - ready < 3 * size / 1024, "processing costs a bounded amount: {ready} → {processed} KiB");
+}

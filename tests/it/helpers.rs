@@ -163,7 +163,7 @@ pub async fn create_bucket() -> String {
     bucket
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
