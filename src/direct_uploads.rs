@@ -215,7 +215,11 @@ pub async fn receive(
     body: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send + '_>>,
 ) -> AppResult<()> {
     let refused = || AppError::new(ErrorCode::UploadUrlInvalid, "This upload URL does not allow this request.");
-    let session = find(pipeline, id).await.map_err(|_| refused())?;
+    // An unknown session is a URL that was never signed; a database that does not answer is not the URL's fault.
+    let session = match find(pipeline, id).await {
+        Err(error) if error.code == ErrorCode::NotFound => return Err(refused()),
+        found => found?,
+    };
     let expected = local_signature(pipeline, id, session.byte_size as u64, expires);
     if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
         return Err(refused());
@@ -280,10 +284,7 @@ pub async fn complete(pipeline: &Pipeline, id: &str) -> AppResult<Uploaded> {
     if session.status == STORED || session.status == FAILED {
         return outcome(pipeline, &session).await;
     }
-    let (claim_id, at) = (id.to_owned(), now());
-    let until = at + chrono::Duration::from_std(CLAIM).map_err(AppError::internal)?;
-    let claimed = pipeline.db.run(move |conn| upload_sessions::claim(conn, &claim_id, at, until)).await?;
-    if !claimed {
+    if !claim(pipeline, id).await? {
         let session = find(pipeline, id).await?;
         if session.status == STORED || session.status == FAILED {
             return outcome(pipeline, &session).await;
@@ -312,6 +313,13 @@ pub async fn complete(pipeline: &Pipeline, id: &str) -> AppResult<Uploaded> {
         }
     }
     processed
+}
+
+/// Takes the session for processing for `CLAIM`; whether it was taken (not finished, nor held by another).
+async fn claim(pipeline: &Pipeline, id: &str) -> AppResult<bool> {
+    let (id, at) = (id.to_owned(), now());
+    let until = at + chrono::Duration::from_std(CLAIM).map_err(AppError::internal)?;
+    Ok(pipeline.db.run(move |conn| upload_sessions::claim(conn, &id, at, until)).await?)
 }
 
 fn in_progress() -> AppError {
@@ -379,14 +387,12 @@ pub async fn sweep_expired(pipeline: &Pipeline) -> AppResult<usize> {
     let ids = pipeline.db.run(move |conn| upload_sessions::expired(conn, before, 100)).await?;
     let mut swept = 0;
     for id in ids {
-        let (claim_id, at) = (id.clone(), now());
-        let until = at + chrono::Duration::from_std(CLAIM).map_err(AppError::internal)?;
-        if !pipeline.db.run(move |conn| upload_sessions::claim(conn, &claim_id, at, until)).await? {
+        if !claim(pipeline, &id).await? {
             continue;
         }
         remove_incoming(pipeline, &id).await;
         let (code, message) = (ErrorCode::UploadExpired.as_str(), "The upload was not completed in time.");
-        let finish_id = id.clone();
+        let (finish_id, at) = (id.clone(), now());
         pipeline.db.run(move |conn| upload_sessions::finish_failed(conn, &finish_id, code, message, at)).await?;
         swept += 1;
     }
