@@ -54,7 +54,7 @@ fn build(
         .manage(peers)
         .manage(web::LoginThrottle::default())
         .attach(telemetry::RequestLog)
-        .attach(web::security::SecurityHeaders)
+        .attach(web::security::SecurityHeaders::default())
         .attach(Template::fairing())
         .attach(AdHoc::try_on_ignite("database and object store", move |rocket| async move {
             match connect(config).await {

@@ -19,7 +19,11 @@ fn content_security_policy(direct_upload_origin: Option<&str>) -> String {
     )
 }
 
-pub struct SecurityHeaders;
+/// The page policy is made once, at the first response, when the store's upload origin is known.
+#[derive(Default)]
+pub struct SecurityHeaders {
+    page_policy: std::sync::OnceLock<String>,
+}
 
 #[rocket::async_trait]
 impl Fairing for SecurityHeaders {
@@ -30,8 +34,11 @@ impl Fairing for SecurityHeaders {
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
         // Image bytes carry their own, stricter policy (a sandbox); everything else gets the page policy.
         if res.headers().get_one("Content-Security-Policy").is_none() {
-            let origin = req.rocket().state::<AppState>().and_then(|state| state.direct_upload_origin.as_deref());
-            res.set_header(Header::new("Content-Security-Policy", content_security_policy(origin)));
+            let policy = self.page_policy.get_or_init(|| {
+                let state = req.rocket().state::<AppState>();
+                content_security_policy(state.and_then(|state| state.direct_upload_origin.as_deref()))
+            });
+            res.set_header(Header::new("Content-Security-Policy", policy.clone()));
         }
         res.set_header(Header::new("X-Frame-Options", "DENY"));
         res.set_header(Header::new("Referrer-Policy", "same-origin"));
