@@ -315,29 +315,31 @@ function setUpUpload(form) {
       setStatus('Upload complete.');
       showResult(image);
     };
-    /** One request with the progress bar on its body; `done` gets the finished request. */
-    const send = (method, url, headers, body, done) => {
+    /** One request; `done` gets it finished. With `progress`, the bar follows its body (the file's). */
+    const send = (method, url, headers, body, done, { progress = true } = {}) => {
       xhr = new XMLHttpRequest();
       xhr.open(method, url);
       for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
       xhr.responseType = 'text';
       let lastAnnounced = -1;
-      xhr.upload.addEventListener('progress', (e) => {
-        if (!e.lengthComputable) return;
-        const pct = Math.round((e.loaded / e.total) * 100);
-        bar.value = pct;
-        bar.textContent = `${pct}%`;
-        // Announce in steps of 25% so screen readers are not flooded.
-        const step = Math.floor(pct / 25);
-        if (step !== lastAnnounced) {
-          lastAnnounced = step;
-          setStatus(pct >= 100 ? 'Upload sent; analysing the image…' : `Uploading ${file.name}: ${pct}%`);
-        }
-      });
-      xhr.upload.addEventListener('load', () => {
-        bar.value = 100;
-        setStatus('Upload sent; analysing the image…');
-      });
+      if (progress) {
+        xhr.upload.addEventListener('progress', (e) => {
+          if (!e.lengthComputable) return;
+          const pct = Math.round((e.loaded / e.total) * 100);
+          bar.value = pct;
+          bar.textContent = `${pct}%`;
+          // Announce in steps of 25% so screen readers are not flooded.
+          const step = Math.floor(pct / 25);
+          if (step !== lastAnnounced) {
+            lastAnnounced = step;
+            setStatus(pct >= 100 ? 'Upload sent; analysing the image…' : `Uploading ${file.name}: ${pct}%`);
+          }
+        });
+        xhr.upload.addEventListener('load', () => {
+          bar.value = 100;
+          setStatus('Upload sent; analysing the image…');
+        });
+      }
       xhr.addEventListener('abort', () => {
         finish();
         setStatus('Upload cancelled. Nothing was stored.');
@@ -350,23 +352,11 @@ function setUpUpload(form) {
       xhr.addEventListener('load', () => done(xhr));
       xhr.send(body);
     };
-    /** A small JSON request of the direct path (the session, its completion); `done` as for `send`. */
+    /** A small JSON request of the direct path (the session, its completion): no progress of its own. */
     const call = (url, body, done) => {
-      xhr = new XMLHttpRequest();
-      xhr.open('POST', url);
-      xhr.setRequestHeader('Accept', 'application/json');
-      if (body !== null) xhr.setRequestHeader('Content-Type', 'application/json');
-      xhr.responseType = 'text';
-      xhr.addEventListener('abort', () => {
-        finish();
-        setStatus('Upload cancelled. Nothing was stored.');
-      });
-      xhr.addEventListener('error', () => {
-        finish();
-        showError(errorBox, { code: 'NETWORK_ERROR', message: '' }, vars);
-      });
-      xhr.addEventListener('load', () => done(xhr));
-      xhr.send(body === null ? null : JSON.stringify(body));
+      const headers = { Accept: 'application/json' };
+      if (body !== null) headers['Content-Type'] = 'application/json';
+      send('POST', url, headers, body === null ? null : JSON.stringify(body), done, { progress: false });
     };
 
     if (!direct) {
