@@ -5,6 +5,8 @@ failure it prevents. Run by scripts/check-deploy.sh with the cfn-lint venv's pyt
     deploy-contract.py deploy/cloudformation/upshot.yaml
 """
 import json
+import os
+import re
 import sys
 import tomllib
 
@@ -53,7 +55,7 @@ for name, group in of_type("AWS::AutoScaling::AutoScalingGroup").items():
 
 # The first deployment must not deadlock on its own alarm: a fleet with no revision yet fails its health checks
 # and answers 5xx, so no alarm on those metrics may stop a deployment.
-fleet_metrics = {"UnHealthyHostCount", "HealthyHostCount", "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count"}
+fleet_metrics = {"UnHealthyHostCount", "HealthyHostCount", "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count", "upshot_ready"}
 for name, group in of_type("AWS::CodeDeploy::DeploymentGroup").items():
     alarms = group["Properties"].get("AlarmConfiguration", {})
     for alarm in alarms.get("Alarms", []) if alarms.get("Enabled") else []:
@@ -130,6 +132,198 @@ rule(cors and all(r["AllowedMethods"] == ["PUT"] and "*" not in str(r["AllowedOr
 rule(any(r.get("Prefix") == "incoming/" and "ExpirationInDays" in r and "AbortIncompleteMultipartUpload" in r
          for r in bucket.get("LifecycleConfiguration", {}).get("Rules", [])),
      "nothing expires what direct upload sessions leave in incoming/")
+
+# The template must reach CloudFormation: over 51,200 bytes it cannot be passed directly, only from S3 (at most
+# 1,000,000 bytes), so the documented create/update commands upload it. The pipeline's CloudFormation action
+# takes it from the source artifact: documented up to 1 MB, reported to stop at 512 KB (cloudformation-coverage-
+# roadmap#1023); the template stays under the lower figure.
+DIRECT_LIMIT, S3_LIMIT, PIPELINE_LIMIT = 51_200, 1_000_000, 512_000
+size = os.path.getsize(sys.argv[1])
+rule(size <= S3_LIMIT, f"the template is {size} bytes, over CloudFormation's {S3_LIMIT} for a template in S3")
+rule(size <= PIPELINE_LIMIT, f"the template is {size} bytes, over the {PIPELINE_LIMIT} the pipeline's CloudFormation action accepts")
+if size > DIRECT_LIMIT:
+    for doc in ("README.md", "deploy/README.md"):
+        # The commands in its code blocks, continuation lines joined.
+        blocks = "\n".join(re.findall(r"```[a-z]*\n(.*?)```", open(doc).read(), re.S))
+        text = re.sub(r"\\\n\s*", " ", blocks)
+        for command in re.findall(r"aws cloudformation (?:deploy|create-stack|update-stack)\b[^\n]*", text):
+            rule("--s3-bucket" in command or "--template-url" in command,
+                 f"{doc}: `{command[:60]}...` passes the {size}-byte template directly (over {DIRECT_LIMIT}): add --s3-bucket or --template-url")
+
+# A push that needs new infrastructure gets it: the pipeline updates this stack from the pushed template before
+# CodeDeploy installs the code, with every parameter at the stack's current value (a parameter left out of
+# ParameterOverrides falls back to its default, reverting whatever the operator chose).
+parameters_of_template = template.get("Parameters", {})
+
+
+def pipeline_actions(pipeline):
+    """(stage index, run order, action) in the order the pipeline runs them."""
+    for index, stage in enumerate(pipeline["Properties"]["Stages"]):
+        for action in stage["Actions"]:
+            yield index, action.get("RunOrder", 1), action
+
+
+for name, pipeline in of_type("AWS::CodePipeline::Pipeline").items():
+    actions = list(pipeline_actions(pipeline))
+    stacks = [(i, o, a) for i, o, a in actions if a["ActionTypeId"]["Provider"] == "CloudFormation"]
+    deploys = [(i, o, a) for i, o, a in actions if a["ActionTypeId"]["Provider"] == "CodeDeploy"]
+    rule(stacks and deploys and max((i, o) for i, o, _ in stacks) < min((i, o) for i, o, _ in deploys),
+         f"{name}: no CloudFormation action updates the stack before CodeDeploy installs code that may need it")
+    for _, _, action in stacks:
+        config = action["Configuration"]
+        aname = action["Name"]
+        rule(config.get("StackName") == {"Ref": "AWS::StackName"}, f"{name} {aname} updates another stack than this one")
+        path = str(config.get("TemplatePath", "")).split("::", 1)[-1]
+        rule(os.path.abspath(path) == os.path.abspath(sys.argv[1]), f"{name} {aname} deploys {path!r}, not this template")
+        role = list(refs(config.get("RoleArn", {})))
+        rule(role and all(resources.get(r, {}).get("Type") == "AWS::IAM::Role" for r in role),
+             f"{name} {aname} has no CloudFormation service role of this template (RoleArn), so it acts with the pipeline's rights or none")
+        # One !Sub, or a !Join of !Subs with no separator (a line each, for reading).
+        overrides = config.get("ParameterOverrides", {})
+        parts = overrides.get("Fn::Join", ["", []]) if isinstance(overrides, dict) else ["", []]
+        body = (parts[0].join(p.get("Fn::Sub", "") for p in parts[1]) if "Fn::Join" in overrides
+                else overrides.get("Fn::Sub", "") if isinstance(overrides, dict) else "")
+        passed = dict(re.findall(r'"(\w+)"\s*:\s*"\$\{(\w+)\}"', body))
+        for pname, spec in parameters_of_template.items():
+            fixed = spec.get("AllowedValues") == [spec.get("Default")]
+            rule(passed.get(pname) == pname or fixed,
+                 f"{name} {aname}: ParameterOverrides does not pass {pname} as ${{{pname}}}; the pipeline's update would reset it to its default")
+        rule(set(passed) <= set(parameters_of_template), f"{name} {aname} passes parameters the template lacks: {sorted(set(passed) - set(parameters_of_template))}")
+
+        # CodePipeline refuses a configuration value over 1,000 characters: the longest values allowed must fit.
+        def longest(pname):
+            spec = parameters_of_template[pname]
+            if "AllowedValues" in spec:
+                return max(len(str(v)) for v in spec["AllowedValues"])
+            if "MaxLength" in spec:
+                return int(spec["MaxLength"])
+            if spec.get("Type") == "Number" and "MaxValue" in spec:
+                return len(str(spec["MaxValue"]))
+            return None
+
+        unbounded = [p for p in set(re.findall(r"\$\{(\w+)\}", body)) if longest(p) is None]
+        rule(not unbounded, f"{name} {aname}: ParameterOverrides has no bound for {sorted(unbounded)} (MaxLength, AllowedValues or MaxValue)")
+        worst = len(re.sub(r"\$\{(\w+)\}", lambda m: "x" * (longest(m.group(1)) or 0), body))
+        rule(worst <= 1000, f"{name} {aname}: ParameterOverrides can reach {worst} characters, over CodePipeline's 1,000")
+        # A quote or backslash in a value would make the overrides invalid JSON.
+        for pname in set(passed.values()) & set(parameters_of_template):
+            spec = parameters_of_template[pname]
+            if "AllowedValues" in spec or spec.get("Type") == "Number":
+                continue
+            pattern = spec.get("AllowedPattern")
+            rule(pattern and not any(re.fullmatch(pattern, bad) for bad in ('a"b@c.d', "a\\b@c.d", 'a"b', "a\\b")),
+                 f"{name} {aname}: {pname} may hold a quote or backslash, which breaks ParameterOverrides' JSON")
+    # The pipeline may hand CloudFormation its role, and that role only, and touch this stack only.
+    prole = next(refs(pipeline["Properties"]["RoleArn"]))
+    pstatements = [s for p in resources[prole]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    passes = {r for s in pstatements if "iam:PassRole" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+              for r in refs(s["Resource"])}
+    wanted = {r for _, _, a in stacks for r in refs(a["Configuration"].get("RoleArn", {}))}
+    rule(passes == wanted, f"{prole} must pass exactly the CloudFormation role {sorted(wanted)} (passes {sorted(passes)})")
+    cfn_resources = [s["Resource"] for s in pstatements
+                     if any(str(a).startswith("cloudformation:") for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))]
+    rule(cfn_resources and all(r == {"Ref": "AWS::StackId"} for r in cfn_resources),
+         f"{prole}'s CloudFormation rights must name this stack only (AWS::StackId)")
+
+# The service connects as its own least-privilege role, whose credentials the stack generates; the hooks find
+# them through /upshot/<env>/db-app-secret-arn, and the instances may read them.
+app_db = [n for n, r in of_type("AWS::SecretsManager::Secret").items()
+          if '"upshot_app"' in r["Properties"].get("GenerateSecretString", {}).get("SecretStringTemplate", "")]
+rule(app_db, "no generated secret holds the service's own database role (upshot_app): it would connect as the RDS master")
+for secret in app_db:
+    gen = resources[secret]["Properties"]["GenerateSecretString"]
+    rule(gen.get("GenerateStringKey") == "password" and set("\"@/\\:'` ") <= set(gen.get("ExcludeCharacters", "")),
+         f"{secret}'s generated password may hold characters that break the database URL or the passfile")
+    rule("KmsKeyId" in resources[secret]["Properties"], f"{secret} is not encrypted with the stack's key")
+    rule(any(p["Properties"]["Name"] == {"Fn::Sub": "/upshot/${EnvironmentName}/db-app-secret-arn"}
+             and secret in set(refs(p["Properties"]["Value"])) for p in of_type("AWS::SSM::Parameter").values()),
+         f"no SSM parameter /upshot/<env>/db-app-secret-arn names {secret} for the hooks")
+instance_statements = [s for p in resources["InstanceRole"]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def instance_may(action):
+    return [s for s in instance_statements if action in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
+
+
+readable = {r for s in instance_may("secretsmanager:GetSecretValue") for r in refs(s["Resource"])}
+for secret in app_db:
+    rule(secret in readable, f"the instances may not read {secret}, the service's database credentials")
+# GetParametersByPath is authorized against the path, not the parameters below it.
+by_path = [json.dumps(s["Resource"]) for s in instance_may("ssm:GetParametersByPath")]
+rule(any('parameter/upshot/${EnvironmentName}"' in r for r in by_path),
+     "the instance role may not call GetParametersByPath on /upshot/<env> itself, so AfterInstall's read is denied")
+
+# TLS to the database is verified: user data puts the RDS CA bundle where deploy.conf says, before the agent.
+user_data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+ca = user_data.find("truststore.pki.rds.amazonaws.com")
+rule(0 <= ca < user_data.find("codedeploy-agent") and "/etc/upshot/rds-ca.pem" in user_data,
+     "user data does not fetch the RDS CA bundle to /etc/upshot/rds-ca.pem before the CodeDeploy agent starts (no verify-full)")
+rule("UPSHOT_DB_CA_FILE=/etc/upshot/rds-ca.pem" in user_data, "deploy.conf does not name the RDS CA bundle (UPSHOT_DB_CA_FILE)")
+
+# The S3 endpoint carries only what the instances need.
+for name, endpoint in of_type("AWS::EC2::VPCEndpoint").items():
+    if "s3" not in json.dumps(endpoint["Properties"]["ServiceName"]):
+        continue
+    policy = endpoint["Properties"].get("PolicyDocument", {}).get("Statement", [])
+    named = {r for s in policy for r in refs(s.get("Resource", []))}
+    rule(policy and all(s.get("Resource") not in ("*", ["*"]) for s in policy) and {"ImagesBucket", "ArtifactBucket"} <= named,
+         f"{name} lets the instances reach any bucket (no endpoint policy naming the buckets they use)")
+
+# The bucket's CORS origin is what browsers send: lower case, no trailing slash. The site's name is constrained
+# to that, and the load balancer's DNS name (the origin without one) is lower case because its name is.
+domain = parameters_of_template.get("DomainName", {})
+pattern = domain.get("AllowedPattern", "")
+rule(pattern and re.fullmatch(pattern, "upshot.example.com") and not any(
+    re.fullmatch(pattern, bad) for bad in ("Upshot.Example.com", "upshot.example.com/", "https://upshot.example.com", "upshot.example.com."))
+     and domain.get("ConstraintDescription"),
+     "DomainName admits an origin browsers never send (capitals, scheme, trailing slash or dot), so CORS would refuse the site")
+lb_name = resources["LoadBalancer"]["Properties"].get("Name")
+lb_literal = re.sub(r"\$\{EnvironmentName\}", "", lb_name.get("Fn::Sub", "") if isinstance(lb_name, dict) else str(lb_name or ""))
+rule(lb_name and not re.search(r"[A-Z]|\$\{", lb_literal) and (isinstance(lb_name, str) or "Fn::Sub" in lb_name),
+     "the load balancer's generated name has capitals, so its DNS name (the origin without DomainName) never matches CORS")
+
+# A new stack's first deployment is not cut short, and scale-in lets lifecycle events finish.
+for name, group in of_type("AWS::AutoScaling::AutoScalingGroup").items():
+    grace = int(group["Properties"].get("HealthCheckGracePeriod", 0))
+    rule(grace >= 3600, f"{name} replaces an instance {grace}s after launch, before a new stack's first pipeline run has deployed to it")
+for name, group in of_type("AWS::CodeDeploy::DeploymentGroup").items():
+    rule(group["Properties"].get("TerminationHookEnabled") is True,
+         f"{name} lets scale-in terminate an instance in the middle of a lifecycle event (TerminationHookEnabled)")
+for name, pipeline in of_type("AWS::CodePipeline::Pipeline").items():
+    after = set(pipeline.get("DependsOn", []))
+    rule({"Database", "AutoScalingGroup"} <= after,
+         f"{name}'s first run may update the stack while it is still being created (DependsOn the database and the group)")
+
+# Inference runs on the CPU in every upload: the default instance has a baseline that fits, or is T3 Unlimited.
+itype = parameters_of_template["InstanceType"]["Default"]
+credits = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"].get("CreditSpecification")
+rule(not itype.startswith(("t2.", "t3.", "t3a.", "t4g.")) or "unlimited" in json.dumps(credits),
+     f"the default {itype} is throttled to its CPU baseline once its credits are spent (no CpuCredits: unlimited)")
+
+# Alarms that page a person: the database, the disks, readiness and the password refresh, on the topic with
+# the on-call e-mail.
+paged = {next(refs(s["Properties"]["TopicArn"])) for s in of_type("AWS::SNS::Subscription").values()
+         if s["Properties"].get("Endpoint") == {"Ref": "AlarmEmail"}}
+alarms = {a["Properties"].get("MetricName"): a["Properties"] for a in of_type("AWS::CloudWatch::Alarm").values()}
+for metric, namespace in (("CPUUtilization", "AWS/RDS"), ("FreeStorageSpace", "AWS/RDS"), ("DatabaseConnections", "AWS/RDS"),
+                          ("disk_used_percent", "CWAgent"), ("upshot_db_password_refresh_ok", "CWAgent"), ("upshot_ready", "CWAgent")):
+    found = [a for a in of_type("AWS::CloudWatch::Alarm").values()
+             if a["Properties"].get("MetricName") == metric and a["Properties"].get("Namespace") == namespace]
+    rule(found and all(set(refs(a["Properties"].get("AlarmActions", []))) & paged for a in found),
+         f"no alarm on {namespace} {metric} pages the alarm e-mail")
+ready = alarms.get("upshot_ready", {})
+rule(ready.get("Statistic") == "Minimum" and ready.get("Threshold") == 1 and ready.get("ComparisonOperator") == "LessThanThreshold"
+     and ready.get("TreatMissingData") == "breaching" and ready.get("EvaluationPeriods") == 3,
+     "the readiness alarm must fire when any instance is unready, or none reports, for 3 periods")
+# The agent publishes what the alarms watch: CWAgent metrics aggregated to exactly the alarms' dimensions.
+collected = agent["metrics"]["metrics_collected"]
+rule("disk_used_percent" in collected.get("disk", {}).get("measurement", []) and "/" in collected.get("disk", {}).get("resources", []),
+     "the CloudWatch agent does not collect disk_used_percent for /")
+aggregations = [sorted(d) for d in agent["metrics"].get("aggregation_dimensions", [])]
+for metric, alarm in alarms.items():
+    if alarm.get("Namespace") == "CWAgent":
+        dims = sorted(d["Name"] for d in alarm.get("Dimensions", []))
+        rule(dims in aggregations, f"the agent publishes no {metric} aggregated by {dims}, so its alarm never sees data")
 
 for failure in failures:
     print(failure)
