@@ -118,7 +118,9 @@ pub struct Settings {
     /// Overrides `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL`.
     pub sqs_endpoint_url: Option<String>,
     /// The address people reach Upshot at, for links in notifications.
-    pub public_url: String,
+    /// Where people reach Upshot. Unset: where the server listens (see `AppConfig::follow_listen_address`);
+    /// given empty (the `aws` profile), the deployment must set it.
+    pub public_url: Option<String>,
     /// Attempts before a notification is parked as `failed`; 0: no limit but the retry horizon.
     pub outbox_max_attempts: i32,
     /// How long a notification is retried (with capped backoff) before it is parked as `failed`.
@@ -196,7 +198,7 @@ impl Default for Settings {
             sns_endpoint_url: None,
             upload_queue_url: None,
             sqs_endpoint_url: None,
-            public_url: "http://127.0.0.1:8000".to_owned(),
+            public_url: None,
             outbox_max_attempts: 0,
             outbox_retry_horizon_hours: 48,
             outbox_poll_ms: 5_000,
@@ -394,11 +396,17 @@ impl AppConfig {
                 None => return Err(invalid("sns_topic_arn", "required when notifier = \"sns\"")),
             }
         }
-        if settings.public_url.is_empty() {
-            return Err(invalid("public_url", "required: the address people reach Upshot at, for links and cookies"));
-        }
-        if !(settings.public_url.starts_with("http://") || settings.public_url.starts_with("https://")) {
-            return Err(invalid("public_url", "must start with http:// or https://"));
+        match settings.public_url.as_deref() {
+            Some("") => {
+                return Err(invalid(
+                    "public_url",
+                    "required: the address people reach Upshot at, for links and cookies",
+                ))
+            }
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(invalid("public_url", "must start with http:// or https://"));
+            }
+            _ => {}
         }
         if settings.outbox_max_attempts < 0 || settings.outbox_retry_horizon_hours == 0 || settings.outbox_poll_ms == 0
         {
@@ -442,6 +450,23 @@ impl AppConfig {
     }
 
     /// Rocket's own body limits, derived from ours so that one setting governs both.
+    /// Links, cookies and direct-upload URLs follow `public_url`; where it is unset (the embedded default), it
+    /// is the address the server listens on, so a changed port changes the links with it.
+    pub fn follow_listen_address(&mut self, listening: std::net::SocketAddr) {
+        if self.settings.public_url.is_none() {
+            let mut reachable = listening;
+            if reachable.ip().is_unspecified() {
+                reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            self.settings.public_url = Some(format!("http://{reachable}"));
+        }
+    }
+
+    /// Where people reach Upshot, without a trailing slash (see `follow_listen_address`).
+    pub fn public_url(&self) -> &str {
+        self.settings.public_url.as_deref().unwrap_or_default().trim_end_matches('/')
+    }
+
     pub fn rocket_figment(&self) -> Figment {
         let max = self.settings.max_upload_bytes;
         self.figment

@@ -37,7 +37,10 @@ use crate::state::AppState;
 /// The whole server, as `main` and the tests build it. Start-up work (database migrations, store
 /// connection) runs at ignition; a failure there stops the launch with the reason logged.
 /// Without `Server` in front, it serves the socket Rocket binds, with no connection limits.
-pub fn rocket(config: AppConfig) -> Rocket<Build> {
+pub fn rocket(mut config: AppConfig) -> Rocket<Build> {
+    let address = config.figment.extract_inner("address").unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let port = config.figment.extract_inner("port").unwrap_or(8000);
+    config.follow_listen_address(std::net::SocketAddr::new(address, port));
     let figment = config.rocket_figment();
     build(figment, config, Arc::default(), Arc::default())
 }
@@ -88,7 +91,7 @@ pub struct Server {
 
 impl Server {
     /// Binds the configured address and ignites the server (migrations, store, models).
-    pub async fn bind(config: AppConfig) -> Result<Server, String> {
+    pub async fn bind(mut config: AppConfig) -> Result<Server, String> {
         let address: std::net::IpAddr = config.figment.extract_inner("address").map_err(|e| e.to_string())?;
         let port: u16 = config.figment.extract_inner("port").map_err(|e| e.to_string())?;
         let public = std::net::SocketAddr::new(address, port);
@@ -102,6 +105,7 @@ impl Server {
         let gate = connections::Gate::bind(public, settings.max_connections, limits)
             .await
             .map_err(|e| format!("cannot listen on {public}: {e}"))?;
+        config.follow_listen_address(gate.local_addr().map_err(|e| e.to_string())?);
         let (report_upstream, upstream) = tokio::sync::oneshot::channel();
         let report_upstream = std::sync::Mutex::new(Some(report_upstream));
         let figment = config.rocket_figment().merge(("address", "127.0.0.1")).merge(("port", 0));
@@ -208,6 +212,32 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     Ok(AppState::new(pipeline, notifier, upload_origin))
 }
 
+/// Every `READINESS_REPORT_PERIOD`, the readiness checks' outcome as the StatsD gauge `upshot_ready` (1 or 0):
+/// the stack alarms on it, since the load balancer asks only for liveness.
+async fn report_readiness(
+    state: AppState,
+    statsd: std::net::SocketAddr,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    const READINESS_REPORT_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+    let mut warned = false;
+    loop {
+        let ready = state.dependencies().await.ready();
+        match metrics::send_statsd(statsd, &format!("upshot_ready:{}|g", u8::from(ready))) {
+            Ok(()) => warned = false,
+            Err(error) if !warned => {
+                warned = true;
+                log::warn!("readiness not sent to StatsD at {statsd}: {error}");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READINESS_REPORT_PERIOD) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
 /// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller
 /// of upload events; all stopped by the server's own shutdown.
 fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
@@ -223,7 +253,7 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
         publish_timeout,
         backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
         backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
-        public_url: settings.public_url.clone(),
+        public_url: state.config.public_url().to_owned(),
     };
     let relay = notify::relay::Relay::new(state.db.clone(), state.notifier.clone(), config, state.outbox_wake.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -235,6 +265,9 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
     tokio::spawn(direct_uploads::run_sweeper(state.pipeline.clone(), stopped.clone()));
     if let Some(queue_url) = settings.upload_queue_url.clone() {
         tokio::spawn(upload_events::run(state.pipeline.clone(), queue_url, stopped.clone()));
+    }
+    if let Some(statsd) = settings.statsd_addr {
+        tokio::spawn(report_readiness(state.clone(), statsd, stopped.clone()));
     }
     tokio::spawn(relay.run(stopped));
 }

@@ -49,6 +49,18 @@ enum OutboxCommand {
     },
 }
 
+/// The service's own database role for `upshot migrate` to provision: `UPSHOT_DB_APP_ROLE`, with its password
+/// in `UPSHOT_DB_APP_PASSWORD` (an environment variable, never an argument others can read in the process list).
+fn app_role_from_env() -> Result<Option<(String, String)>, String> {
+    let Ok(role) = std::env::var("UPSHOT_DB_APP_ROLE") else {
+        return Ok(None);
+    };
+    match std::env::var("UPSHOT_DB_APP_PASSWORD") {
+        Ok(password) if !password.is_empty() => Ok(Some((role, password))),
+        _ => Err("UPSHOT_DB_APP_ROLE is set without UPSHOT_DB_APP_PASSWORD".to_owned()),
+    }
+}
+
 fn load_config() -> Result<AppConfig, ExitCode> {
     AppConfig::load().map_err(|error| {
         log::error!("{error}");
@@ -95,7 +107,22 @@ async fn main() -> ExitCode {
         },
         Command::Migrate => {
             let database = config.database.clone();
-            match tokio::task::spawn_blocking(move || upshot::db::migrate(&database)).await {
+            let app_role = match app_role_from_env() {
+                Ok(role) => role,
+                Err(error) => {
+                    log::error!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let migrated = tokio::task::spawn_blocking(move || {
+                let applied = upshot::db::migrate(&database)?;
+                if let Some((role, password)) = &app_role {
+                    upshot::db::provision_app_role(&database, role, password)?;
+                    log::info!("role {role} may read and write the tables, and change nothing else");
+                }
+                Ok::<_, upshot::db::DbError>(applied)
+            });
+            match migrated.await {
                 Ok(Ok(applied)) => {
                     log::info!("{applied} migration(s) applied to the {} database", config.database.backend_name());
                     ExitCode::SUCCESS
@@ -238,21 +265,14 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         peak_rss_kib().map_or_else(|| "-".to_owned(), |kib| kib.to_string()),
     );
     if let Some(addr) = settings.statsd_addr {
-        send_statsd(addr, &report.statsd_datagram());
+        if let Err(error) = upshot::metrics::send_statsd(addr, &report.statsd_datagram()) {
+            log::warn!("reconcile figures not sent to StatsD at {addr}: {error}");
+        }
     }
     if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
-    }
-}
-
-/// One datagram to a StatsD listener; a lost one costs one hour's figures, so failures are only logged.
-fn send_statsd(addr: std::net::SocketAddr, datagram: &str) {
-    let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let sent = std::net::UdpSocket::bind(local).and_then(|socket| socket.send_to(datagram.as_bytes(), addr));
-    if let Err(error) = sent {
-        log::warn!("reconcile figures not sent to StatsD at {addr}: {error}");
     }
 }
 

@@ -145,6 +145,14 @@ impl Metrics {
     }
 }
 
+/// One datagram to a StatsD listener (the CloudWatch agent's, in AWS). UDP: a lost one costs one period's
+/// figure, so callers only log a failure.
+pub fn send_statsd(addr: std::net::SocketAddr, datagram: &str) -> std::io::Result<()> {
+    let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    std::net::UdpSocket::bind(local)?.send_to(datagram.as_bytes(), addr).map(drop)
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! object store, models, budgets), the notifier, and the static assets' fingerprint.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ingest::Pipeline;
 use crate::notify::Notifier;
@@ -17,10 +18,39 @@ pub struct AppState {
     pub direct_upload_origin: Option<String>,
 }
 
+/// How long a readiness check waits for the database or the store.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What readiness is made of: whether the database and the object store each answered.
+pub struct Dependencies {
+    pub database: Result<(), String>,
+    pub store: Result<(), String>,
+}
+
+impl Dependencies {
+    pub fn ready(&self) -> bool {
+        self.database.is_ok() && self.store.is_ok()
+    }
+}
+
 impl AppState {
     pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
         let asset_version = asset_version(&pipeline.config.settings.static_dir);
         AppState { pipeline, notifier, asset_version, direct_upload_origin }
+    }
+
+    /// Asks the database and the object store at once, each bounded by `CHECK_TIMEOUT`.
+    pub async fn dependencies(&self) -> Dependencies {
+        let (database, store) = tokio::join!(check(self.db.ping()), check(self.store.health()));
+        Dependencies { database, store }
+    }
+}
+
+async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
     }
 }
 

@@ -1,23 +1,45 @@
 //! Liveness and readiness for the load balancer and systemd, and metrics for Prometheus.
 
-use std::time::Duration;
-
 use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome};
 use rocket::serde::json::Json;
-use rocket::{get, routes, Route, State};
+use rocket::{get, routes, Request, Route, State};
 use serde_json::{json, Value};
 
 use crate::error::{AppError, ErrorCode};
-use crate::state::AppState;
+use crate::state::{AppState, Dependencies};
 use crate::telemetry::RequestId;
 
 pub fn routes() -> Vec<Route> {
     routes![healthz, readyz, metrics]
 }
 
+/// `/metrics` and `/readyz` are for the instance itself (the CloudWatch agent, the deployment hooks, an operator
+/// on the machine): answered only to a client on this machine that came through no proxy. The load balancer
+/// connects from the network and adds `X-Forwarded-For`, so through it every spelling of these paths
+/// (`//metrics`, `/%6detrics`, `/metrics/`) is a 404, as an unknown path is.
+pub struct Local;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Local {
+    type Error = ();
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
+        let proxied = req.headers().contains("X-Forwarded-For") || req.headers().contains("Forwarded");
+        // No address at all is an in-process client (Rocket's local client in tests).
+        let on_this_machine = crate::telemetry::client_ip(req, 0).is_none_or(|ip| ip.to_canonical().is_loopback());
+        if on_this_machine && !proxied {
+            Outcome::Success(Local)
+        } else {
+            Outcome::Forward(Status::NotFound)
+        }
+    }
+}
+
 /// Prometheus text format.
 #[get("/metrics")]
 async fn metrics(
+    _local: Local,
     state: &State<AppState>,
     connections: &State<std::sync::Arc<crate::connections::ConnectionStats>>,
 ) -> (rocket::http::ContentType, String) {
@@ -45,20 +67,10 @@ fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
-
-async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
-    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-    }
-}
-
 /// Ready when the database and the object store both answer; 503 names the part that does not.
 #[get("/readyz")]
-async fn readyz(state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
-    let (database, store) = tokio::join!(check(state.db.ping()), check(state.store.health()));
+async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
+    let Dependencies { database, store } = state.dependencies().await;
     let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
     let mut failing = Vec::new();
     let mut report = |name: &'static str, result: &Result<(), String>| match result {

@@ -65,7 +65,7 @@ async fn open(
         content_type: input.content_type,
         sha256: input.sha256,
     };
-    let public_url = state.config.settings.public_url.trim_end_matches('/').to_owned();
+    let public_url = state.config.public_url().to_owned();
     Ok(Opened(direct_uploads::open(state, new, &public_url).await?))
 }
 

@@ -193,10 +193,15 @@ impl Db {
 
 /// Applies the pending migrations of the connection's backend. On PostgreSQL this holds an advisory lock, so
 /// N instances starting together apply each migration exactly once.
+/// A database that is up to date is left alone, so a role that may not create tables (the service's, in AWS,
+/// where `upshot migrate` runs as the owner before the service starts) can start on it.
 pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
     let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
     match conn {
         DbConnection::Postgresql(pg) => {
+            if postgres_up_to_date(pg) {
+                return Ok(0);
+            }
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")).execute(pg)?;
             let applied = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
             diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")).execute(pg)?;
@@ -206,6 +211,61 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<usize, DbError> {
             sqlite.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()).map_err(migration_error)
         }
     }
+}
+
+/// Whether every embedded migration is recorded as applied. Read with a plain query: the migration harness
+/// would first create its own table, which needs a right the service's role does not have.
+fn postgres_up_to_date(pg: &mut diesel::PgConnection) -> bool {
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let Ok(applied) = diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load::<Applied>(pg) else {
+        return false;
+    };
+    let applied: std::collections::HashSet<String> = applied.into_iter().map(|a| a.version).collect();
+    let embedded = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&POSTGRES_MIGRATIONS);
+    embedded.is_ok_and(|all| all.iter().all(|m| applied.contains(&m.name().version().to_string())))
+}
+
+/// Gives the service's own database role what the service uses and nothing more: it may read and write the
+/// rows of every table (those to come too), not create, alter or drop anything. Creates the role, or sets its
+/// password when it exists. Run by `upshot migrate` as the tables' owner (the RDS master user).
+pub fn provision_app_role(url: &DatabaseUrl, role: &str, password: &str) -> Result<(), DbError> {
+    #[derive(QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        sql: String,
+    }
+    use diesel::sql_types::Text;
+    let DbConnection::Postgresql(mut pg) = connect(url)? else {
+        return Err(DbError::Migration("a service role exists on PostgreSQL only".to_owned()));
+    };
+    // Identifiers and the password are quoted by the server (format's %I and %L), never spliced in here. An
+    // existing role only gets its password: RDS's master may not name the superuser attribute, even to deny it.
+    let templates = [
+        "SELECT format(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) \
+            THEN 'ALTER ROLE %I WITH LOGIN PASSWORD %L' \
+            ELSE 'CREATE ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L' END, $1, $2) AS sql",
+        "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1) AS sql",
+        "SELECT 'REVOKE CREATE ON SCHEMA public FROM PUBLIC' AS sql",
+        "SELECT format('GRANT USAGE ON SCHEMA public TO %I', $1) AS sql",
+        "SELECT format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO %I', $1) AS sql",
+        "SELECT format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO %I', $1) AS sql",
+        "SELECT format('ALTER DEFAULT PRIVILEGES IN SCHEMA public \
+            GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', $1) AS sql",
+    ];
+    pg.transaction(|pg| {
+        for template in templates {
+            let statements: Vec<Statement> =
+                diesel::sql_query(template).bind::<Text, _>(role).bind::<Text, _>(password).load(pg)?;
+            for statement in statements {
+                diesel::sql_query(statement.sql).execute(pg)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A lock only one holder across the fleet has at a time, released when dropped (its connection closes).

@@ -42,7 +42,7 @@ pub fn page_image(record: &ImageRecord) -> Value {
 
 /// Cookies are `Secure` when people reach Upshot over https, so a browser never sends them in the clear.
 pub(crate) fn cookies_secure(state: &AppState) -> bool {
-    state.config.settings.public_url.starts_with("https://")
+    state.config.public_url().starts_with("https://")
 }
 
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
@@ -115,7 +115,7 @@ async fn image_page(
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
     }
     let just_uploaded = delete_token.is_some();
-    let page_url = format!("{}/images/{id}", state.config.settings.public_url.trim_end_matches('/'));
+    let page_url = format!("{}/images/{id}", state.config.public_url());
     Ok(Template::render(
         "image",
         context! {

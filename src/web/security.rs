@@ -40,6 +40,10 @@ impl Fairing for SecurityHeaders {
             });
             res.set_header(Header::new("Content-Security-Policy", policy.clone()));
         }
+        // Reached over https, browsers are told to use nothing else for a year.
+        if req.rocket().state::<AppState>().is_some_and(crate::web::cookies_secure) {
+            res.set_header(Header::new("Strict-Transport-Security", "max-age=31536000"));
+        }
         res.set_header(Header::new("X-Frame-Options", "DENY"));
         res.set_header(Header::new("Referrer-Policy", "same-origin"));
         if req.uri().path().starts_with("/static/") && res.status().code == 200 {

@@ -14,4 +14,5 @@ mod notifications;
 mod outage;
 mod pages;
 mod pipeline;
+mod production;
 mod reconcile;
