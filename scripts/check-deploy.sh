@@ -3,18 +3,21 @@
 #
 #   cfn-lint        deploy/cloudformation/*.yaml, clean (no error, warning or informational finding)
 #   checkov         deploy/cloudformation/upshot.yaml: no failed check; skips only in the template, with reasons
-#   shellcheck      every shell script: scripts/*.sh, tests/*/run.sh, tests/support/*.sh, deploy/codedeploy/*.sh, the rehearsal's fake systemctl, .ci/run
+#   ShellCheck      every shell script: scripts/*.sh, tests/*/run.sh, tests/support/*.sh,
+#                   deploy/codedeploy/*.sh, .ci/run
 #   systemd         `systemd-analyze verify` of deploy/systemd/upshot.service, silent. verify needs ExecStart to exist,
 #                   so a temp copy is verified with /opt/upshot rewritten to a temp tree holding a staged binary
 #                   (target/release/upshot or target/debug/upshot when built, else a stub executable)
 #   appspec         check-jsonschema with deploy/schemas/appspec.schema.json
 #   buildspec       check-jsonschema with deploy/schemas/buildspec.schema.json
-#   references      every file appspec.yml's hooks and buildspec.yml's commands name exists (and is executable),
-#                   and every file scripts/package.sh copies exists; deploy/cloudwatch/agent.json is valid JSON
+#   references      every file appspec.yml's hooks and buildspec.yml's commands name exists (and is executable);
+#                   deploy/cloudwatch/agent.json is valid JSON. (That the archive holds what the hooks read is
+#                   proven by scripts/rehearse-deploy.sh, which deploys the packaged archive.)
 #   contract        scripts/deploy-contract.py: liveness health checks, no stop alarm a broken fleet raises, the
-#                   running revision never expires, CodeDeploy may launch from the template, /metrics not public
-#   env-file        AfterInstall, run against a fake AWS CLI (deploy/codedeploy/testing/fake-aws), writes every
-#                   setting production needs: database, bucket, topic, secret key, admin key, public URL
+#                   running revision never expires, CodeDeploy may launch from the template, /metrics not public,
+#                   a template CloudFormation accepts, a pipeline that updates the stack before CodeDeploy
+#   status          scripts/deploy-status.sh against canned AWS answers (deploy/codedeploy/testing/fake-aws-status):
+#                   every part of a deployment's state is shown, a failed hook with its script's output
 #   build-stage     buildspec.yml's build commands run with apt-get, apt, dpkg and the tools only they install here
 #                   (shellcheck, systemd-analyze, chromium) failing on PATH: the CodeBuild image is Amazon Linux.
 #                   cargo is recorded instead of run, since the suite has just built and tested the same tree
@@ -124,7 +127,7 @@ PY
 
 shell_scripts() {
     local f
-    for f in scripts/*.sh tests/*/run.sh tests/support/*.sh deploy/codedeploy/*.sh deploy/codedeploy/testing/fake-systemctl .ci/run; do
+    for f in scripts/*.sh tests/*/run.sh tests/support/*.sh deploy/codedeploy/*.sh .ci/run; do
         [ -f "$f" ] && printf '%s\n' "$f"
     done
 }
@@ -205,9 +208,6 @@ for phase, body in build["phases"].items():
         for ref in re.findall(r"(?<![\w/.$-])((?:scripts|deploy)/[\w./-]+)", cmd):
             need(ref, ref.endswith(".sh"), f"buildspec.yml {phase}")
 
-# What scripts/package.sh copies into the revision.
-for p in ["templates", "static", "models", "Rocket.toml", "appspec.yml", "README.md", "scripts/fetch-onnxruntime.sh"]:
-    need(p, why="scripts/package.sh")
 json.load(open("deploy/cloudwatch/agent.json"))
 for s in ("deploy/schemas/appspec.schema.json", "deploy/schemas/buildspec.schema.json"):
     json.load(open(s))
@@ -223,54 +223,16 @@ check_contract() {
     "$venv/bin/python" scripts/deploy-contract.py deploy/cloudformation/upshot.yaml
 }
 
-check_env_file() {
-    local root=$work/env-root staging state=$work/fake-aws.json env
-    staging=$root/opt/upshot/staging
-    # What BeforeInstall leaves: the staging copy of the revision and the releases directory.
-    install -d "$staging/bin" "$staging/lib" "$root/opt/upshot/releases" "$root/etc/upshot" "$root/etc/systemd/system"
-    cp -R deploy "$staging/deploy"
-    printf '#!/bin/sh\nexit 0\n' >"$staging/bin/upshot"
-    chmod 0755 "$staging/bin/upshot"
-    : >"$staging/lib/libonnxruntime.so.1.31.1"
-    printf 'UPSHOT_ENVIRONMENT=prod\nAWS_REGION=eu-west-1\n' >"$root/etc/upshot/deploy.conf"
-    cat >"$state" <<'JSON'
-{"parameters": {
-  "/upshot/prod/s3-bucket": "upshot-images-prod", "/upshot/prod/sns-topic-arn": "arn:aws:sns:eu-west-1:123456789012:uploads",
-  "/upshot/prod/db-endpoint": "db.internal:5432", "/upshot/prod/db-name": "upshot",
-  "/upshot/prod/db-secret-arn": "arn:db", "/upshot/prod/app-secret-arn": "arn:app",
-  "/upshot/prod/admin-secret-arn": "arn:admin", "/upshot/prod/public-url": "https://upshot.example.com",
-  "/upshot/prod/upload-queue-url": "https://sqs.eu-west-1.amazonaws.com/123456789012/upshot-uploads",
-  "/upshot/prod/log-group": "/upshot/prod/app"},
- "secrets": {"arn:db": "{\"username\": \"upshot\", \"password\": \"p@ss word\"}",
-  "arn:app": "app-secret-key-0123456789-0123456789-0123456789", "arn:admin": "admin-key-0123456789-0123456789"}}
-JSON
-    printf '#!/bin/sh\necho "$*" >>"%s"\n' "$work/systemctl.calls" >"$work/systemctl"
-    chmod 0755 "$work/systemctl"
-    local hook_env=(UPSHOT_ROOT="$root" UPSHOT_AWS=deploy/codedeploy/testing/fake-aws FAKE_AWS_STATE="$state"
-        UPSHOT_SYSTEMCTL="$work/systemctl" UPSHOT_USER="$(id -un)" UPSHOT_GROUP="$(id -gn)")
-    env "${hook_env[@]}" UPSHOT_ENV_SOURCE=aws DEPLOYMENT_ID=d-CHECK deploy/codedeploy/after-install.sh || return 1
-    env=$root/etc/upshot/upshot.env
-    for line in ROCKET_PROFILE=aws UPSHOT_PUBLIC_URL=https://upshot.example.com \
-        UPSHOT_ADMIN_API_KEY=admin-key-0123456789-0123456789 UPSHOT_S3_BUCKET=upshot-images-prod \
-        UPSHOT_SECRET_KEY=app-secret-key-0123456789-0123456789-0123456789 \
-        UPSHOT_UPLOAD_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/upshot-uploads \
-        "UPSHOT_DATABASE_URL=postgres://upshot@db.internal:5432/upshot?sslmode=require&passfile=${root//\//%2F}%2Fetc%2Fupshot%2Fpgpass"; do
-        grep -qxF -- "$line" "$env" || { echo "the environment file lacks ${line%%=*} (or has another value)"; return 1; }
+check_status() {
+    local bin=$work/status-bin out=$work/status.txt expect
+    install -d "$bin"
+    ln -sf "$repo/deploy/codedeploy/testing/fake-aws-status" "$bin/aws"
+    PATH="$bin:$PATH" FAKE_AWS_PYTHON="$venv/bin/python" FAKE_AWS_CALLS="$work/status.calls" \
+        scripts/deploy-status.sh upshot-prod >"$out" 2>&1 || { cat "$out"; return 1; }
+    for expect in 'stage	Infrastructure	Succeeded' 'ValidateService	Failed	ScriptFailed' 'Target.ResponseCodeMismatch'; do
+        grep -qF -- "$expect" "$out" || { cat "$out"; echo "the status lacks: $expect"; return 1; }
     done
-    # The password lives in libpq's password file, readable by the service alone, and the timer refreshes it.
-    grep -qxF '*:*:*:*:p@ss word' "$root/etc/upshot/pgpass" || { echo "the password file is wrong"; return 1; }
-    [ "$(stat -c %a "$root/etc/upshot/pgpass")" = 600 ] || { echo "the password file is not 0600"; return 1; }
-    grep -qx 'enable upshot-db-password.timer' "$work/systemctl.calls" || { echo "the refresh timer is not enabled"; return 1; }
-    grep -qx 'enable upshot-reconcile.timer' "$work/systemctl.calls" || { echo "the reconcile timer is not enabled"; return 1; }
-    python3 - "$state" <<'PY'
-import json, sys
-state = json.load(open(sys.argv[1]))
-state["secrets"]["arn:db"] = json.dumps({"username": "upshot", "password": "rotated:pass"})
-json.dump(state, open(sys.argv[1], "w"))
-PY
-    env "${hook_env[@]}" deploy/codedeploy/refresh-db-password.sh || return 1
-    grep -qxF '*:*:*:*:rotated\:pass' "$root/etc/upshot/pgpass" || { echo "the refresh did not write the rotated password"; return 1; }
-    echo "AfterInstall writes the production environment ($(grep -c = "$env") settings) and the password file; the timer's refresh follows a rotation"
+    echo "scripts/deploy-status.sh shows the stack, pipeline, deployment, targets and logs ($(wc -l <"$work/status.calls") AWS calls)"
 }
 
 check_build_stage() {
@@ -318,7 +280,7 @@ run appspec check_appspec
 run buildspec check_buildspec
 run references check_references
 run contract check_contract
-run env-file check_env_file
+run status check_status
 run build-stage check_build_stage
 
 if [ "$failed" -gt 0 ]; then

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages Upshot builds against (libpq for PostgreSQL, pkg-config, cmake and nasm for
-# libjpeg-turbo), from Debian's
-# archive, when they are missing. Needs root or sudo only when something is missing.
+# Installs the system packages Upshot's build needs, from Debian's archive, when they are missing: a C compiler,
+# pkg-config, cmake and nasm (libjpeg-turbo), perl and make (OpenSSL, for the libpq that is linked in). Needs root
+# or sudo only when something is missing.
 set -euo pipefail
 
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-{ command -v pg_config >/dev/null 2>&1 || [ -e /usr/include/postgresql/libpq-fe.h ]; } || missing+=(libpq-dev)
+command -v perl >/dev/null 2>&1 || missing+=(perl)
+command -v make >/dev/null 2>&1 || missing+=(make)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 # libjpeg-turbo is built from source with its SIMD code.
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)

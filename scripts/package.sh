@@ -2,11 +2,11 @@
 # Builds the deployable artifact (the CodeDeploy revision) from the repository:
 #
 #   OUT/appspec.yml                    CodeDeploy's description (hooks under deploy/codedeploy/)
-#   OUT/bin/upshot                     the binary (BINARY)
+#   OUT/bin/upshot                     the binary (BINARY), refused if `ldd` names more than the C runtime
 #   OUT/lib/libonnxruntime.so.1.31.1   ONNX Runtime (scripts/fetch-onnxruntime.sh, sha256-checked)
 #   OUT/Rocket.toml, templates/, static/, models/, README.md
 #   OUT/deploy/codedeploy/*.sh         hook scripts (not the testing/ shim)
-#   OUT/deploy/systemd/upshot.service (+ upshot-db-password.{service,timer}), OUT/deploy/cloudwatch/agent.json
+#   OUT/deploy/systemd/*.{service,timer}, OUT/deploy/cloudwatch/agent.json
 #   OUT/VERSION                        UPSHOT_VERSION, else `git describe`, else CodeBuild's source version
 # Migrations are embedded in the binary.
 #
@@ -37,6 +37,9 @@ install -d "$out/bin" "$out/lib" "$out/deploy/codedeploy" "$out/deploy/systemd" 
 
 cp -- "$binary" "$out/bin/upshot"
 chmod 0755 "$out/bin/upshot"
+# The instances have the C runtime and little else (no libpq on Amazon Linux): refuse a binary that needs more.
+extra=$(ldd "$out/bin/upshot" | grep -vE '^\s*(linux-vdso\.so|/lib64/ld-linux|lib(c|m|gcc_s|dl|pthread|rt)\.so)' || true)
+[ -z "$extra" ] || die "bin/upshot needs libraries beyond the C runtime, which the instances may lack: $extra"
 
 if [ -f "$ort_src" ]; then
     cp -- "$ort_src" "$out/lib/$ort_name"
@@ -49,10 +52,11 @@ cp Rocket.toml appspec.yml README.md "$out/"
 for f in deploy/codedeploy/*.sh; do
     install -m 0755 "$f" "$out/$f"
 done
-for f in deploy/systemd/upshot.service deploy/systemd/upshot-db-password.service deploy/systemd/upshot-db-password.timer; do
+# Every unit and the agent's configuration: the hooks install them from the release, so one left out would fail
+# AfterInstall on every instance.
+for f in deploy/systemd/*.service deploy/systemd/*.timer deploy/cloudwatch/*.json; do
     install -m 0644 "$f" "$out/$f"
 done
-install -m 0644 deploy/cloudwatch/agent.json "$out/deploy/cloudwatch/agent.json"
 
 version=${UPSHOT_VERSION:-}
 if [ -z "$version" ] && git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then

@@ -1,68 +1,116 @@
 #!/usr/bin/env bash
-# A local rehearsal of a CodeDeploy in-place deployment, with no AWS: the real hook scripts, in CodeDeploy's order,
-# against a staging root under a temp directory, with deploy/codedeploy/testing/fake-systemctl standing in for
-# systemd (it runs the installed unit's ExecStart as a background process) and the embedded default stack
-# (SQLite + local store) instead of RDS + S3.
+# A rehearsal of a CodeDeploy in-place deployment of the exact archive the pipeline ships, on a machine that
+# boots real systemd, with no AWS account:
 #
-#   1. package the revision (scripts/package.sh; the ONNX Runtime library already under target/ is reused)
-#   2. deployment 1: ApplicationStop (no unit yet: must be tolerated), BeforeInstall, Install (the copy into
-#      /opt/upshot/staging that the CodeDeploy agent does, done here), AfterInstall, ApplicationStart,
-#      ValidateService (must pass)
-#   3. deployment 2 of a new revision (same binary, new VERSION and release directory) while a client uploads
-#      tests/fixtures/cat.jpg in a loop (loopback only; at most 60 s / 500 uploads). ApplicationStop runs from the
-#      previous revision's scripts, as CodeDeploy does.
+#   1. the archive: scripts/package.sh, zipped as CodeBuild uploads its artifact (modes kept);
+#   2. the instance: a Debian root made by debootstrap (cached under target/rehearsal/, keyed by what makes it)
+#      booted with systemd-nspawn (real systemd as PID 1, journald, the unit's hardening, cgroups), sharing the
+#      host's network, with nothing of Upshot's installed: no libpq, no ONNX Runtime. What the instance's user
+#      data does is done here: /etc/upshot/deploy.conf and the RDS CA bundle;
+#   3. AWS: the AWS CLI is deploy/codedeploy/testing/fake-aws, answering the SSM parameters and secrets that
+#      point at a PostgreSQL cluster with TLS and password authentication (as RDS serves) and at the moto
+#      S3/SNS endpoint the suite started; a drop-in gives the units the endpoint and credentials, as the
+#      instance role does through instance metadata. The optional upload-queue-url is left out;
+#   4. the agent: deploy/codedeploy/testing/codedeploy-agent.py unpacks the archive and runs its appspec's
+#      hooks, in the agent's order, as `runas`, within their timeouts. Deployment 1 on the fresh instance, then
+#      deployment 2 of a second archive while a client uploads (loopback only; at most 60 s / 500 uploads).
 #
-# What "no upload fails" means here: a single instance without a load balancer has a restart window in which
-# connections are refused (CodeDeploy's traffic control drains the instance from the ALB instead). The client
-# retries an attempt that got no HTTP response, with the same Idempotency-Key, until it gets one. Asserted:
-# every upload that got a response got 201 (no 5xx, no other status), every upload eventually got a response,
-# and afterwards every uploaded id is readable (metadata and file 200) from the new release.
-# Also asserted: the hooks' exit codes, `current` switched to the new release, the previous release kept, the
-# env file's mode, the service restarted, ValidateService idempotent, and ValidateService failing (non-zero) on
-# a timeout when nothing answers.
+# Asserted: every lifecycle event of both deployments succeeds and ValidateService sees /readyz 200; the unit
+# runs as the service user under real systemd with its sandbox (seccomp filter, no new privileges, W^X); the
+# shipped binary needs no library the instance lacks; the timers are enabled and the reconcile and password
+# units run to success; the service connects as its own role over verified TLS, and that role cannot create
+# tables; a rotated secret reaches the password file; uploads during deployment 2 are all answered 201 and
+# readable afterwards; the previous release is kept; ValidateService is idempotent and fails when nothing
+# answers; ApplicationStop stops the service gracefully.
 #
 # Usage: scripts/rehearse-deploy.sh [BINARY (target/release/upshot)]
-# Needs root (the hooks chown to root); leaves nothing behind (UPSHOT_KEEP_REHEARSAL=1 keeps the temp dir).
+# Needs root, UPSHOT_TEST_AWS_ENDPOINT (scripts/test-services.sh start), and port 8080 free on 127.0.0.1 (the
+# service listens where the stack's target group expects it). Installs debootstrap and systemd-container from
+# Debian's archive when missing. UPSHOT_KEEP_REHEARSAL=1 keeps the temp dir.
 set -euo pipefail
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$repo"
 binary=$(realpath -- "${1:-target/release/upshot}")
 [ -x "$binary" ] || { echo "rehearse-deploy: $binary not found (build it, or pass target/debug/upshot)" >&2; exit 2; }
-[ "$(id -u)" -eq 0 ] || { echo "rehearse-deploy: run as root (the hooks chown files to root)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "rehearse-deploy: run as root (nspawn and the hooks need it)" >&2; exit 2; }
+: "${UPSHOT_TEST_AWS_ENDPOINT:?start the test services first (scripts/test-services.sh start)}"
 
 CLIENT_MAX_SECONDS=${UPSHOT_REHEARSAL_CLIENT_SECONDS:-60}
 CLIENT_MAX_UPLOADS=${UPSHOT_REHEARSAL_CLIENT_UPLOADS:-500}
-declare -A HOOK_TIMEOUT=([ApplicationStop]=90 [BeforeInstall]=60 [AfterInstall]=180 [ApplicationStart]=720 [ValidateService]=180)
+SERVICE_URL=http://127.0.0.1:8080
+ENVIRONMENT=rehearsal
+# What the container has beyond a minimal Debian: what an Amazon Linux instance has (systemd, python3, curl),
+# and python3-yaml for the stand-in agent. Part of the cache key.
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-yaml,curl,ca-certificates,procps
+
+log() { printf 'rehearse-deploy: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/upshot-rehearsal.XXXXXX")
-root=$work/root
-home=$root/opt/upshot
-shim=$repo/deploy/codedeploy/testing/fake-systemctl
+chmod 0755 "$work"
+container_pid=''
+nspawn_pid=''
 client_pid=''
+
+# ------------------------------------------------------------------ the instance's root (cached)
+ensure_tools() {
+    local missing=()
+    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
+instance_root() {
+    local suite mirror key root
+    suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    mirror=$(apt-cache policy | awk -v s="$suite/main" '$3 == s && $4 == "amd64" { print $2; exit }')
+    [ -n "$mirror" ] || die "no Debian mirror for $suite in apt's sources"
+    key=$(printf '%s %s %s' "$suite" "$PACKAGES" "$(dpkg --print-architecture)" | sha256sum | cut -c1-16)
+    root=$repo/target/rehearsal/root-$key
+    if [ ! -f "$root/.complete" ]; then
+        log "debootstrap $suite ($PACKAGES) into $root"
+        rm -rf -- "$root"
+        mkdir -p "$(dirname -- "$root")"
+        debootstrap --variant=minbase --include="$PACKAGES" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+            { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+        # No console login in a container; what is left boots to `running`.
+        rm -f "$root/etc/systemd/system/getty.target.wants/"* 2>/dev/null || true
+        touch "$root/.complete"
+    fi
+    printf '%s\n' "$root"
+}
+
+# ------------------------------------------------------------------ helpers
+inside() { # inside COMMAND...: a command in the container, with a clean environment
+    nsenter -t "$container_pid" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        LANG=C.UTF-8 "$@"
+}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
-port=$(free_port)
 
-export UPSHOT_ROOT=$root
-export UPSHOT_SYSTEMCTL=$shim
-export UPSHOT_FAKE_SYSTEMD_DIR=$root/run/fake-systemd
-UPSHOT_USER=$(id -un)
-UPSHOT_GROUP=$(id -gn)
-export UPSHOT_USER UPSHOT_GROUP
-export UPSHOT_ENV_SOURCE=file:$work/app.env
-export UPSHOT_HEALTH_URL=http://127.0.0.1:$port
-export UPSHOT_VALIDATE_TIMEOUT=${UPSHOT_VALIDATE_TIMEOUT:-120}
-unset JOURNAL_STREAM
+psql_as_postgres() { # psql_as_postgres DB SQL: one value
+    PGPASSWORD=$pg_password psql -X -A -t -q "host=127.0.0.1 port=$pg_port user=postgres dbname=$1 sslmode=require" -c "$2"
+}
 
 cleanup() {
     local rc=$?
     if [ -n "$client_pid" ]; then kill "$client_pid" 2>/dev/null || true; wait "$client_pid" 2>/dev/null || true; fi
-    "$shim" stop upshot.service 2>/dev/null || true
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null || true   # nspawn asks the container's systemd to power off
+        for _ in $(seq 1 60); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$nspawn_pid" 2>/dev/null || true
+        wait "$nspawn_pid" 2>/dev/null || true
+    fi
+    "$repo/scripts/test-services.sh" pg-remove "$work/pg" >/dev/null 2>&1 || true
     if [ "${UPSHOT_KEEP_REHEARSAL:-0}" = 1 ]; then
-        echo "rehearse-deploy: kept $work" >&2
+        log "kept $work"
     else
         rm -rf -- "$work"
     fi
@@ -83,81 +131,201 @@ check() { # check NAME COMMAND... : one line per assertion
     fi
 }
 
-now() { date +%s.%N; }
-elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+# ------------------------------------------------------------------ 1. the archives, as CodeBuild uploads them
+ensure_tools
+if python3 - <<'PY'; then :; else die "port 8080 on 127.0.0.1 is taken: the rehearsal's service listens there"; fi
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+PY
+mkdir -p "$work/share"
+for n in 1 2; do
+    UPSHOT_VERSION="rehearsal-$n $(git describe --always --dirty 2>/dev/null || echo unknown)" \
+        scripts/package.sh "$binary" "$work/dist-$n" >/dev/null 2>>"$work/package.log"
+    # CodeBuild zips the artifact's base directory with each file's mode.
+    python3 - "$work/dist-$n" "$work/share/revision-$n.zip" <<'PY'
+import os, sys, zipfile
+base, out = sys.argv[1:]
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for top, dirs, names in os.walk(base):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(top, name)
+            z.write(path, os.path.relpath(path, base))
+PY
+done
+check "package: two archives built ($(du -h "$work/share/revision-1.zip" | cut -f1) each)" \
+    test -s "$work/share/revision-1.zip" -a -s "$work/share/revision-2.zip"
 
-run_hook() { # run_hook NAME SCRIPT: as the agent does, bounded by the appspec timeout; output kept in a log
-    local name=$1 script=$2 t0 rc=0
-    t0=$(now)
-    timeout "${HOOK_TIMEOUT[$name]}" bash "$script" >>"$work/hooks.log" 2>&1 || rc=$?
-    echo "  $DEPLOYMENT_ID $name: exit $rc ($(elapsed "$t0") s)"
-    if [ "$rc" -ne 0 ]; then tail -n 20 "$work/hooks.log" | sed 's/^/    /'; fi
-    return "$rc"
-}
+# ------------------------------------------------------------------ 3. AWS: database, bucket, topic, secrets
+pg_password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+master_password="master:$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))') w@rd"
+app_password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+mkdir -p "$work/tls"
+(
+    cd "$work/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Rehearsal RDS CA" -keyout ca.key -out ca.crt \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >ext.cnf
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt
+) >"$work/tls.log" 2>&1 || { cat "$work/tls.log" >&2; die "cannot make the test CA"; }
+eval "$(UPSHOT_TEST_PG_PASSWORD=$pg_password UPSHOT_TEST_PG_TLS_DIR=$work/tls scripts/test-services.sh pg-start "$work/pg")"
+pg_port=${UPSHOT_TEST_PG_URL##*:}
+pg_port=${pg_port%%/*}
+# As on RDS: a master user that owns the database and may create roles, not a superuser.
+psql_as_postgres postgres "CREATE ROLE upshot_master LOGIN CREATEROLE PASSWORD '${master_password//\'/\'\'}'" >/dev/null
+psql_as_postgres postgres "CREATE DATABASE upshot OWNER upshot_master" >/dev/null
 
-deploy() { # deploy ARTIFACT DEPLOYMENT_ID PREVIOUS_ARTIFACT: one in-place deployment; returns non-zero on a failed hook
-    local artifact=$1 previous=$3 t0
-    export DEPLOYMENT_ID=$2
-    t0=$(now)
-    # ApplicationStop comes from the last deployed revision (here: the previous artifact).
-    run_hook ApplicationStop "$previous/deploy/codedeploy/application-stop.sh" || return 1
-    run_hook BeforeInstall "$artifact/deploy/codedeploy/before-install.sh" || return 1
-    cp -a -- "$artifact/." "$home/staging/"   # Install: the agent copies `files` (appspec) into the destination
-    run_hook AfterInstall "$artifact/deploy/codedeploy/after-install.sh" || return 1
-    run_hook ApplicationStart "$artifact/deploy/codedeploy/application-start.sh" || return 1
-    run_hook ValidateService "$artifact/deploy/codedeploy/validate-service.sh" || return 1
-    echo "  $DEPLOYMENT_ID: deployed in $(elapsed "$t0") s"
-}
+aws_py=$repo/target/tools/venv/bin/python
+bucket=upshot-rehearsal-$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+topic=$("$aws_py" - "$UPSHOT_TEST_AWS_ENDPOINT" "$bucket" <<'PY'
+import sys, boto3
+endpoint, bucket = sys.argv[1:]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+boto3.client("s3", **kw).create_bucket(Bucket=bucket)
+print(boto3.client("sns", **kw).create_topic(Name=bucket)["TopicArn"])
+PY
+)
 
-service_pid() { cat "$UPSHOT_FAKE_SYSTEMD_DIR/upshot.service.pid" 2>/dev/null || true; }
+mkdir -p "$work/share/aws"
+state=$work/share/aws/state.json
+python3 - "$state" "$pg_port" "$bucket" "$topic" "$master_password" "$app_password" <<'PY'
+import json, secrets, sys
+out, port, bucket, topic, master, app = sys.argv[1:]
+p = "/upshot/rehearsal/"
+json.dump({
+    "parameters": {
+        p + "s3-bucket": bucket, p + "sns-topic-arn": topic, p + "db-endpoint": f"127.0.0.1:{port}",
+        p + "db-name": "upshot", p + "db-secret-arn": "arn:db", p + "db-app-secret-arn": "arn:db-app",
+        p + "app-secret-arn": "arn:app", p + "admin-secret-arn": "arn:admin",
+        p + "public-url": "http://127.0.0.1:8080",
+    },
+    "secrets": {
+        "arn:db": json.dumps({"username": "upshot_master", "password": master}),
+        "arn:db-app": json.dumps({"username": "upshot_app", "password": app}),
+        "arn:app": secrets.token_hex(24), "arn:admin": secrets.token_hex(16),
+    },
+}, open(out, "w"), indent=1)
+PY
+cp deploy/codedeploy/testing/fake-aws deploy/codedeploy/testing/codedeploy-agent.py deploy/codedeploy/testing/upload-client.py "$work/share/"
+cp tests/fixtures/cat.jpg "$work/share/"
 
-# ------------------------------------------------------------------ package two revisions
-echo "rehearse-deploy: staging root $root, service on 127.0.0.1:$port, binary $binary"
-UPSHOT_VERSION="rehearsal-1 $(git describe --always --dirty 2>/dev/null || echo unknown)" \
-    scripts/package.sh "$binary" "$work/artifact-1" >/dev/null 2>>"$work/package.log"
-UPSHOT_VERSION="rehearsal-2 $(git describe --always --dirty 2>/dev/null || echo unknown)" \
-    scripts/package.sh "$binary" "$work/artifact-2" >/dev/null 2>>"$work/package.log"
-check "package: two revisions built" test -x "$work/artifact-2/bin/upshot" -a -f "$work/artifact-2/lib/libonnxruntime.so.1.31.1"
+# ------------------------------------------------------------------ 2. boot the instance
+root=$(instance_root)
+log "booting $root (volatile: nothing it writes survives)"
+systemd-nspawn --quiet --register=no --keep-unit --volatile=overlay -D "$root" -M upshot-rehearsal \
+    --bind-ro="$work/share:/rehearsal" -b --console=pipe </dev/null >"$work/boot.log" 2>&1 &
+nspawn_pid=$!
+for _ in $(seq 1 120); do
+    container_pid=$(pgrep -P "$nspawn_pid" -x systemd 2>/dev/null | head -n 1 || true)
+    [ -n "$container_pid" ] && break
+    kill -0 "$nspawn_pid" 2>/dev/null || { tail -n 30 "$work/boot.log" >&2; die "systemd-nspawn exited"; }
+    sleep 0.5
+done
+[ -n "$container_pid" ] || { tail -n 30 "$work/boot.log" >&2; die "no systemd in the container"; }
+boot_state=$(inside timeout 90 systemctl is-system-running --wait 2>/dev/null || true)
+echo "instance: systemd $(inside systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 in the container, system $boot_state"
+check "instance: real systemd booted (system running)" test "$boot_state" = running
 
-cat >"$work/app.env" <<ENV
-# Rehearsal: the embedded default stack (SQLite + local files), loopback only, no AWS.
-UPSHOT_DATA_DIR=$root/var/lib/upshot
-ROCKET_ADDRESS=127.0.0.1
-ROCKET_PORT=$port
-UPSHOT_ORT_LIB=$home/current/lib/libonnxruntime.so.1.31.1
-UPSHOT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-ENV
+# What the instance's user data does (deploy/cloudformation/upshot.yaml): deploy.conf and the RDS CA bundle.
+# What the instance role does through instance metadata: credentials, here for moto, in a drop-in.
+inside sh -c "
+    set -e
+    install -d -m 0755 /etc/upshot /usr/local/bin /etc/systemd/system/upshot.service.d /etc/systemd/system/upshot-reconcile.service.d
+    install -m 0755 /rehearsal/fake-aws /usr/local/bin/aws
+    printf 'UPSHOT_ENVIRONMENT=$ENVIRONMENT\nAWS_REGION=us-east-1\nUPSHOT_DB_CA_FILE=/etc/upshot/rds-ca.pem\n' >/etc/upshot/deploy.conf
+    for unit in upshot.service upshot-reconcile.service; do
+        printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true\n' \
+            >/etc/systemd/system/\$unit.d/instance-role.conf
+    done
+"
+install -m 0644 "$work/tls/ca.crt" "/proc/$container_pid/root/etc/upshot/rds-ca.pem"
+inside install -d -m 0755 /var/lib/fake-aws
+inside ln -s /rehearsal/aws/state.json /var/lib/fake-aws/state.json
 
-# ------------------------------------------------------------------ deployment 1 (fresh instance)
+# ------------------------------------------------------------------ 4. deployment 1 (fresh instance)
+agent() { inside python3 /rehearsal/codedeploy-agent.py "$@"; }
 echo "deployment 1 (first install):"
-check "deployment 1: every hook exits 0, ValidateService sees /readyz 200" deploy "$work/artifact-1" d-REHEARSAL1 "$work/artifact-1"
-pid1=$(service_pid)
-check "deployment 1: current -> releases/d-REHEARSAL1" test "$(readlink "$home/current")" = releases/d-REHEARSAL1
-check "deployment 1: env file is mode 0640" test "$(stat -c %a "$root/etc/upshot/upshot.env")" = 640
-check "deployment 1: unit installed with the staging paths" grep -q "^ExecStart=$home/current/bin/upshot serve$" "$root/etc/systemd/system/upshot.service"
+check "deployment 1: every lifecycle event succeeds, ValidateService sees /readyz 200" \
+    agent /rehearsal/revision-1.zip d-REHEARSAL1
+main_pid() { inside systemctl show -P MainPID upshot.service; }
+pid1=$(main_pid)
+check "deployment 1: current -> releases/d-REHEARSAL1" \
+    test "$(inside readlink /opt/upshot/current)" = releases/d-REHEARSAL1
+check "service: active under systemd as user upshot" \
+    test "$(inside systemctl is-active upshot.service)" = active -a "$(inside ps -o user= -p "$pid1" | tr -d ' ')" = upshot
+sandboxed() {
+    local status
+    status=$(inside cat "/proc/$pid1/status")
+    grep -qE '^Seccomp:\s+2$' <<<"$status" && grep -qE '^NoNewPrivs:\s+1$' <<<"$status" &&
+        grep -qE '^CapEff:\s+0+$' <<<"$status" &&
+        [ "$(inside systemctl show -P MemoryDenyWriteExecute upshot.service)" = yes ]
+}
+check "service: sandboxed (seccomp filter, no new privileges, no capabilities, W^X) with ONNX Runtime loaded" sandboxed
+needs_only_c_runtime() {
+    local libs
+    libs=$(inside ldd /opt/upshot/current/bin/upshot)
+    printf '    %s\n' "${libs//$'\n'/$'\n    '}"
+    ! grep -q 'not found' <<<"$libs" &&
+        ! grep -vE '^\s*(linux-vdso\.so|/lib64/ld-linux|lib(c|m|gcc_s|dl|pthread|rt)\.so)' <<<"$libs" | grep -q .
+}
+check "binary: ldd names only the C runtime, nothing missing (no libpq, no libssl)" needs_only_c_runtime
+check "service: logs to the journal" sh -c "nsenter -t $container_pid -a journalctl -u upshot.service -o cat | grep -q 'listening on'"
+check "env file: 0640 root:upshot; migrate.env and pgpass-admin: root only; pgpass: upshot only" test \
+    "$(inside stat -c '%a %U:%G' /etc/upshot/upshot.env /etc/upshot/migrate.env /etc/upshot/pgpass-admin /etc/upshot/pgpass | tr '\n' ' ')" \
+    = "640 root:upshot 600 root:root 600 root:root 600 upshot:upshot "
+check "env file: no upload queue (its parameter is optional and absent)" \
+    sh -c "! nsenter -t $container_pid -a grep -q UPSHOT_UPLOAD_QUEUE_URL /etc/upshot/upshot.env"
+role_and_tls() {
+    local seen
+    seen=$(psql_as_postgres upshot "SELECT string_agg(DISTINCT a.usename || ':' || s.ssl, ',') FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'upshot' AND a.pid <> pg_backend_pid()")
+    echo "    connections to the database: $seen"
+    [ "$seen" = upshot_app:true ]
+}
+check "database: the service connects as upshot_app, over TLS verified against the CA" role_and_tls
+check "database: upshot_app may not create tables" \
+    test "$(psql_as_postgres upshot "SELECT has_schema_privilege('upshot_app', 'public', 'CREATE')")" = f
+check "timers: reconcile and password refresh enabled" \
+    test "$(inside systemctl is-enabled upshot-reconcile.timer upshot-db-password.timer | tr '\n' ' ')" = "enabled enabled "
+check "reconcile unit: runs to success under its sandbox" inside systemctl start upshot-reconcile.service
+rotate() {
+    python3 - "$state" <<'PY'
+import json, sys
+state = json.load(open(sys.argv[1]))
+state["secrets"]["arn:db"] = json.dumps({"username": "upshot_master", "password": "rotated:pass"})
+json.dump(state, open(sys.argv[1], "w"))
+PY
+    inside systemctl start upshot-db-password.service &&
+        inside grep -qxF '*:*:*:*:rotated\:pass' /etc/upshot/pgpass-admin
+}
+check "password refresh: a rotated master secret reaches its password file" rotate
+psql_as_postgres postgres "ALTER ROLE upshot_master PASSWORD 'rotated:pass'" >/dev/null
 
 # ------------------------------------------------------------------ deployment 2 under load
 echo "deployment 2 (new revision while uploading):"
-python3 deploy/codedeploy/testing/upload-client.py "$UPSHOT_HEALTH_URL" tests/fixtures/cat.jpg "$work/stop-client" \
-    "$work/client.json" "$CLIENT_MAX_SECONDS" "$CLIENT_MAX_UPLOADS" &
+inside python3 /rehearsal/upload-client.py "$SERVICE_URL" /rehearsal/cat.jpg /run/stop-client /run/client.json \
+    "$CLIENT_MAX_SECONDS" "$CLIENT_MAX_UPLOADS" &
 client_pid=$!
 sleep 2
 dep2_ok=0
-deploy "$work/artifact-2" d-REHEARSAL2 "$work/artifact-1" || dep2_ok=$?
+agent /rehearsal/revision-2.zip d-REHEARSAL2 || dep2_ok=$?
 sleep 2   # a few uploads against the new release
-touch "$work/stop-client"
+inside touch /run/stop-client
 client_rc=0
 wait "$client_pid" || client_rc=$?
 client_pid=''
-check "deployment 2: every hook exits 0, ValidateService sees /readyz 200" test "$dep2_ok" -eq 0
-pid2=$(service_pid)
-check "deployment 2: current -> releases/d-REHEARSAL2 (new VERSION)" \
-    test "$(readlink "$home/current")" = releases/d-REHEARSAL2 -a "$(cut -d' ' -f1 "$home/current/VERSION")" = rehearsal-2
-check "deployment 2: previous release kept for a manual switch back" test -x "$home/releases/d-REHEARSAL1/bin/upshot"
+check "deployment 2: every lifecycle event succeeds, ValidateService sees /readyz 200" test "$dep2_ok" -eq 0
+pid2=$(main_pid)
+check "deployment 2: current -> releases/d-REHEARSAL2 (new VERSION)" test \
+    "$(inside readlink /opt/upshot/current) $(inside cut -d' ' -f1 /opt/upshot/current/VERSION)" = "releases/d-REHEARSAL2 rehearsal-2"
+check "deployment 2: previous release kept for a manual switch back" inside test -x /opt/upshot/releases/d-REHEARSAL1/bin/upshot
 check "deployment 2: the service was restarted (pid $pid1 -> $pid2)" test -n "$pid2" -a "$pid1" != "$pid2"
-check "upload client finished" test "$client_rc" -eq 0 -a -f "$work/client.json"
+check "upload client finished" test "$client_rc" -eq 0
+inside cat /run/client.json >"$work/client.json" 2>/dev/null || true
 
-if [ -f "$work/client.json" ]; then
+if [ -s "$work/client.json" ]; then
     read -r uploads attempts created conn_errors retried unanswered readable others longest secs < <(python3 - "$work/client.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -177,18 +345,27 @@ PY
 fi
 
 # ------------------------------------------------------------------ idempotency and failure paths
-export DEPLOYMENT_ID=d-REHEARSAL2
-check "ValidateService again: still 200 (idempotent)" run_hook ValidateService "$work/artifact-2/deploy/codedeploy/validate-service.sh"
-dead_port=$(free_port)
-validate_dead_port_fails() {
-    ! UPSHOT_HEALTH_URL=http://127.0.0.1:$dead_port UPSHOT_VALIDATE_TIMEOUT=3 UPSHOT_VALIDATE_INTERVAL=1 \
-        timeout 20 bash "$work/artifact-2/deploy/codedeploy/validate-service.sh" >>"$work/hooks.log" 2>&1
+hook() { # hook SCRIPT [VAR=VALUE...]: one hook of the current revision, as the agent runs it
+    local script=$1
+    shift
+    inside env DEPLOYMENT_ID=d-REHEARSAL2 "$@" "/opt/upshot/current/deploy/codedeploy/$script"
 }
-check "ValidateService fails (non-zero) within its timeout when nothing answers" validate_dead_port_fails
-t0=$(now)
-check "ApplicationStop: graceful stop (SIGTERM) of the running service" run_hook ApplicationStop "$work/artifact-2/deploy/codedeploy/application-stop.sh"
-service_inactive() { ! "$shim" is-active --quiet upshot.service; }
-check "ApplicationStop: stopped within TimeoutStopSec ($(elapsed "$t0") s)" service_inactive
+check "ValidateService again: still 200 (idempotent)" hook validate-service.sh
+dead_port=$(free_port)
+check "ValidateService fails (non-zero) within its timeout when nothing answers" \
+    sh -c "! timeout 20 nsenter -t $container_pid -a env UPSHOT_HEALTH_URL=http://127.0.0.1:$dead_port UPSHOT_VALIDATE_TIMEOUT=3 UPSHOT_VALIDATE_INTERVAL=1 /opt/upshot/current/deploy/codedeploy/validate-service.sh 2>/dev/null"
+t0=$SECONDS
+check "ApplicationStop: graceful stop (SIGTERM) of the running service" hook application-stop.sh
+check "ApplicationStop: stopped within TimeoutStopSec ($((SECONDS - t0)) s)" \
+    test "$(inside systemctl is-active upshot.service || true)" = inactive
+check "ApplicationStop: the service exited cleanly (no SIGKILL)" \
+    test "$(inside systemctl show -P Result upshot.service)" = success
 
+if [ "$failed" -gt 0 ]; then
+    echo "--- agent log (last 60 lines)"
+    inside tail -n 60 /opt/codedeploy-agent/deployment-logs/codedeploy-agent-deployments.log 2>/dev/null || true
+    echo "--- journal of upshot.service (last 40 lines)"
+    inside journalctl -u upshot.service -o cat --no-pager 2>/dev/null | tail -n 40 || true
+fi
 echo "rehearsal: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,7 +17,9 @@
 #
 # For outage tests, a PostgreSQL cluster of its own that a test stops and starts again on the same port:
 #   pg-start <state-dir>            create (first time) and start it; prints the export line for its URL
-#                                   (with UPSHOT_TEST_PG_PASSWORD set: password authentication over TCP)
+#                                   (with UPSHOT_TEST_PG_PASSWORD set: password authentication over TCP; with
+#                                   UPSHOT_TEST_PG_TLS_DIR set to a directory holding server.crt and server.key:
+#                                   TLS, as RDS serves it)
 #   pg-stop <state-dir> [MODE]      stop it, keeping its data (MODE: fast, or immediate as a crash does)
 #   pg-remove <state-dir>           stop it and remove it
 #
@@ -124,6 +126,11 @@ start_pg() {
     as_pg "$pgbin/initdb" -D "$pgdir" -U postgres "${auth[@]}" -E UTF8 --no-locale --no-sync >"$state/initdb.log" 2>&1 ||
         { cat "$state/initdb.log" >&2; die "initdb failed"; }
     rm -f "$state/pg.pwfile"
+    if [ -n "${UPSHOT_TEST_PG_TLS_DIR:-}" ]; then
+        install -m 0600 "$UPSHOT_TEST_PG_TLS_DIR/server.crt" "$UPSHOT_TEST_PG_TLS_DIR/server.key" "$pgdir/"
+        is_root && chown postgres: "$pgdir/server.crt" "$pgdir/server.key"
+        printf 'ssl = on\n' >>"$pgdir/postgresql.conf"
+    fi
 
     free_port >"$state/pg.port"
     run_pg "$state"

@@ -3,12 +3,12 @@
 # service's environment file, configures the CloudWatch agent and installs the systemd unit. The service is
 # started (and `current` switched) by ApplicationStart.
 #
-# Environment file sources (UPSHOT_ENV_SOURCE):
-#   aws        (default) /etc/upshot/deploy.conf names the environment; SSM parameters /upshot/<env>/* give the
-#              bucket, topic, database endpoint, public URL and the three secret ARNs; Secrets Manager gives the
-#              RDS-managed master credentials (-> UPSHOT_DATABASE_URL with sslmode=require), UPSHOT_SECRET_KEY and
-#              UPSHOT_ADMIN_API_KEY. The AWS CLI uses the instance role (IMDSv2).
-#   file:PATH  copy PATH as it is (tests and the local rehearsal; no AWS call).
+# The environment file comes from the stack: /etc/upshot/deploy.conf (written by the instance's user data) names
+# the environment and the RDS CA bundle; SSM parameters /upshot/<env>/* give the bucket, topic, database
+# endpoint, public URL and the secrets' ARNs; Secrets Manager gives the database credentials (the master's for
+# `upshot migrate`, the application role's for the service), UPSHOT_SECRET_KEY and UPSHOT_ADMIN_API_KEY. The
+# AWS CLI uses the instance role (IMDSv2). Optional parameters (upload-queue-url, log-group, db-app-secret-arn)
+# may be absent: their feature is then off.
 set -euo pipefail
 HOOK_NAME=AfterInstall
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -16,6 +16,11 @@ HOOK_NAME=AfterInstall
 
 [ -x "$UPSHOT_STAGING/bin/upshot" ] || die "$UPSHOT_STAGING/bin/upshot missing: did CodeDeploy copy the revision?"
 [ -f "$UPSHOT_STAGING/lib/$ORT_LIB_NAME" ] || die "$UPSHOT_STAGING/lib/$ORT_LIB_NAME missing"
+# A binary linked against a library this instance lacks would only fail at ApplicationStart, mid-migration.
+for object in "$UPSHOT_STAGING/bin/upshot" "$UPSHOT_STAGING/lib/$ORT_LIB_NAME"; do
+    missing=$(ldd "$object" 2>&1 | awk '/not found/ { print $1 }' | tr '\n' ' ')
+    [ -z "$missing" ] || die "$(basename -- "$object") needs libraries this instance does not have: $missing"
+done
 
 id=$(release_id)
 release=$UPSHOT_RELEASES/$id
@@ -35,15 +40,10 @@ find "$release/deploy/codedeploy" -name '*.sh' -exec chmod 0755 {} +
 
 # ------------------------------------------------------------------ environment file
 write_env_from_aws() {
-    local out=$1 region prefix params bucket topic endpoint db_name db_secret_arn app_secret_arn
-    local admin_secret_arn public_url db_user upload_queue
-    prefix=$(parameter_prefix)
-    use_instance_region >/dev/null
-    region=$AWS_REGION
-
-    params=$("$UPSHOT_AWS" ssm get-parameters-by-path --path "$prefix/" \
-        --query 'Parameters[].[Name,Value]' --output text) || die "cannot read SSM parameters under $prefix/"
-    param() { awk -v n="$prefix/$1" '$1 == n { print $2 }' <<<"$params"; }
+    local out=$1 migrate_out=$2 v
+    local bucket topic endpoint db_name db_secret_arn db_app_secret_arn app_secret_arn admin_secret_arn
+    local public_url upload_queue log_group ca
+    read_parameters
     bucket=$(param s3-bucket)
     topic=$(param sns-topic-arn)
     endpoint=$(param db-endpoint)
@@ -52,45 +52,62 @@ write_env_from_aws() {
     app_secret_arn=$(param app-secret-arn)
     admin_secret_arn=$(param admin-secret-arn)
     public_url=$(param public-url)
+    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn admin_secret_arn public_url; do
+        [ -n "${!v}" ] || die "SSM parameter for $v missing under $PARAMETER_PREFIX/"
+    done
     upload_queue=$(param upload-queue-url)
     log_group=$(param log-group)
-    for v in bucket topic endpoint db_name db_secret_arn app_secret_arn admin_secret_arn public_url upload_queue; do
-        [ -n "${!v}" ] || die "SSM parameter for $v missing under $prefix/"
-    done
+    db_app_secret_arn=$(param db-app-secret-arn)
+    ca=$(conf_value UPSHOT_DB_CA_FILE)
+    ca=${ca:-$UPSHOT_ETC_DIR/rds-ca.pem}
+    [ -s "$ca" ] || die "the RDS CA bundle $ca is missing (the instance's user data downloads it)"
 
-    # Secrets travel through pipes, variables and 0600 files only, never through a command line. The database
-    # password goes into libpq's password file, not the URL: the refresher timer rewrites it when RDS rotates
-    # the secret, and libpq reads it at every new connection, so no restart is needed.
-    local app_key admin_key db_json db_url
-    db_json=$(secret_value "$db_secret_arn" "the database secret")
-    write_db_passfile <<<"$db_json"
-    db_user=$(db_username <<<"$db_json")
+    # Secrets travel through pipes, variables and 0600 files only, never through a command line. Passwords go
+    # into libpq's password files, not the URLs: the refresher timer rewrites them when RDS rotates the master
+    # secret, and libpq reads them at every new connection, so no restart is needed.
+    local app_key admin_key
+    write_db_credentials "$db_secret_arn" "$db_app_secret_arn"
     app_key=$(secret_value "$app_secret_arn" "the application secret")
     admin_key=$(secret_value "$admin_secret_arn" "the admin key")
-    db_url=$(DB_ENDPOINT=$endpoint DB_NAME=$db_name DB_USER=$db_user PASSFILE=$UPSHOT_PASSFILE python3 -c '
-import os, urllib.parse as u
-e = os.environ
-q = lambda v: u.quote(v, safe="")
-print("postgres://%s@%s/%s?sslmode=require&passfile=%s" % (q(e["DB_USER"]), e["DB_ENDPOINT"], q(e["DB_NAME"]), q(e["PASSFILE"])))
-') || die "cannot form the database URL"
 
     {
         echo "# Written by deploy/codedeploy/after-install.sh at deployment ${DEPLOYMENT_ID:-manual}; do not edit."
         echo "ROCKET_PROFILE=aws"
-        echo "AWS_REGION=$region"
-        echo "UPSHOT_DATABASE_URL=$db_url"
+        echo "AWS_REGION=$AWS_REGION"
+        echo "UPSHOT_DATABASE_URL=$(database_url "$endpoint" "$db_name" "$DB_APP_USER" "$UPSHOT_PASSFILE" "$ca")"
         echo "UPSHOT_S3_BUCKET=$bucket"
         echo "UPSHOT_SECRET_KEY=$app_key"
         echo "UPSHOT_ADMIN_API_KEY=$admin_key"
         echo "UPSHOT_PUBLIC_URL=$public_url"
         echo "UPSHOT_NOTIFIER=sns"
         echo "UPSHOT_SNS_TOPIC_ARN=$topic"
-        echo "UPSHOT_UPLOAD_QUEUE_URL=$upload_queue"
+        [ -z "$upload_queue" ] || echo "UPSHOT_UPLOAD_QUEUE_URL=$upload_queue"
         echo "UPSHOT_DATA_DIR=/var/lib/upshot"
         echo "UPSHOT_ORT_LIB=$UPSHOT_CURRENT/lib/$ORT_LIB_NAME"
     } >"$out"
+    # What `upshot migrate` adds, for ApplicationStart alone (root): the master's URL, and the role it provisions.
+    {
+        echo "# Written by deploy/codedeploy/after-install.sh for ApplicationStart's migration; do not edit."
+        echo "UPSHOT_DATABASE_URL=$(database_url "$endpoint" "$db_name" "$DB_ADMIN_USER" "$UPSHOT_ADMIN_PASSFILE" "$ca")"
+        if [ -n "$DB_APP_PASSWORD" ]; then
+            echo "UPSHOT_DB_APP_ROLE=$DB_APP_USER"
+            echo "UPSHOT_DB_APP_PASSWORD=$DB_APP_PASSWORD"
+        fi
+    } >"$migrate_out"
 
     configure_cloudwatch_agent "$log_group"
+}
+
+# A libpq URL that verifies RDS's certificate against the CA bundle and gives up connecting after 5 s.
+#   database_url ENDPOINT DB_NAME USER PASSFILE CA_FILE
+database_url() {
+    python3 - "$@" <<'PY' || die "cannot form the database URL"
+import sys, urllib.parse as u
+endpoint, name, user, passfile, ca = sys.argv[1:]
+q = lambda v: u.quote(v, safe="")
+print(f"postgres://{q(user)}@{endpoint}/{q(name)}"
+      f"?sslmode=verify-full&sslrootcert={q(ca)}&connect_timeout=5&passfile={q(passfile)}")
+PY
 }
 
 configure_cloudwatch_agent() {
@@ -107,25 +124,18 @@ configure_cloudwatch_agent() {
 
 umask 077
 tmp_env=$(mktemp "$UPSHOT_ETC_DIR/.upshot.env.XXXXXX")
-trap 'rm -f -- "$tmp_env"' EXIT
-case $UPSHOT_ENV_SOURCE in
-    file:*)
-        src=${UPSHOT_ENV_SOURCE#file:}
-        [ -f "$src" ] || die "UPSHOT_ENV_SOURCE file $src not found"
-        cat -- "$src" >"$tmp_env"
-        log "environment file copied from $src (test mode: no AWS calls)"
-        ;;
-    aws)
-        write_env_from_aws "$tmp_env"
-        log "environment file written from SSM parameters and Secrets Manager"
-        ;;
-    *) die "UPSHOT_ENV_SOURCE must be 'aws' or 'file:PATH' (got '$UPSHOT_ENV_SOURCE')" ;;
-esac
+tmp_migrate=$(mktemp "$UPSHOT_ETC_DIR/.migrate.env.XXXXXX")
+trap 'rm -f -- "$tmp_env" "$tmp_migrate"' EXIT
+write_env_from_aws "$tmp_env" "$tmp_migrate"
 chown "root:$UPSHOT_GROUP" -- "$tmp_env"
 chmod 0640 -- "$tmp_env"
 mv -f -- "$tmp_env" "$UPSHOT_ENV_FILE"
+chown root:root -- "$tmp_migrate"
+chmod 0600 -- "$tmp_migrate"
+mv -f -- "$tmp_migrate" "$UPSHOT_MIGRATE_ENV_FILE"
 trap - EXIT
 umask 022
+log "environment file written from SSM parameters and Secrets Manager"
 
 # ------------------------------------------------------------------ systemd units
 install_unit() {
@@ -140,21 +150,16 @@ install_unit() {
     chmod 0644 -- "$tmp"
     mv -f -- "$tmp" "$UPSHOT_UNIT_DIR/$name"
 }
-install_unit "$UPSHOT_UNIT"
-if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
-    install_unit upshot-db-password.service
-    install_unit upshot-db-password.timer
-    install_unit upshot-reconcile.service
-    install_unit upshot-reconcile.timer
-fi
+for unit in "$UPSHOT_UNIT" upshot-db-password.service upshot-db-password.timer upshot-reconcile.service \
+    upshot-reconcile.timer; do
+    install_unit "$unit"
+done
 systemctl_ daemon-reload
-if [ "$UPSHOT_ENV_SOURCE" = aws ]; then
-    systemctl_ enable upshot-db-password.timer
-    systemctl_ restart upshot-db-password.timer
-    # Hourly on every instance; the run that takes the database's advisory lock does the work.
-    systemctl_ enable upshot-reconcile.timer
-    systemctl_ restart upshot-reconcile.timer
-fi
+systemctl_ enable upshot-db-password.timer
+systemctl_ restart upshot-db-password.timer
+# Hourly on every instance; the run that takes the database's advisory lock does the work.
+systemctl_ enable upshot-reconcile.timer
+systemctl_ restart upshot-reconcile.timer
 
 printf '%s\n' "$id" >"$UPSHOT_PENDING"
 log "installed $release; ApplicationStart switches $UPSHOT_CURRENT to it"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CodeDeploy ApplicationStart: migrate the database with the new release (`upshot migrate` takes a PostgreSQL
-# advisory lock, so instances deploying one after another never race), switch `current` to the new release
+# advisory lock, so instances deploying one after another never race, and provisions the service's own role), switch `current` to the new release
 # atomically (rename of a symlink), start the service, and keep the last UPSHOT_KEEP_RELEASES releases.
 set -euo pipefail
 HOOK_NAME=ApplicationStart
@@ -13,9 +13,12 @@ release=$UPSHOT_RELEASES/$id
 [ -x "$release/bin/upshot" ] || die "$release/bin/upshot missing"
 [ -f "$UPSHOT_ENV_FILE" ] || die "$UPSHOT_ENV_FILE missing"
 
+[ -f "$UPSHOT_MIGRATE_ENV_FILE" ] || die "$UPSHOT_MIGRATE_ENV_FILE missing"
+# As root with the master's credentials (readable by root alone): the migration owns the tables and grants the
+# service's role what it uses, nothing more.
 log "migrating the database with release $id"
-run_as_service "$release" timeout "${UPSHOT_MIGRATE_TIMEOUT:-600}" "$release/bin/upshot" migrate \
-    || die "upshot migrate failed"
+run_with_service_env root "$release" "$UPSHOT_MIGRATE_ENV_FILE" -- \
+    timeout "${UPSHOT_MIGRATE_TIMEOUT:-600}" "$release/bin/upshot" migrate || die "upshot migrate failed"
 
 ln -sfn -- "releases/$id" "$UPSHOT_CURRENT.new"
 mv -T -- "$UPSHOT_CURRENT.new" "$UPSHOT_CURRENT"

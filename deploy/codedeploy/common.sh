@@ -13,7 +13,6 @@
 #   UPSHOT_SYSTEMCTL    systemctl
 #   UPSHOT_USER/GROUP   upshot
 #   UPSHOT_HEALTH_URL   http://127.0.0.1:8080
-#   UPSHOT_ENV_SOURCE   aws (SSM + Secrets Manager with the instance role) or file:PATH (copy PATH; tests)
 # shellcheck disable=SC2034  # the variables are used by the scripts that source this file
 set -euo pipefail
 
@@ -24,6 +23,8 @@ UPSHOT_ETC_DIR=${UPSHOT_ETC_DIR:-$_root/etc/upshot}
 UPSHOT_ENV_FILE=${UPSHOT_ENV_FILE:-$UPSHOT_ETC_DIR/upshot.env}
 UPSHOT_DEPLOY_CONF=${UPSHOT_DEPLOY_CONF:-$UPSHOT_ETC_DIR/deploy.conf}
 UPSHOT_PASSFILE=${UPSHOT_PASSFILE:-$UPSHOT_ETC_DIR/pgpass}
+UPSHOT_ADMIN_PASSFILE=${UPSHOT_ADMIN_PASSFILE:-$UPSHOT_ETC_DIR/pgpass-admin}
+UPSHOT_MIGRATE_ENV_FILE=${UPSHOT_MIGRATE_ENV_FILE:-$UPSHOT_ETC_DIR/migrate.env}
 UPSHOT_UNIT_DIR=${UPSHOT_UNIT_DIR:-$_root/etc/systemd/system}
 UPSHOT_STATE_DIR=${UPSHOT_STATE_DIR:-$_root/var/lib/upshot}
 UPSHOT_LOG_DIR=${UPSHOT_LOG_DIR:-$_root/var/log/upshot}
@@ -31,12 +32,13 @@ UPSHOT_SYSTEMCTL=${UPSHOT_SYSTEMCTL:-systemctl}
 UPSHOT_USER=${UPSHOT_USER:-upshot}
 UPSHOT_GROUP=${UPSHOT_GROUP:-$UPSHOT_USER}
 UPSHOT_HEALTH_URL=${UPSHOT_HEALTH_URL:-http://127.0.0.1:8080}
-UPSHOT_ENV_SOURCE=${UPSHOT_ENV_SOURCE:-aws}
 UPSHOT_KEEP_RELEASES=${UPSHOT_KEEP_RELEASES:-3}
 UPSHOT_AWS=${UPSHOT_AWS:-aws}
 UPSHOT_IMDS_URL=${UPSHOT_IMDS_URL:-http://169.254.169.254}
 UPSHOT_CWAGENT_CTL=${UPSHOT_CWAGENT_CTL:-$_root/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl}
 UPSHOT_CWAGENT_CONFIG=${UPSHOT_CWAGENT_CONFIG:-$_root/opt/aws/amazon-cloudwatch-agent/etc/upshot.json}
+# The CloudWatch agent's StatsD listener (deploy/cloudwatch/agent.json).
+UPSHOT_STATSD=${UPSHOT_STATSD:-127.0.0.1/8125}
 
 UPSHOT_UNIT=upshot.service
 UPSHOT_UNIT_FILE=$UPSHOT_UNIT_DIR/$UPSHOT_UNIT
@@ -63,10 +65,14 @@ load_env_file() {
     done <"$1"
 }
 
-# Runs a command as the service user, in DIR, with only PATH and the service's environment file: the same
-# environment systemd gives the service.
-run_as_service() {
-    local _dir=$1 _user=$UPSHOT_USER _env=$UPSHOT_ENV_FILE _name
+# Runs a command as USER, in DIR, with only PATH and the service's environment file (the same environment
+# systemd gives the service), then the lines of any further ENV_FILEs given before `--` over it.
+#   run_with_service_env USER DIR [ENV_FILE...] -- COMMAND...
+run_with_service_env() {
+    local _user=$1 _dir=$2 _name
+    local -a _extra=()
+    shift 2
+    while [ "$1" != -- ]; do _extra+=("$1"); shift; done
     shift
     (
         cd "$_dir"
@@ -74,7 +80,8 @@ run_as_service() {
             unset "$_name" 2>/dev/null || true
         done < <(compgen -e)
         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
-        load_env_file "$_env"
+        load_env_file "$UPSHOT_ENV_FILE"
+        for _name in "${_extra[@]}"; do load_env_file "$_name"; done
         if [ "$(id -un)" = "$_user" ]; then
             exec "$@"
         fi
@@ -138,12 +145,12 @@ db_username() {
         die "the database secret is not the RDS JSON form"
 }
 
-# Writes the password of an RDS secret (its JSON on standard input) into libpq's password file
-# ($UPSHOT_PASSFILE, named by passfile= in the database URL), atomically, readable by the service user alone
-# (libpq ignores a file others can read).
-write_db_passfile() {
-    local tmp
-    tmp=$(mktemp "$(dirname -- "$UPSHOT_PASSFILE")/.pgpass.XXXXXX")
+# Writes the password of a database secret (its RDS JSON form on standard input) into a libpq password file
+# (named by passfile= in a database URL), atomically, readable by OWNER alone (libpq ignores a file others can
+# read).   write_passfile PATH OWNER
+write_passfile() {
+    local path=$1 owner=$2 tmp
+    tmp=$(mktemp "$(dirname -- "$path")/.pgpass.XXXXXX")
     if ! python3 -c '
 import json, sys
 password = json.load(sys.stdin)["password"]
@@ -152,7 +159,48 @@ print("*:*:*:*:" + password.replace("\\", "\\\\").replace(":", "\\:"))
         rm -f -- "$tmp"
         die "the database secret is not the RDS JSON form"
     fi
-    chown "$UPSHOT_USER:$UPSHOT_GROUP" -- "$tmp"
+    chown "$owner" -- "$tmp"
     chmod 0600 -- "$tmp"
-    mv -f -- "$tmp" "$UPSHOT_PASSFILE"
+    mv -f -- "$tmp" "$path"
+}
+
+# Reads every SSM parameter under the environment's prefix; `param NAME` then prints one ('' when absent).
+read_parameters() {
+    PARAMETER_PREFIX=$(parameter_prefix)
+    use_instance_region >/dev/null
+    PARAMETERS=$("$UPSHOT_AWS" ssm get-parameters-by-path --path "$PARAMETER_PREFIX/" \
+        --query 'Parameters[].[Name,Value]' --output text) || die "cannot read SSM parameters under $PARAMETER_PREFIX/"
+}
+param() { awk -v n="$PARAMETER_PREFIX/$1" '$1 == n { print $2 }' <<<"$PARAMETERS"; }
+
+# Writes the database password files from Secrets Manager: the master's (ARN $1) for `upshot migrate`,
+# readable by root alone, and the application role's (ARN $2) for the service. Without $2 (a stack that has
+# no application role yet) the service gets the master's. Sets DB_ADMIN_USER, DB_APP_USER, DB_APP_PASSWORD.
+write_db_credentials() {
+    local admin_json app_json
+    admin_json=$(secret_value "$1" "the database secret")
+    write_passfile "$UPSHOT_ADMIN_PASSFILE" root:root <<<"$admin_json"
+    DB_ADMIN_USER=$(db_username <<<"$admin_json")
+    if [ -n "${2:-}" ]; then
+        app_json=$(secret_value "$2" "the application's database secret")
+        DB_APP_USER=$(db_username <<<"$app_json")
+        DB_APP_PASSWORD=$(db_password <<<"$app_json")
+    else
+        log "warning: no db-app-secret-arn parameter: the service connects as the master user $DB_ADMIN_USER"
+        app_json=$admin_json
+        DB_APP_USER=$DB_ADMIN_USER
+        DB_APP_PASSWORD=''
+    fi
+    write_passfile "$UPSHOT_PASSFILE" "$UPSHOT_USER:$UPSHOT_GROUP" <<<"$app_json"
+}
+
+# The password of a database secret (its RDS JSON form on standard input).
+db_password() {
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["password"])' ||
+        die "the database secret is not the RDS JSON form"
+}
+
+# Sends one StatsD gauge to the CloudWatch agent (UDP; nothing happens when no agent listens).
+statsd_gauge() {
+    printf '%s:%s|g\n' "$1" "$2" >"/dev/udp/$UPSHOT_STATSD" 2>/dev/null || true
 }

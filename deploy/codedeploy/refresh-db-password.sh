@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# Run by upshot-db-password.timer (every 2 minutes, not a CodeDeploy hook): writes the current password of the
-# RDS-managed database secret into libpq's password file. RDS rotates that secret every 7 days; the service's
-# connections read the file whenever they open, so a rotation costs at most the connections opened before the
-# next refresh, and no redeploy.
+# Run by upshot-db-password.timer (every 2 minutes, not a CodeDeploy hook): writes the current passwords of the
+# database secrets (the RDS-managed master's and the application role's) into libpq's password files. RDS
+# rotates the master's every 7 days; connections read the files whenever they open, so a rotation costs at most
+# the connections opened before the next refresh, and no redeploy.
 set -euo pipefail
 HOOK_NAME=refresh-db-password
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
-prefix=$(parameter_prefix)
-use_instance_region >/dev/null
-arn=$("$UPSHOT_AWS" ssm get-parameter --name "$prefix/db-secret-arn" --query Parameter.Value --output text) ||
-    die "cannot read $prefix/db-secret-arn"
-secret=$(secret_value "$arn" "the database secret")
-write_db_passfile <<<"$secret"
-log "database password file refreshed"
+# Its outcome goes to the CloudWatch agent as a gauge; the stack alarms when it is not 1.
+trap 'statsd_gauge upshot_db_password_refresh_ok "$(( $? == 0 ))"' EXIT
+read_parameters
+write_db_credentials "$(param db-secret-arn)" "$(param db-app-secret-arn)"
+log "database password files refreshed"
