@@ -69,6 +69,10 @@ instance_root() {
     local suite mirror key root
     suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
     mirror=$(apt-cache policy | awk -v s="$suite/main" '$3 == s && $4 == "amd64" { print $2; exit }')
+    if [ -z "$mirror" ]; then   # apt's lists not fetched yet on this machine
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        mirror=$(apt-cache policy | awk -v s="$suite/main" '$3 == s && $4 == "amd64" { print $2; exit }')
+    fi
     [ -n "$mirror" ] || die "no Debian mirror for $suite in apt's sources"
     key=$(printf '%s %s %s' "$suite" "$PACKAGES" "$(dpkg --print-architecture)" | sha256sum | cut -c1-16)
     root=$repo/target/rehearsal/root-$key
