@@ -234,14 +234,15 @@ echo "instance: systemd $(inside systemctl --version | head -n 1 | cut -d' ' -f2
 check "instance: real systemd booted (system running)" test "$boot_state" = running
 
 # What the instance's user data does (deploy/cloudformation/upshot.yaml): deploy.conf and the RDS CA bundle.
-# What the instance role does through instance metadata: credentials, here for moto, in a drop-in.
+# What the instance role does through instance metadata: credentials, here for moto, in a drop-in. The upload
+# client is one address sending as fast as it can: its allowance is raised there too.
 inside sh -c "
     set -e
     install -d -m 0755 /etc/upshot /usr/local/bin /etc/systemd/system/upshot.service.d /etc/systemd/system/upshot-reconcile.service.d
     install -m 0755 /rehearsal/fake-aws /usr/local/bin/aws
     printf 'UPSHOT_ENVIRONMENT=$ENVIRONMENT\nAWS_REGION=us-east-1\nUPSHOT_DB_CA_FILE=/etc/upshot/rds-ca.pem\n' >/etc/upshot/deploy.conf
     for unit in upshot.service upshot-reconcile.service; do
-        printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true\n' \
+        printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000\n' \
             >/etc/systemd/system/\$unit.d/instance-role.conf
     done
 "

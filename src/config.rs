@@ -147,6 +147,16 @@ pub struct Settings {
     /// 0 turns the check off (the idle timeout still applies).
     pub min_body_bytes_per_sec: u64,
     pub body_grace_secs: u64,
+    /// Intake requests (uploads, classifications, WebSocket messages, direct-upload sessions and completions)
+    /// one client address may make per minute, sustained; over it, 429 `TOO_MANY_REQUESTS` with `Retry-After`.
+    pub client_requests_per_minute: u32,
+    /// How many of those a client may make at once before the per-minute rate applies.
+    pub client_request_burst: u32,
+    /// WebSockets open at once, in all and per client address.
+    pub max_websockets: usize,
+    pub max_websockets_per_client: usize,
+    /// The largest WebSocket message (one image); a larger one closes the socket (status 1009).
+    pub websocket_max_message_bytes: u64,
 }
 
 impl Default for Settings {
@@ -212,6 +222,11 @@ impl Default for Settings {
             idle_timeout_secs: 75,
             min_body_bytes_per_sec: 1024,
             body_grace_secs: 10,
+            client_requests_per_minute: 60,
+            client_request_burst: 30,
+            max_websockets: 32,
+            max_websockets_per_client: 4,
+            websocket_max_message_bytes: 4 * MIB,
         }
     }
 }
@@ -315,6 +330,15 @@ impl AppConfig {
         // An upload still storing its objects must not look dead: its S3 calls alone may take this long.
         if settings.orphan_grace_secs < 2 * settings.s3_timeout_secs {
             return Err(invalid("orphan_grace_secs", "must be at least twice s3_timeout_secs"));
+        }
+        if settings.client_requests_per_minute == 0 || settings.client_request_burst == 0 {
+            return Err(invalid("client_requests_per_minute", "the rate and the burst must be at least 1"));
+        }
+        if settings.max_websockets == 0 || settings.max_websockets_per_client == 0 {
+            return Err(invalid("max_websockets", "must be at least 1, as max_websockets_per_client"));
+        }
+        if settings.websocket_max_message_bytes == 0 {
+            return Err(invalid("websocket_max_message_bytes", "must be at least 1"));
         }
         if settings.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -479,6 +503,16 @@ impl AppConfig {
 
     /// Where Rocket spools upload bodies: under the data directory, which the service owns and sweeps at
     /// start (a killed process leaves its spool files behind), not the shared system temp directory.
+    pub fn client_limits(&self) -> crate::client_limits::ClientLimitsConfig {
+        let settings = &self.settings;
+        crate::client_limits::ClientLimitsConfig {
+            requests_per_minute: settings.client_requests_per_minute,
+            burst: settings.client_request_burst,
+            max_websockets: settings.max_websockets,
+            max_websockets_per_client: settings.max_websockets_per_client,
+        }
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.settings.data_dir.join("spool")
     }

@@ -2,6 +2,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod client_limits;
 pub mod config;
 pub mod connections;
 pub mod db;

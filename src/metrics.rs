@@ -152,7 +152,6 @@ pub fn send_statsd(addr: std::net::SocketAddr, datagram: &str) -> std::io::Resul
     std::net::UdpSocket::bind(local)?.send_to(datagram.as_bytes(), addr).map(drop)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,10 @@ impl<'r> Responder<'r, 'static> for PageError {
     }
 }
 
+/// Seconds a request refused 429 by a guard must wait (set in the request's local cache), for the catcher's
+/// `Retry-After`.
+pub struct Throttled(pub Option<u32>);
+
 pub fn catchers() -> Vec<Catcher> {
     catchers![default_catcher]
 }
@@ -147,6 +151,14 @@ fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
         false => (Status::MethodNotAllowed, Some(allow_header(&allowed))),
     };
     let error = AppError::new(ErrorCode::for_status(status), catcher_message(status, req));
+    let error = match req.local_cache(|| Throttled(None)).0 {
+        Some(wait_secs) if status.code == 429 => AppError::new(
+            ErrorCode::TooManyRequests,
+            format!("Too many requests from your address; try again in {wait_secs} s."),
+        )
+        .retry_after(wait_secs),
+        _ => error,
+    };
     let error = match status.code {
         500..=599 => error.with_detail(format!("{} {} failed with {status}", req.method(), path)),
         _ => error,

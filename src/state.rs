@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client_limits::ClientLimits;
 use crate::ingest::Pipeline;
 use crate::notify::Notifier;
 
@@ -16,6 +17,8 @@ pub struct AppState {
     /// Where the upload page's script sends direct uploads when that is not this server (the bucket's
     /// origin), for the pages' Content-Security-Policy.
     pub direct_upload_origin: Option<String>,
+    /// What one client may take of the intake.
+    pub client_limits: Arc<ClientLimits>,
 }
 
 /// How long a readiness check waits for the database or the store.
@@ -36,7 +39,8 @@ impl Dependencies {
 impl AppState {
     pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
         let asset_version = asset_version(&pipeline.config.settings.static_dir);
-        AppState { pipeline, notifier, asset_version, direct_upload_origin }
+        let client_limits = Arc::new(ClientLimits::new(pipeline.config.client_limits()));
+        AppState { pipeline, notifier, asset_version, direct_upload_origin, client_limits }
     }
 
     /// Asks the database and the object store at once, each bounded by `CHECK_TIMEOUT`.

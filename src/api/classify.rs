@@ -9,8 +9,10 @@ use rocket::{get, post, routes, Route, State};
 use rocket_ws::{Message, WebSocket};
 use serde_json::{json, Value};
 
+use super::guards::{ClientAddress, IntakeAllowance};
 use super::upload::{clean_description, form_error, read_file, UploadData};
-use crate::error::{AppError, AppResult};
+use crate::client_limits::WebSocketRefusal;
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
 use crate::ingest;
 use crate::ingest::UploadPermit;
@@ -47,7 +49,7 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -
 }
 
 #[post("/classify", data = "<data>")]
-async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
+async fn classify(_intake: IntakeAllowance, state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     // Nothing is stored, but the form follows the same rules as an upload's.
     clean_description(form.description, state.config.settings.max_description_chars)?;
@@ -56,26 +58,51 @@ async fn classify(state: &State<AppState>, data: UploadData<'_>) -> AppResult<Js
     Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
 }
 
-/// Frames larger than the upload limit close the connection (WebSocket status 1009, message too big).
+/// Each binary message is an image. A message larger than `websocket_max_message_bytes` closes the socket
+/// (WebSocket status 1009, message too big). Opening the socket takes one intake request from the client's
+/// allowance, and so does each message: over it, the message is answered `TOO_MANY_REQUESTS` unprocessed. A
+/// client has at most `max_websockets_per_client` open, the server `max_websockets`: that many messages, at
+/// most, are being received at once.
 #[get("/ws")]
-fn stream(ws: WebSocket, state: &State<AppState>) -> rocket_ws::Channel<'static> {
+fn stream(
+    _intake: IntakeAllowance,
+    ws: WebSocket,
+    client: ClientAddress,
+    state: &State<AppState>,
+) -> AppResult<rocket_ws::Channel<'static>> {
+    let slot = state.client_limits.open_websocket(client.0).map_err(|refusal| match refusal {
+        WebSocketRefusal::ClientFull => AppError::new(
+            ErrorCode::TooManyRequests,
+            "Too many WebSockets are open from your address; close one first.",
+        )
+        .retry_after(5),
+        WebSocketRefusal::ServerFull => {
+            AppError::new(ErrorCode::Busy, "Too many WebSockets are open; retry in a moment.").retry_after(5)
+        }
+    })?;
     let state = state.inner().clone();
-    let limit = state.config.settings.max_upload_bytes as usize;
+    let settings = &state.config.settings;
+    let limit = settings.websocket_max_message_bytes.min(settings.max_upload_bytes) as usize;
     let ws = ws.config(rocket_ws::Config {
         max_message_size: Some(limit),
         max_frame_size: Some(limit),
         ..Default::default()
     });
-    ws.channel(move |mut stream| {
+    let client = client.0;
+    Ok(ws.channel(move |mut stream| {
         Box::pin(async move {
+            let _slot = slot;
             while let Some(message) = stream.next().await {
                 let reply = match message? {
+                    Message::Binary(_) if state.client_limits.take_intake(client).is_err() => frame_error(
+                        &AppError::new(ErrorCode::TooManyRequests, "Too many images from your address; slow down."),
+                    ),
                     Message::Binary(frame) => match admitted_analysis(&state, frame.to_vec()).await {
                         Ok(analysis) => analysis_body(&analysis),
                         Err(error) => frame_error(&error),
                     },
                     Message::Text(_) => frame_error(&AppError::new(
-                        crate::error::ErrorCode::UnsupportedMediaType,
+                        ErrorCode::UnsupportedMediaType,
                         "Send each image as a binary message.",
                     )),
                     Message::Close(_) => break,
@@ -85,7 +112,7 @@ fn stream(ws: WebSocket, state: &State<AppState>) -> rocket_ws::Channel<'static>
             }
             Ok(())
         })
-    })
+    }))
 }
 
 async fn admitted_analysis(state: &AppState, frame: Vec<u8>) -> AppResult<Analysis> {

@@ -4,6 +4,7 @@ use rocket::serde::json::Json;
 use rocket::{get, post, routes, Route, State};
 use serde_json::{json, Value};
 
+use super::guards::IntakeAllowance;
 use super::image_routes::Created;
 use super::upload::{self, UploadData};
 use crate::error::AppResult;
@@ -21,7 +22,12 @@ fn health() -> Json<Value> {
 }
 
 #[post("/upload-selfie", data = "<data>")]
-async fn upload_selfie(state: &State<AppState>, data: UploadData<'_>, request_id: RequestId) -> AppResult<Json<Value>> {
+async fn upload_selfie(
+    _intake: IntakeAllowance,
+    state: &State<AppState>,
+    data: UploadData<'_>,
+    request_id: RequestId,
+) -> AppResult<Json<Value>> {
     let uploaded = upload::handle(state, data, None, None).await?;
     let mut result =
         serde_json::to_value(Created::new(state, &uploaded).body).map_err(crate::error::AppError::internal)?;

@@ -1,9 +1,11 @@
 //! Request guards that never fail on their own: handlers decide, so every refusal carries its stable code.
 
+use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::domain::{constant_time_eq, IdempotencyKey};
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::responses::Throttled;
 use crate::state::AppState;
 
 /// The `Idempotency-Key` header, if sent.
@@ -84,5 +86,41 @@ impl<'r> FromRequest<'r> for Credentials {
         let delete_token = req.headers().get_one("X-Delete-Token").map(|t| t.trim().to_owned());
         let admin_key = req.rocket().state::<AppState>().and_then(|s| s.config.settings.admin_api_key.clone());
         Outcome::Success(Credentials { bearer, delete_token, admin_key })
+    }
+}
+
+/// The address a request comes from (see `telemetry::client_ip`): behind the load balancer, the client it saw.
+pub struct ClientAddress(pub std::net::IpAddr);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for ClientAddress {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let hops = req.rocket().state::<AppState>().map_or(0, |s| s.config.settings.trusted_proxy_hops);
+        let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
+        Outcome::Success(ClientAddress(crate::telemetry::client_ip(req, hops).unwrap_or(unknown)))
+    }
+}
+
+/// One intake request taken from its client's allowance (`client_limits`), before the body is read: a client
+/// over its allowance gets 429 `TOO_MANY_REQUESTS` with `Retry-After` (from the catcher), and none of its body
+/// is buffered or spooled.
+pub struct IntakeAllowance;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for IntakeAllowance {
+    type Error = ();
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let Some(state) = req.rocket().state::<AppState>() else { return Outcome::Success(IntakeAllowance) };
+        let client = ClientAddress::from_request(req).await.succeeded().map(|c| c.0);
+        match client.map(|client| state.client_limits.take_intake(client)) {
+            Some(Err(wait_secs)) => {
+                req.local_cache(|| Throttled(Some(wait_secs)));
+                Outcome::Error((Status::TooManyRequests, ()))
+            }
+            _ => Outcome::Success(IntakeAllowance),
+        }
     }
 }

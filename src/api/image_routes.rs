@@ -7,7 +7,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
 use serde_json::{json, Value};
 
-use super::guards::{Credentials, IdempotencyHeader};
+use super::guards::{Credentials, IdempotencyHeader, IntakeAllowance};
 use super::upload::{self, UploadData};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -61,7 +61,12 @@ impl<'r> Responder<'r, 'static> for Created {
 }
 
 #[post("/images", data = "<data>")]
-async fn create(state: &State<AppState>, data: UploadData<'_>, key: IdempotencyHeader) -> AppResult<Created> {
+async fn create(
+    _intake: IntakeAllowance,
+    state: &State<AppState>,
+    data: UploadData<'_>,
+    key: IdempotencyHeader,
+) -> AppResult<Created> {
     let uploaded = upload::handle(state, data, key.key()?, None).await?;
     Ok(Created::new(state, &uploaded))
 }

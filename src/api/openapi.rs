@@ -66,12 +66,15 @@ fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
     responses
 }
 
-const UPLOAD_ERRORS: [(&str, &str); 8] = [
+const TOO_MANY: (&str, &str) = ("429", "TOO_MANY_REQUESTS: over the client's allowance; see Retry-After");
+
+const UPLOAD_ERRORS: [(&str, &str); 9] = [
     ("400", "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY"),
     ("409", "IDEMPOTENCY_CONFLICT: the key was used with other bytes"),
     ("413", "PAYLOAD_TOO_LARGE: over max_upload_bytes"),
     ("415", "UNSUPPORTED_MEDIA_TYPE: not JPEG, PNG, WebP or GIF by content"),
     ("422", "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST"),
+    TOO_MANY,
     ("500", "INTERNAL or INFERENCE_FAILED"),
     ("503", "BUSY, INFERENCE_BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
     ("default", "Any other error, same shape"),
@@ -137,7 +140,7 @@ fn direct_upload_paths(config: &AppConfig, accepted: &[&str]) -> Value {
                 "headers": { "Location": { "schema": { "type": "string" } } },
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadSession" } } }
             } }), &[("400", "MISSING_FILE: byte_size 0, or BAD_REQUEST"), ("413", "PAYLOAD_TOO_LARGE: over direct_upload_max_bytes"),
-                    ("415", "UNSUPPORTED_MEDIA_TYPE: a content_type that is not accepted"), ("422", "INVALID_REQUEST"),
+                    ("415", "UNSUPPORTED_MEDIA_TYPE: a content_type that is not accepted"), ("422", "INVALID_REQUEST"), TOO_MANY,
                     ("503", "DATABASE_UNAVAILABLE or STORE_UNAVAILABLE"), ("default", "Any other error, same shape")])
         } },
         "/api/v1/uploads/{id}": { "get": {
@@ -172,7 +175,7 @@ fn direct_upload_paths(config: &AppConfig, accepted: &[&str]) -> Value {
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UploadedImage" } } }
             } }), &[("404", "NOT_FOUND"), ("409", "UPLOAD_INCOMPLETE (send the file first) or UPLOAD_IN_PROGRESS"),
                     ("410", "UPLOAD_EXPIRED or IMAGE_MISSING"), ("413", "PAYLOAD_TOO_LARGE"), ("415", "UNSUPPORTED_MEDIA_TYPE"),
-                    ("422", "IMAGE_TOO_LARGE, CORRUPT_IMAGE or INVALID_REQUEST (size or SHA-256 other than declared)"),
+                    ("422", "IMAGE_TOO_LARGE, CORRUPT_IMAGE or INVALID_REQUEST (size or SHA-256 other than declared)"), TOO_MANY,
                     ("500", "INTERNAL or INFERENCE_FAILED"), ("503", "BUSY, INFERENCE_BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After"),
                     ("default", "Any other error, same shape")])
         } }

@@ -7,6 +7,7 @@ use rocket::serde::json::Json;
 use rocket::{get, post, put, routes, Route, State};
 use serde::Deserialize;
 
+use super::guards::IntakeAllowance;
 use super::image_routes::Created;
 use crate::direct_uploads::{self, NewSession, SessionView, UploadTarget};
 use crate::domain::ImageId;
@@ -45,6 +46,7 @@ impl<'r> rocket::response::Responder<'r, 'static> for Opened {
 
 #[post("/uploads", data = "<input>")]
 async fn open(
+    _intake: IntakeAllowance,
     state: &State<AppState>,
     input: Result<Json<SessionInput>, rocket::serde::json::Error<'_>>,
 ) -> AppResult<Opened> {
@@ -103,7 +105,7 @@ async fn receive(
 }
 
 #[post("/uploads/<id>/complete")]
-async fn complete(state: &State<AppState>, id: &str) -> AppResult<Created> {
+async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -> AppResult<Created> {
     let id = parse_id(id)?;
     let uploaded = direct_uploads::complete(state, id.as_str()).await?;
     Ok(Created::new(state, &uploaded))

@@ -12,6 +12,7 @@ use rocket_dyn_templates::{context, Template};
 
 use super::csrf::{self, CsrfToken};
 use super::page_image;
+use crate::api::guards::ClientAddress;
 use crate::db::image_rows;
 use crate::domain::{constant_time_eq, ImageId};
 use crate::error::{AppError, ErrorCode};
@@ -71,20 +72,6 @@ impl LoginThrottle {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             wait.as_secs_f64().ceil().max(1.0) as u32
         })
-    }
-}
-
-/// The address a login attempt comes from (see `telemetry::client_ip`).
-struct ClientAddress(std::net::IpAddr);
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for ClientAddress {
-    type Error = ();
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let hops = req.rocket().state::<AppState>().map_or(0, |s| s.config.settings.trusted_proxy_hops);
-        let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
-        Outcome::Success(ClientAddress(crate::telemetry::client_ip(req, hops).unwrap_or(unknown)))
     }
 }
 

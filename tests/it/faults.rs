@@ -34,6 +34,9 @@ impl Instance {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("ROCKET_PORT", port.to_string())
             .env("UPSHOT_DATA_DIR", data_dir.path())
+            // All the load comes from one loopback client.
+            .env("UPSHOT_CLIENT_REQUESTS_PER_MINUTE", crate::helpers::UNLIMITED_CLIENT.to_string())
+            .env("UPSHOT_CLIENT_REQUEST_BURST", crate::helpers::UNLIMITED_CLIENT.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -25,6 +25,8 @@ pub enum Stack {
 
 pub const SECRET: &str = "test-secret-key-that-is-long-enough-0123456789";
 pub const ADMIN_KEY: &str = "admin-key-for-tests-0123456789";
+/// A per-client allowance no test reaches.
+pub const UNLIMITED_CLIENT: u32 = 1_000_000;
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -191,6 +193,9 @@ pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Op
         .merge(("address", "127.0.0.1"))
         .merge(("port", port))
         .merge(("public_url", format!("http://127.0.0.1:{port}")))
+        // Every test is one client on 127.0.0.1; the per-client limits have tests of their own.
+        .merge(("client_requests_per_minute", UNLIMITED_CLIENT))
+        .merge(("client_request_burst", UNLIMITED_CLIENT))
         .merge(("log_level", "off"))
         .merge(("cli_colors", false))
         .merge(("shutdown.ctrlc", false))

@@ -2,6 +2,7 @@
 //! S3 on a local endpoint). Run them with `scripts/test.sh`, which starts the PostgreSQL cluster and the S3
 //! endpoint they need.
 
+mod abuse;
 mod connections;
 mod direct_uploads;
 mod faults;
