@@ -145,7 +145,7 @@ impl Drop for WebSocketSlot {
 }
 
 /// The key a client is counted under: its IPv4 address, or the /64 of its IPv6 address.
-fn client_key(client: IpAddr) -> IpAddr {
+pub fn client_key(client: IpAddr) -> IpAddr {
     match client.to_canonical() {
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();

@@ -72,6 +72,8 @@ pub struct Settings {
     pub direct_uploads_always: bool,
     /// How long a direct upload's URL stays valid; a session not completed twice as long after is swept.
     pub upload_url_ttl_secs: u64,
+    /// Finished direct upload sessions are removed this long after they finished (their images stay).
+    pub upload_session_retention_hours: u64,
     pub max_image_width: u32,
     pub max_image_height: u32,
     pub max_image_pixels: u64,
@@ -182,6 +184,7 @@ impl Default for Settings {
             max_upload_bytes: 20 * MIB,
             direct_upload_max_bytes: 200 * MIB,
             upload_url_ttl_secs: 900,
+            upload_session_retention_hours: 24,
             direct_uploads_always: false,
             max_image_width: 12_000,
             max_image_height: 12_000,

@@ -174,6 +174,7 @@ pub async fn open(pipeline: &Pipeline, new: NewSession, local_url: &str) -> AppR
         expires_at,
         claimed_until: None,
         finished_at: None,
+        token_delivered: false,
     };
     let record = row.clone();
     pipeline.db.run(move |conn| upload_sessions::insert(conn, &record)).await?;
@@ -379,6 +380,21 @@ async fn process(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
     ingest::ingest(pipeline, bytes, permit, meta).await
 }
 
+/// Removes sessions that finished more than `upload_session_retention_hours` ago (their images stay): a
+/// finished session only answers its completion again, and nothing needs that for long.
+pub async fn purge_finished(pipeline: &Pipeline) -> AppResult<usize> {
+    let retention = chrono::Duration::hours(pipeline.config.settings.upload_session_retention_hours as i64);
+    let before = now() - retention;
+    Ok(pipeline.db.run(move |conn| upload_sessions::purge_finished(conn, before, 1000)).await?)
+}
+
+/// Whether this answer to a client is the first with the session's image: only that one shows the delete
+/// token (the bucket's event may have stored the image before any client asked).
+pub async fn first_delivery(pipeline: &Pipeline, id: &str) -> AppResult<bool> {
+    let id = id.to_owned();
+    Ok(pipeline.db.run(move |conn| upload_sessions::deliver_token(conn, &id)).await?)
+}
+
 /// Fails the pending sessions whose URL expired `upload_url_ttl_secs` ago or more (their client never
 /// completed them, nor did an event) and removes whatever they had sent. How many were swept.
 pub async fn sweep_expired(pipeline: &Pipeline) -> AppResult<usize> {
@@ -412,6 +428,11 @@ pub async fn run_sweeper(pipeline: Pipeline, mut shutdown: tokio::sync::watch::R
             Ok(0) => {}
             Ok(swept) => log::info!("{swept} direct upload session(s) expired uncompleted; their files removed"),
             Err(error) => log::debug!("upload session sweep skipped: {error}"),
+        }
+        match purge_finished(&pipeline).await {
+            Ok(0) => {}
+            Ok(purged) => log::info!("{purged} finished direct upload session(s) past their retention removed"),
+            Err(error) => log::debug!("upload session purge skipped: {error}"),
         }
     }
 }

@@ -7,7 +7,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
 use serde_json::{json, Value};
 
-use super::guards::{Credentials, IdempotencyHeader, IntakeAllowance};
+use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance};
 use super::upload::{self, UploadData};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -24,13 +24,15 @@ pub fn routes() -> Vec<Route> {
 pub struct UploadedImage {
     #[serde(flatten)]
     pub image: ImageView,
-    /// Shown once; send it as X-Delete-Token to delete
-    pub delete_token: String,
+    /// Shown once, in the first answer only (a replay has none); send it as X-Delete-Token to delete
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_token: Option<String>,
     /// The same bytes were already stored and are shared
     pub deduplicated: bool,
 }
 
-/// The 201 answer to an upload; a replayed `Idempotency-Key` answers the same, marked as a replay.
+/// The 201 answer to an upload; a replayed `Idempotency-Key` answers the same, marked as a replay and without
+/// the delete token, which only the first answer carries.
 pub struct Created {
     pub body: UploadedImage,
     pub location: String,
@@ -42,7 +44,7 @@ impl Created {
         let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
         let body = UploadedImage {
             image: ImageView::from(&uploaded.record),
-            delete_token: state.tokens.token_for(&id),
+            delete_token: (!uploaded.replayed).then(|| state.tokens.token_for(&id)),
             deduplicated: uploaded.deduplicated,
         };
         Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
@@ -66,8 +68,11 @@ async fn create(
     state: &State<AppState>,
     data: UploadData<'_>,
     key: IdempotencyHeader,
+    client: ClientAddress,
 ) -> AppResult<Created> {
-    let uploaded = upload::handle(state, data, key.key()?, None).await?;
+    let scope = crate::client_limits::client_key(client.0).to_string();
+    let key = key.key()?.map(|key| key.scoped_to(&scope));
+    let uploaded = upload::handle(state, data, key, None).await?;
     Ok(Created::new(state, &uploaded))
 }
 

@@ -107,7 +107,8 @@ async fn receive(
 #[post("/uploads/<id>/complete")]
 async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -> AppResult<Created> {
     let id = parse_id(id)?;
-    let uploaded = direct_uploads::complete(state, id.as_str()).await?;
+    let mut uploaded = direct_uploads::complete(state, id.as_str()).await?;
+    uploaded.replayed = !direct_uploads::first_delivery(state, id.as_str()).await?;
     Ok(Created::new(state, &uploaded))
 }
 

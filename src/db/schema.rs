@@ -81,5 +81,6 @@ diesel::table! {
         expires_at -> Timestamp,
         claimed_until -> Nullable<Timestamp>,
         finished_at -> Nullable<Timestamp>,
+        token_delivered -> Bool,
     }
 }

@@ -32,6 +32,8 @@ pub struct SessionRow {
     pub expires_at: NaiveDateTime,
     pub claimed_until: Option<NaiveDateTime>,
     pub finished_at: Option<NaiveDateTime>,
+    /// A client has been answered with the image's delete token.
+    pub token_delivered: bool,
 }
 
 pub fn insert(conn: &mut DbConnection, row: &SessionRow) -> Result<(), DbError> {
@@ -109,4 +111,26 @@ pub fn expired(conn: &mut DbConnection, before: NaiveDateTime, limit: i64) -> Re
         .limit(limit)
         .select(upload_sessions::id)
         .load(conn)?)
+}
+
+/// Marks a stored session's delete token as handed to a client; true for the one caller that does so first.
+pub fn deliver_token(conn: &mut DbConnection, id: &str) -> Result<bool, DbError> {
+    let marked = diesel::update(upload_sessions::table)
+        .filter(upload_sessions::id.eq(id))
+        .filter(upload_sessions::status.eq(STORED))
+        .filter(upload_sessions::token_delivered.eq(false))
+        .set(upload_sessions::token_delivered.eq(true))
+        .execute(conn)?;
+    Ok(marked == 1)
+}
+
+/// Removes up to `limit` sessions that finished (stored or failed) before `before`; their images stay.
+pub fn purge_finished(conn: &mut DbConnection, before: NaiveDateTime, limit: i64) -> Result<usize, DbError> {
+    let ids: Vec<String> = upload_sessions::table
+        .filter(upload_sessions::status.eq_any([STORED, FAILED]))
+        .filter(upload_sessions::finished_at.lt(before))
+        .limit(limit)
+        .select(upload_sessions::id)
+        .load(conn)?;
+    Ok(diesel::delete(upload_sessions::table.filter(upload_sessions::id.eq_any(&ids))).execute(conn)?)
 }

@@ -122,6 +122,14 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key as stored: one client's keys never meet another's, so a key guessed or reused by someone else
+    /// replays nothing of theirs.
+    pub fn scoped_to(&self, client: &str) -> IdempotencyKey {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new().chain_update(client).chain_update([0]).chain_update(&self.0).finalize();
+        IdempotencyKey(format!("client:{}", hex::encode(digest)))
+    }
 }
 
 /// A filename as the client sent it, reduced to something safe to store and show: the last path segment,

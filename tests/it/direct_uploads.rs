@@ -98,15 +98,13 @@ async fn a_large_photo_goes_from_session_to_stored_image(stack: Stack) {
     assert!(incoming(&app.object_keys().await).is_empty(), "the incoming object is removed");
     assert_eq!(app.get(&location).await.status(), 200);
 
-    // Completing again answers the same image.
+    // Completing again answers the same image, without the delete token: it is shown once.
     let again = complete(&app, id).await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
-    assert_eq!(
-        (again["id"].clone(), again["delete_token"].clone()),
-        (image["id"].clone(), image["delete_token"].clone())
-    );
+    assert_eq!(again["id"], image["id"]);
+    assert!(again.get("delete_token").is_none(), "{again}");
     assert_eq!(app.image_rows().await, 1);
     assert_eq!(app.outbox_rows().await, 1, "one notification");
 }
@@ -295,8 +293,13 @@ async fn the_bucket_event_completes_an_upload_once_across_two_instances() {
     assert_eq!(state["status"], "stored", "{state}");
     assert_eq!((first.image_rows().await, first.outbox_rows().await), (1, 1), "stored once, one notification");
     assert!(incoming(&first.object_keys().await).is_empty());
-    let image: Value = complete(&first, id).await.json().await.unwrap();
+    let late = complete(&first, id).await;
+    assert!(late.headers().get("idempotent-replayed").is_none(), "the first answer to a client");
+    let image: Value = late.json().await.unwrap();
     assert_eq!(image["id"], state["image_id"], "the client's late completion answers the same image");
+    assert!(image["delete_token"].is_string(), "with the delete token, though the event stored it: {image}");
+    let replay: Value = complete(&second, id).await.json().await.unwrap();
+    assert!(replay.get("delete_token").is_none(), "and only once: {replay}");
 
     let sqs = crate::helpers::sqs_client().await;
     sqs.send_message().queue_url(&queue).message_body("not an S3 event").send().await.unwrap();
@@ -386,4 +389,27 @@ async fn a_large_direct_upload_keeps_the_servers_memory_bounded() {
     );
     assert!(received - ready < size / 1024 / 4, "the PUT streams to the store: {ready} → {received} KiB");
     assert!(processed - ready < 3 * size / 1024, "processing costs a bounded amount: {ready} → {processed} KiB");
+}
+
+/// A finished session is kept for `upload_session_retention_hours`, then removed with its answers; its image
+/// stays. (0 hours: at the next sweep, which runs every quarter of the URL's lifetime, here 15 s.)
+#[tokio::test]
+async fn finished_sessions_are_purged_after_their_retention_and_their_images_stay() {
+    let app = spawn_with(Stack::Embedded, |f| {
+        f.merge(("upload_session_retention_hours", 0)).merge(("upload_url_ttl_secs", 60))
+    })
+    .await;
+    let session = send(&app, "cat.jpg", fixture("cat.jpg"), "image/jpeg").await;
+    let id = session["id"].as_str().unwrap();
+    let image: Value = complete(&app, id).await.json().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut answer = app.get(&format!("/api/v1/uploads/{id}")).await.status();
+    while answer != 404 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        answer = app.get(&format!("/api/v1/uploads/{id}")).await.status();
+    }
+    assert_eq!(answer, 404, "the finished session is gone");
+    assert_eq!(complete(&app, id).await.status(), 404, "and so is its answer, delete token and all");
+    let path = format!("/api/v1/images/{}", image["id"].as_str().unwrap());
+    assert_eq!(app.get(&path).await.status(), 200, "the image stays");
 }
