@@ -4,6 +4,7 @@ failure it prevents. Run by scripts/check-deploy.sh with the cfn-lint venv's pyt
 
     deploy-contract.py deploy/cloudformation/upshot.yaml
 """
+import fnmatch
 import json
 import os
 import re
@@ -324,6 +325,107 @@ for metric, alarm in alarms.items():
     if alarm.get("Namespace") == "CWAgent":
         dims = sorted(d["Name"] for d in alarm.get("Dimensions", []))
         rule(dims in aggregations, f"the agent publishes no {metric} aggregated by {dims}, so its alarm never sees data")
+
+# The edge: an AWS WAF web ACL on the load balancer, on unless a parameter turns it off, limits each client
+# address and runs the managed common rules, and blocks no image upload for its size (WAF sees 8 KB of a body).
+UPLOAD_PATHS = ("/upload", "/upload-selfie", "/api/v1/images", "/api/v1/uploads", "/api/v1/uploads/0f3a/complete",
+                "/api/v1/classify")
+conditions = template.get("Conditions", {})
+
+
+def statements_in(value, kind):
+    """Every statement of a kind (e.g. NotStatement) anywhere inside a WAF statement."""
+    if isinstance(value, dict):
+        if kind in value:
+            yield value[kind]
+        for inner in value.values():
+            yield from statements_in(inner, kind)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from statements_in(inner, kind)
+
+
+def spares_uploads(statement):
+    """True when a NotStatement inside it matches every upload route by a regular expression."""
+    for negated in statements_in(statement, "NotStatement"):
+        patterns = [r["RegexString"] for r in statements_in(negated, "RegexMatchStatement")]
+        if patterns and all(any(re.search(p, path) for p in patterns) for path in UPLOAD_PATHS):
+            return True
+    return False
+
+
+acls = of_type("AWS::WAFv2::WebACL")
+rule(acls, "no AWS WAF web ACL: nothing at the edge stops one address flooding the public intake")
+for name, acl in acls.items():
+    props = acl["Properties"]
+    cond = acl.get("Condition")
+    switches = [p for p in refs(conditions.get(cond, {})) if p in parameters_of_template]
+    rule(cond and switches and all(str(parameters_of_template[p].get("Default")) not in ("off", "false") for p in switches),
+         f"{name} has no parameter to turn it off, or is off by default")
+    associations = [a for a in of_type("AWS::WAFv2::WebACLAssociation").values()
+                    if name in set(refs(a["Properties"]["WebACLArn"])) and "LoadBalancer" in set(refs(a["Properties"]["ResourceArn"]))]
+    rule(props.get("Scope") == "REGIONAL" and associations and all(a.get("Condition") == cond for a in associations),
+         f"{name} is not associated with the load balancer whenever it exists, so it filters nothing")
+    acl_rules = props.get("Rules", [])
+    per_ip = [r for r in acl_rules if "Block" in r.get("Action", {})
+              and r["Statement"].get("RateBasedStatement", {}).get("AggregateKeyType") == "IP"
+              and "ScopeDownStatement" not in r["Statement"]["RateBasedStatement"]]
+    rule(per_ip, f"{name} has no rate-based rule blocking over a limit per client address on every request: one address can flood the service")
+    groups = {r["Statement"].get("ManagedRuleGroupStatement", {}).get("Name"): r for r in acl_rules}
+    common = groups.get("AWSManagedRulesCommonRuleSet")
+    rule(common and common.get("OverrideAction") == {"None": {}},
+         f"{name} does not enforce the AWS managed common rules (AWSManagedRulesCommonRuleSet, not counting only)")
+    overrides = {o["Name"]: o["ActionToUse"] for o in (common or {}).get("Statement", {}).get("ManagedRuleGroupStatement", {}).get("RuleActionOverrides", [])}
+    rule("Count" in overrides.get("SizeRestrictions_BODY", {}),
+         f"{name}: the common rules' SizeRestrictions_BODY blocks every body over 8 KB, that is every image upload (override it to Count)")
+    for r in acl_rules:
+        if "core-rule-set:SizeRestrictions_Body" in json.dumps(r["Statement"]) and "Block" in r.get("Action", {}):
+            rule(spares_uploads(r["Statement"]),
+                 f"{name} {r['Name']} blocks bodies over 8 KB on the upload routes too, so every image upload")
+
+# Notifications cannot become an unbounded bill, nor the alerts fall silent: the stack sets SNS's monthly SMS spend
+# limit from a parameter, and an alarm pages the alarm e-mail before the limit is reached.
+spend_limits = [n for n, r in resources.items()
+                if (r["Type"].startswith("Custom::") or r["Type"] == "AWS::CloudFormation::CustomResource")
+                and "MonthlySpendLimit" in r.get("Properties", {})]
+rule(spend_limits, "no custom resource sets SNS's monthly SMS spend limit: an upload flood sends SMS until the bill, or the default limit, stops every alert for the month")
+for name in spend_limits:
+    props = resources[name]["Properties"]
+    rule(set(refs(props["MonthlySpendLimit"])) & set(parameters_of_template),
+         f"{name} sets a fixed SMS spend limit, not the stack's parameter")
+    function = next(refs(props["ServiceToken"]), None)
+    fprops = resources.get(function, {}).get("Properties", {})
+    code = fprops.get("Code", {}).get("ZipFile", "")
+    rule("set_sms_attributes" in code and "MonthlySpendLimit" in code and "cfnresponse.send" in code,
+         f"{name}'s function {function} does not set MonthlySpendLimit and answer CloudFormation (the update would wait for it to time out, then fail)")
+    frole = next(refs(fprops.get("Role", {})), None)
+    fstatements = [s for p in resources.get(frole, {}).get("Properties", {}).get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    rule(any("sns:SetSMSAttributes" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]) for s in fstatements),
+         f"{name}'s function may not call sns:SetSMSAttributes")
+spend_alarms = [a["Properties"] for a in of_type("AWS::CloudWatch::Alarm").values()
+                if a["Properties"].get("MetricName") == "SMSMonthToDateSpentUSD" and a["Properties"].get("Namespace") == "AWS/SNS"]
+rule(spend_alarms and all(set(refs(a.get("AlarmActions", []))) & paged for a in spend_alarms),
+     "no alarm on AWS/SNS SMSMonthToDateSpentUSD pages the alarm e-mail before SNS stops sending SMS for the month")
+rule(all(set(refs(a.get("Threshold"))) & set(spend_limits) for a in spend_alarms),
+     "the SMS spend alarm's threshold does not follow the limit the custom resource set")
+
+# The pipeline's stack update can create what the template has: its CloudFormation role may act on every service
+# the template's resources belong to (a new kind of resource would otherwise fail the update, access denied).
+prefixes = {"ElasticLoadBalancingV2": "elasticloadbalancing"}
+cfn_roles = {r for p in of_type("AWS::CodePipeline::Pipeline").values() for _, _, a in pipeline_actions(p)
+             if a["ActionTypeId"]["Provider"] == "CloudFormation" for r in refs(a["Configuration"].get("RoleArn", {}))}
+for role_name in cfn_roles:
+    granted = [a for p in resources[role_name]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]
+               if s["Effect"] == "Allow" for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
+    for kind in sorted({r["Type"] for r in resources.values()}):
+        if kind.startswith("Custom::") or kind == "AWS::CloudFormation::CustomResource":
+            ok = any(fnmatch.fnmatchcase("lambda:invokefunction", a.lower()) for a in granted)
+            needed = "lambda:InvokeFunction"
+        else:
+            service = kind.split("::")[1]
+            needed = prefixes.get(service, service.lower())
+            ok = any(a.lower().split(":", 1)[0] == needed for a in granted)
+        rule(ok, f"{role_name} has no {needed} rights for {kind}: the pipeline's stack update would fail on it")
 
 for failure in failures:
     print(failure)
