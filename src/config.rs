@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::ImageFormat;
 
 const MIB: u64 = 1024 * 1024;
+/// What a multipart form may carry beyond its file (the description, the boundaries, the CSRF token).
+pub const FORM_OVERHEAD_BYTES: u64 = MIB;
 
 /// Where `scripts/fetch-onnxruntime.sh` installs the ONNX Runtime library.
 pub const DEFAULT_ORT_LIB: &str = "target/onnxruntime/libonnxruntime.so.1.31.1";
@@ -94,6 +96,9 @@ pub struct Settings {
     /// Upload bytes held in memory at once, across all requests; an upload that finds no room within
     /// `cpu_wait_ms` gets 503 `BUSY`. Memory follows this budget, not the number of connections.
     pub upload_budget_bytes: u64,
+    /// Multipart bodies being spooled to disk (under the data directory) at once, counted by their declared
+    /// length before any of it is read; over it, a request waits up to `cpu_wait_ms`, then gets 503 `BUSY`.
+    pub spool_quota_bytes: u64,
     pub static_dir: PathBuf,
     /// Directory of `manifest.json` and the model files it names.
     pub models_dir: PathBuf,
@@ -198,6 +203,7 @@ impl Default for Settings {
             cpu_slots: 0,
             cpu_wait_ms: 10_000,
             upload_budget_bytes: 48 * MIB,
+            spool_quota_bytes: 512 * MIB,
             static_dir: PathBuf::from("static"),
             models_dir: PathBuf::from("models"),
             ort_lib: PathBuf::from(DEFAULT_ORT_LIB),
@@ -394,6 +400,14 @@ impl AppConfig {
                 "must be at least max_upload_bytes, so that the largest upload fits",
             ));
         }
+        if settings.spool_quota_bytes < settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+            || settings.spool_quota_bytes / 1024 > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "spool_quota_bytes",
+                "must hold one whole form (max_upload_bytes + 1 MiB), below 4 TiB",
+            ));
+        }
         if settings.upload_budget_bytes / 1024 > u64::from(u32::MAX) {
             return Err(invalid("upload_budget_bytes", "must be below 4 TiB"));
         }
@@ -499,7 +513,7 @@ impl AppConfig {
         self.figment
             .clone()
             .merge(("limits.file", max))
-            .merge(("limits.data-form", max + MIB))
+            .merge(("limits.data-form", max + FORM_OVERHEAD_BYTES))
             .merge(("limits.bytes", max))
             .merge(("temp_dir", self.spool_dir()))
     }

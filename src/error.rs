@@ -188,7 +188,7 @@ pub struct ErrorDetail {
     pub request_id: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AppError {
     pub code: ErrorCode,
     /// Safe to show to anyone.

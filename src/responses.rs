@@ -57,9 +57,16 @@ impl<'r> Responder<'r, 'static> for PageError {
     }
 }
 
-/// Seconds a request refused 429 by a guard must wait (set in the request's local cache), for the catcher's
-/// `Retry-After`.
-pub struct Throttled(pub Option<u32>);
+/// The error a request guard refused a request with, kept in the request's local cache: the catcher answers
+/// with its code, message and `Retry-After` rather than the status's generic ones.
+pub struct GuardRefusal(pub Option<AppError>);
+
+/// Refuses a request from a guard with `error` (see `GuardRefusal`).
+pub fn refuse<S>(req: &Request<'_>, error: AppError) -> rocket::request::Outcome<S, ()> {
+    let status = error.status();
+    req.local_cache(|| GuardRefusal(Some(error)));
+    rocket::request::Outcome::Error((status, ()))
+}
 
 pub fn catchers() -> Vec<Catcher> {
     catchers![default_catcher]
@@ -151,12 +158,8 @@ fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
         false => (Status::MethodNotAllowed, Some(allow_header(&allowed))),
     };
     let error = AppError::new(ErrorCode::for_status(status), catcher_message(status, req));
-    let error = match req.local_cache(|| Throttled(None)).0 {
-        Some(wait_secs) if status.code == 429 => AppError::new(
-            ErrorCode::TooManyRequests,
-            format!("Too many requests from your address; try again in {wait_secs} s."),
-        )
-        .retry_after(wait_secs),
+    let error = match &req.local_cache(|| GuardRefusal(None)).0 {
+        Some(refusal) if refusal.status() == status => refusal.clone(),
         _ => error,
     };
     let error = match status.code {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client_limits::ClientLimits;
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::ingest::Pipeline;
 use crate::notify::Notifier;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub direct_upload_origin: Option<String>,
     /// What one client may take of the intake.
     pub client_limits: Arc<ClientLimits>,
+    /// Room for multipart bodies on disk, in KiB (`spool_quota_bytes`).
+    spool_quota: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long a readiness check waits for the database or the store.
@@ -40,7 +43,26 @@ impl AppState {
     pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
         let asset_version = asset_version(&pipeline.config.settings.static_dir);
         let client_limits = Arc::new(ClientLimits::new(pipeline.config.client_limits()));
-        AppState { pipeline, notifier, asset_version, direct_upload_origin, client_limits }
+        let spool_kib = (pipeline.config.settings.spool_quota_bytes / 1024) as usize;
+        let spool_quota = Arc::new(tokio::sync::Semaphore::new(spool_kib));
+        AppState { pipeline, notifier, asset_version, direct_upload_origin, client_limits, spool_quota }
+    }
+
+    /// Room for `bytes` of spooled body, held until the permit is dropped; 503 `BUSY` when none frees up
+    /// within `cpu_wait_ms`.
+    pub async fn reserve_spool(&self, bytes: u64) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).max(1) as u32;
+        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        match tokio::time::timeout(wait, self.spool_quota.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(AppError::new(ErrorCode::Busy, "Too many uploads are arriving at once; retry in a moment.")
+                .retry_after(2)),
+        }
+    }
+
+    /// Room left for spooled bodies, in bytes.
+    pub fn spool_quota_free(&self) -> u64 {
+        self.spool_quota.available_permits() as u64 * 1024
     }
 
     /// Asks the database and the object store at once, each bounded by `CHECK_TIMEOUT`.

@@ -9,7 +9,7 @@ use rocket::{get, post, routes, Route, State};
 use rocket_ws::{Message, WebSocket};
 use serde_json::{json, Value};
 
-use super::guards::{ClientAddress, IntakeAllowance};
+use super::guards::{ClientAddress, IntakeAllowance, SpoolReservation};
 use super::upload::{clean_description, form_error, read_file, UploadData};
 use crate::client_limits::WebSocketRefusal;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -49,7 +49,12 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -
 }
 
 #[post("/classify", data = "<data>")]
-async fn classify(_intake: IntakeAllowance, state: &State<AppState>, data: UploadData<'_>) -> AppResult<Json<Value>> {
+async fn classify(
+    _intake: IntakeAllowance,
+    _spool: SpoolReservation,
+    state: &State<AppState>,
+    data: UploadData<'_>,
+) -> AppResult<Json<Value>> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     // Nothing is stored, but the form follows the same rules as an upload's.
     clean_description(form.description, state.config.settings.max_description_chars)?;

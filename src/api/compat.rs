@@ -4,7 +4,7 @@ use rocket::serde::json::Json;
 use rocket::{get, post, routes, Route, State};
 use serde_json::{json, Value};
 
-use super::guards::IntakeAllowance;
+use super::guards::{IntakeAllowance, SpoolReservation};
 use super::image_routes::Created;
 use super::upload::{self, UploadData};
 use crate::error::AppResult;
@@ -24,6 +24,7 @@ fn health() -> Json<Value> {
 #[post("/upload-selfie", data = "<data>")]
 async fn upload_selfie(
     _intake: IntakeAllowance,
+    _spool: SpoolReservation,
     state: &State<AppState>,
     data: UploadData<'_>,
     request_id: RequestId,

@@ -1,11 +1,10 @@
 //! Request guards that never fail on their own: handlers decide, so every refusal carries its stable code.
 
-use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::domain::{constant_time_eq, IdempotencyKey};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::responses::Throttled;
+use crate::responses::refuse;
 use crate::state::AppState;
 
 /// The `Idempotency-Key` header, if sent.
@@ -116,11 +115,41 @@ impl<'r> FromRequest<'r> for IntakeAllowance {
         let Some(state) = req.rocket().state::<AppState>() else { return Outcome::Success(IntakeAllowance) };
         let client = ClientAddress::from_request(req).await.succeeded().map(|c| c.0);
         match client.map(|client| state.client_limits.take_intake(client)) {
-            Some(Err(wait_secs)) => {
-                req.local_cache(|| Throttled(Some(wait_secs)));
-                Outcome::Error((Status::TooManyRequests, ()))
-            }
+            Some(Err(wait_secs)) => refuse(
+                req,
+                AppError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("Too many requests from your address; try again in {wait_secs} s."),
+                )
+                .retry_after(wait_secs),
+            ),
             _ => Outcome::Success(IntakeAllowance),
         }
     }
 }
+
+/// Room on disk for a multipart body, taken before Rocket spools it: its `Content-Length` (the form's limit
+/// when it has none, or more) counted against `spool_quota_bytes` for as long as the request lives. Over the
+/// quota, the request waits up to `cpu_wait_ms`, then gets 503 `BUSY` with none of its body read.
+pub struct SpoolReservation;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for SpoolReservation {
+    type Error = ();
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let Some(state) = req.rocket().state::<AppState>() else { return Outcome::Success(SpoolReservation) };
+        let form_limit = state.config.settings.max_upload_bytes + crate::config::FORM_OVERHEAD_BYTES;
+        let declared = req.headers().get_one("Content-Length").and_then(|v| v.parse::<u64>().ok());
+        match state.reserve_spool(declared.unwrap_or(form_limit).min(form_limit)).await {
+            Ok(room) => {
+                req.local_cache(|| SpoolRoom(std::sync::Mutex::new(Some(room))));
+                Outcome::Success(SpoolReservation)
+            }
+            Err(error) => refuse(req, error),
+        }
+    }
+}
+
+/// The reserved room, released when the request is dropped.
+struct SpoolRoom(#[allow(dead_code)] std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);

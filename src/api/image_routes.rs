@@ -7,7 +7,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
 use serde_json::{json, Value};
 
-use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance};
+use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance, SpoolReservation};
 use super::upload::{self, UploadData};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -65,6 +65,7 @@ impl<'r> Responder<'r, 'static> for Created {
 #[post("/images", data = "<data>")]
 async fn create(
     _intake: IntakeAllowance,
+    _spool: SpoolReservation,
     state: &State<AppState>,
     data: UploadData<'_>,
     key: IdempotencyHeader,

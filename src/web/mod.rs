@@ -13,7 +13,7 @@ use rocket::{get, post, routes, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
 use serde_json::Value;
 
-use crate::api::guards::IntakeAllowance;
+use crate::api::guards::{IntakeAllowance, SpoolReservation};
 use crate::api::upload::{self, UploadData};
 use crate::db::image_rows::ImageRecord;
 use crate::domain::human_bytes;
@@ -78,6 +78,7 @@ fn index(state: &State<AppState>, csrf: CsrfToken, deleted: Option<bool>) -> Tem
 #[post("/upload", data = "<data>")]
 async fn upload_form(
     _intake: IntakeAllowance,
+    _spool: SpoolReservation,
     state: &State<AppState>,
     data: UploadData<'_>,
     cookies: &CookieJar<'_>,

@@ -150,3 +150,53 @@ async fn websockets_are_capped_per_client_and_each_message_is_an_intake_request(
     .unwrap();
     assert!(closed.is_none() || closed == Some(1009), "{closed:?}");
 }
+
+/// Sends a request head declaring `length` bytes of multipart body, and 1 KiB of it, from `address`.
+async fn start_upload(app: &TestApp, address: &str, length: u64) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let server: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(address.parse().unwrap(), 0)).unwrap();
+    let mut stream = socket.connect(server).await.unwrap();
+    let head = format!(
+        "POST /api/v1/images HTTP/1.1\r\nHost: {server}\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 1024]).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn bodies_on_disk_stay_within_the_spool_quota() {
+    use tokio::io::AsyncReadExt;
+    // Room for one whole form (1 MiB file + 1 MiB of form) on disk at a time.
+    let app = spawn_with(Stack::Embedded, |f| {
+        f.merge(("max_upload_bytes", 1 << 20)).merge(("spool_quota_bytes", 2 << 20)).merge(("cpu_wait_ms", 500))
+    })
+    .await;
+    let slow = start_upload(&app, "127.0.0.7", 2 << 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another client's body finds no room: after the wait it is refused, unread.
+    let mut refused = start_upload(&app, "127.0.0.8", 1 << 20).await;
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut answer)).await.expect("answered");
+    let answer = String::from_utf8_lossy(&answer[..read.unwrap()]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"BUSY\"") && answer.to_ascii_lowercase().contains("retry-after:"), "{answer}");
+    // The slow body gone, its room is given back.
+    drop(slow);
+    let mut stored = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response =
+            client_from("127.0.0.8").post(app.url("/api/v1/images")).multipart(file_form("cat.jpg")).send().await;
+        if let Ok(response) = response.map(|r| r.status().as_u16()) {
+            stored = Some(response);
+            if response == 201 {
+                break;
+            }
+        }
+    }
+    assert_eq!(stored, Some(201));
+}
