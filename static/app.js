@@ -4,6 +4,9 @@
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const TOKEN_PREFIX = 'upshot:delete:';
+/** A direct upload another worker is processing: its status is asked this often, for at most this long. */
+const DIRECT_POLL_MS = 1500;
+const DIRECT_WAIT_MS = 10 * 60 * 1000;
 
 /** Friendly words per stable error code; the code itself is always shown too. */
 const FRIENDLY = {
@@ -382,13 +385,53 @@ function setUpUpload(form) {
       const headers = Object.fromEntries(
         Object.entries(target.headers || {}).filter(([name]) => !['content-length', 'host'].includes(name.toLowerCase())),
       );
+      const sessionUrl = `${form.dataset.directApi}/${encodeURIComponent(target.id)}`;
+      // Another worker (the bucket's event) may be processing the file when we ask, or the load balancer may
+      // give up on a long completion: then the session's status tells the truth, and once it is finished,
+      // completing again answers with its image or its error.
+      const giveUpAt = Date.now() + DIRECT_WAIT_MS;
+      let waiting = null;
+      const stillProcessing = (request) =>
+        request.status >= 502 || (request.status === 409 && readError(409, request.responseText).code === 'UPLOAD_IN_PROGRESS');
+      const retryLater = (request, next) => {
+        if (Date.now() > giveUpAt) return failed(request);
+        setStatus('Upload sent; the image is being processed…');
+        waiting = setTimeout(() => {
+          waiting = null;
+          if (!cancelled) next();
+        }, DIRECT_POLL_MS);
+      };
+      let cancelled = false;
+      cancel.addEventListener('click', () => {
+        cancelled = true;
+        if (waiting !== null) {
+          clearTimeout(waiting);
+          finish();
+          setStatus('Upload cancelled while the image was being processed; it may still be stored.');
+        }
+      }, { once: true });
+      const complete = () => call(`${sessionUrl}/complete`, null, (completed) => {
+        if (completed.status === 201) {
+          finish();
+          return stored(completed.responseText);
+        }
+        if (!stillProcessing(completed)) return failed(completed);
+        retryLater(completed, awaitFinished);
+      });
+      const awaitFinished = () => send('GET', sessionUrl, { Accept: 'application/json' }, null, (answer) => {
+        let state = null;
+        try {
+          state = JSON.parse(answer.responseText);
+        } catch {
+          state = null;
+        }
+        if (answer.status === 200 && state && (state.status === 'stored' || state.status === 'failed')) return complete();
+        if (answer.status !== 200 && !stillProcessing(answer)) return failed(answer);
+        retryLater(answer, awaitFinished);
+      }, { progress: false });
       send(target.method, target.url, headers, file, (put) => {
         if (put.status < 200 || put.status >= 300) return failed(put);
-        call(`${form.dataset.directApi}/${encodeURIComponent(target.id)}/complete`, null, (completed) => {
-          if (completed.status !== 201) return failed(completed);
-          finish();
-          stored(completed.responseText);
-        });
+        complete();
       });
     });
   });

@@ -220,6 +220,39 @@ test('a file over the form limit goes straight to the store by a direct upload s
   await context.close();
 });
 
+test('a direct upload that another worker is completing still ends on its result', async () => {
+  const { context, page, problems } = await newPage(browser);
+  // The page's first completion arrives while someone else (in production, the bucket's event) holds the
+  // session: the server does the work for that other caller, and the page is told 409 UPLOAD_IN_PROGRESS, as
+  // it would be. The page must then follow the session's status and show the stored image.
+  let raced = 0;
+  await page.route(/\/api\/v1\/uploads\/[0-9a-f]{32}\/complete$/, async (route) => {
+    if (raced > 0) return route.continue();
+    raced += 1;
+    const other = await route.fetch();
+    assert.equal(other.status(), 201, 'the other worker stored it');
+    return route.fulfill({
+      status: 409,
+      contentType: 'application/json',
+      body: JSON.stringify({ error: { code: 'UPLOAD_IN_PROGRESS', message: 'This upload is being processed.', request_id: 'raced' } }),
+    });
+  });
+  const requests = [];
+  page.on('request', (request) => requests.push(`${request.method()} ${new URL(request.url()).pathname}`));
+  await page.goto('/');
+  // Over the form's limit, so the page takes the direct path.
+  await page.setInputFiles('#file', { name: 'raced.png', mimeType: 'image/png', buffer: noisePng(2700, 2700) });
+  await page.click('#upload-button');
+  await page.waitForSelector('#result:not([hidden])', { timeout: 120000 });
+  assert.equal(raced, 1);
+  assert.ok(requests.some((r) => /^GET \/api\/v1\/uploads\/[0-9a-f]{32}$/.test(r)), `the page asked the status: ${requests.join(', ')}`);
+  assert.equal(requests.filter((r) => r.endsWith('/complete')).length, 2, requests.join(', '));
+  assert.match(await page.textContent('#upload-status'), /Upload complete/);
+  assert.ok(await page.isHidden('#upload-error'), 'no error shown for an upload that was stored');
+  assert.deepEqual(problems.filter((p) => !/409/.test(p)), []);
+  await context.close();
+});
+
 test('without JavaScript the form posts to /upload and lands on the result page with the one-time token', async () => {
   const { context, page } = await newPage(browser, { javaScriptEnabled: false });
   await page.goto('/');
