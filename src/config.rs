@@ -141,6 +141,10 @@ pub struct Settings {
     pub outbox_backoff_cap_secs: u64,
     /// An unsent notification older than this marks readiness `degraded` (still 200).
     pub outbox_degraded_after_secs: u64,
+    /// Notifications the topic (so each subscriber) gets in an hour at most; past it, uploads are summed up in
+    /// one digest every `notify_digest_secs`. 0: no limit.
+    pub notify_max_per_hour: u32,
+    pub notify_digest_secs: u64,
     /// Proxies in front of Upshot that append to `X-Forwarded-For` (1 behind an ALB); 0 trusts no header.
     pub trusted_proxy_hops: usize,
     /// Client connections open at once; the next one is answered 503 `BUSY` and closed.
@@ -225,6 +229,8 @@ impl Default for Settings {
             outbox_backoff_base_ms: 2_000,
             outbox_backoff_cap_secs: 600,
             outbox_degraded_after_secs: 300,
+            notify_max_per_hour: 60,
+            notify_digest_secs: 300,
             trusted_proxy_hops: 0,
             max_connections: 1024,
             header_timeout_secs: 10,

@@ -255,6 +255,8 @@ fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
         backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
         backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
         public_url: state.config.public_url().to_owned(),
+        max_per_hour: settings.notify_max_per_hour,
+        digest_every: std::time::Duration::from_secs(settings.notify_digest_secs),
     };
     let relay = notify::relay::Relay::new(state.db.clone(), state.notifier.clone(), config, state.outbox_wake.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -27,6 +27,8 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     pub created_at: NaiveDateTime,
     pub published_at: Option<NaiveDateTime>,
+    /// Set when the row went out in a digest with others (see `relay`).
+    pub digest_id: Option<String>,
 }
 
 /// Claims up to `limit` due rows until `lease_until`. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets relays on
@@ -104,6 +106,52 @@ pub fn mark_retry(
 
 pub fn mark_failed(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime, error: &str) -> Result<bool, DbError> {
     settle(conn, row, FAILED, now, Some(error), None, row.attempts)
+}
+
+/// Settles claimed rows published together in digest `digest_id`; how many were still this relay's.
+pub fn mark_digested(
+    conn: &mut DbConnection,
+    rows: &[OutboxRow],
+    digest_id: &str,
+    now: NaiveDateTime,
+) -> Result<usize, DbError> {
+    conn.transaction(|conn| {
+        let mut settled = 0;
+        for row in rows {
+            settled += diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq(&row.id))
+                    .filter(outbox::status.eq(PROCESSING))
+                    .filter(outbox::attempts.eq(row.attempts)),
+            )
+            .set((
+                outbox::status.eq(SENT),
+                outbox::available_at.eq(now),
+                outbox::published_at.eq(Some(now)),
+                outbox::digest_id.eq(Some(digest_id)),
+            ))
+            .execute(conn)?;
+        }
+        Ok(settled)
+    })
+}
+
+/// Messages published since `since`: rows sent on their own, and digests (each counted once).
+pub fn messages_since(conn: &mut DbConnection, since: NaiveDateTime) -> Result<i64, DbError> {
+    let published = outbox::table.filter(outbox::status.eq(SENT)).filter(outbox::published_at.ge(since));
+    let single: i64 = published.filter(outbox::digest_id.is_null()).count().get_result(conn)?;
+    // A handful an hour at most: one per digest interval.
+    let digests: Vec<Option<String>> =
+        published.filter(outbox::digest_id.is_not_null()).select(outbox::digest_id).distinct().load(conn)?;
+    Ok(single + digests.len() as i64)
+}
+
+/// When the last digest went out.
+pub fn last_digest_at(conn: &mut DbConnection) -> Result<Option<NaiveDateTime>, DbError> {
+    Ok(outbox::table
+        .filter(outbox::digest_id.is_not_null())
+        .select(diesel::dsl::max(outbox::published_at))
+        .first(conn)?)
 }
 
 /// Gives back a claimed row that was not tried (shutdown): due at once, the claim not counted.

@@ -41,6 +41,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         published_at -> Nullable<Timestamp>,
+        digest_id -> Nullable<Text>,
     }
 }
 

@@ -291,5 +291,6 @@ fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
         last_error: None,
         created_at: record.created_at,
         published_at: None,
+        digest_id: None,
     }
 }

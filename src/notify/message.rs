@@ -15,6 +15,10 @@ pub struct Notification {
     pub sms: String,
     /// Filterable attributes: `event_type`, `top_label`, `has_face`, `content_type` (plus `image_id`).
     pub attributes: Vec<(&'static str, String)>,
+    /// A digest's images, and their top labels (sent as the list attribute `top_label`, so that a subscriber's
+    /// label filter matches a digest holding any of its labels). Empty for one upload's notification.
+    pub digest_of: Vec<String>,
+    pub labels: Vec<String>,
 }
 
 impl Notification {
@@ -35,11 +39,16 @@ impl Notification {
 
     /// For programs (queues, functions, webhooks): the same facts as JSON.
     pub fn machine_body(&self) -> String {
-        let attributes: serde_json::Map<String, Value> =
+        let mut attributes: serde_json::Map<String, Value> =
             self.attributes.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
-        json!({ "id": self.id, "image_id": self.image_id, "event_type": self.event_type, "subject": self.subject,
-                "attributes": attributes })
-        .to_string()
+        let mut body = json!({ "id": self.id, "image_id": self.image_id, "event_type": self.event_type,
+                "subject": self.subject });
+        if !self.digest_of.is_empty() {
+            attributes.insert("top_label".to_owned(), json!(self.labels));
+            body["image_ids"] = json!(self.digest_of);
+        }
+        body["attributes"] = Value::Object(attributes);
+        body.to_string()
     }
 }
 
@@ -94,6 +103,68 @@ pub fn for_upload(outbox_id: &str, payload: &Value, public_url: &str) -> Notific
         email,
         sms,
         attributes,
+        digest_of: Vec::new(),
+        labels: Vec::new(),
+    }
+}
+
+/// How many of a digest's images its e-mail links one by one.
+const DIGEST_LINKS: usize = 20;
+
+/// One notification for many uploads (the payloads of their outbox rows), sent when the hour's allowance of
+/// messages is spent: the count, the labels, links to the first few and to the gallery.
+pub fn digest(digest_id: &str, payloads: &[Value], public_url: &str) -> Notification {
+    let base = public_url.trim_end_matches('/');
+    let count = payloads.len();
+    let mut labels: Vec<String> =
+        payloads.iter().map(|p| p["top_label"].as_str().unwrap_or("none").to_owned()).collect();
+    labels.sort();
+    labels.dedup();
+    let image_ids: Vec<String> =
+        payloads.iter().map(|p| p["image_id"].as_str().unwrap_or_default().to_owned()).collect();
+    let subject = format!("{count} new uploads");
+    let gallery = format!("{base}/admin/images");
+    let room = SMS_LIMIT.saturating_sub(gallery.chars().count() + 1);
+    let sms = format!("{} {gallery}", shorten(&format!("{count} new uploads on Upshot"), room));
+    let mut email = format!(
+        "{count} images were uploaded to Upshot since the last message (notifications are summed up while          many arrive).
+
+What the model saw: {}
+
+",
+        labels.join(", ")
+    );
+    for payload in payloads.iter().take(DIGEST_LINKS) {
+        let label = payload["top_label"].as_str().unwrap_or("an image");
+        email.push_str(&format!(
+            "- {label}: {base}/images/{}
+",
+            payload["image_id"].as_str().unwrap_or_default()
+        ));
+    }
+    if count > DIGEST_LINKS {
+        email.push_str(&format!(
+            "- and {} more
+",
+            count - DIGEST_LINKS
+        ));
+    }
+    email.push_str(&format!(
+        "
+All images: {gallery}
+"
+    ));
+    let has_face = payloads.iter().any(|p| p["has_face"].as_bool().unwrap_or(false));
+    Notification {
+        id: digest_id.to_owned(),
+        image_id: digest_id.to_owned(),
+        event_type: "image.digest".to_owned(),
+        subject,
+        email,
+        sms,
+        attributes: vec![("event_type", "image.digest".to_owned()), ("has_face", has_face.to_string())],
+        digest_of: image_ids,
+        labels,
     }
 }
 
@@ -117,6 +188,26 @@ mod tests {
         assert!(long.sms.chars().count() <= SMS_LIMIT, "{}", long.sms);
         assert!(long.sms.ends_with("/images/0123456789abcdef0123456789abcdef"));
         assert!(long.sms.contains('…'));
+    }
+
+    #[test]
+    fn a_digest_names_its_images_and_labels_and_fits_an_sms() {
+        let payloads: Vec<Value> = (0..25)
+            .map(|i| {
+                let mut p = payload(if i % 2 == 0 { "espresso" } else { "tabby" });
+                p["image_id"] = json!(format!("{i:032x}"));
+                p
+            })
+            .collect();
+        let n = digest("d1", &payloads, "https://upshot.example.com");
+        assert_eq!(n.subject, "25 new uploads");
+        assert_eq!(n.labels, ["espresso", "tabby"]);
+        assert_eq!(n.digest_of.len(), 25);
+        assert!(n.sms.chars().count() <= SMS_LIMIT && n.sms.ends_with("https://upshot.example.com/admin/images"));
+        assert!(n.email.contains("- and 5 more"), "{}", n.email);
+        let body: Value = serde_json::from_str(&n.machine_body()).unwrap();
+        assert_eq!(body["image_ids"].as_array().unwrap().len(), 25);
+        assert_eq!(body["attributes"]["top_label"], json!(["espresso", "tabby"]));
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! commits (and on a slow poll, for rows from other instances and for retries), claims due rows, publishes,
 //! and settles each: sent, retried later with exponential backoff and jitter, or parked as `failed` after
 //! the last attempt. Publishing is at least once: a crash between publish and settle publishes again.
+//!
+//! Every subscriber gets what the topic gets, so the topic's messages are what is limited: at most
+//! `max_per_hour` in any hour (counted in the outbox, across instances; relays deciding at the same moment may
+//! each send one more), then one digest per `digest_every` for everything that came meanwhile. Nothing is
+//! dropped: every row goes out, alone or in a digest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +31,10 @@ pub struct RelayConfig {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub public_url: String,
+    /// Messages a subscriber may get in an hour (0: no limit): past it, what is due goes out as one digest
+    /// every `digest_every`, so an upload flood cannot become a flood of e-mails and SMS, nor a bill.
+    pub max_per_hour: u32,
+    pub digest_every: Duration,
 }
 
 #[derive(Clone)]
@@ -63,6 +72,9 @@ pub fn backoff(attempts: i32, base: Duration, cap: Duration) -> Duration {
     half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
 }
 
+/// The most uploads one digest sums up; more wait for the next.
+const DIGEST_MAX: i64 = 1000;
+
 /// How often a publish outcome is offered again to a database that could not take it.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
@@ -99,9 +111,18 @@ impl Relay {
         log::info!("outbox relay stopped");
     }
 
-    /// Claims one batch of due rows and settles each of them.
+    /// Claims one batch of due rows and settles each of them; once the hour's allowance is spent, a digest.
     pub async fn pass(&self, shutdown: &watch::Receiver<bool>) -> Result<PassReport, DbError> {
-        let (batch, lease) = (self.config.batch, self.config.lease);
+        let (mut batch, lease) = (self.config.batch, self.config.lease);
+        if self.config.max_per_hour > 0 {
+            let since = crate::domain::now() - chrono::Duration::hours(1);
+            let sent = self.db.run(move |conn| outbox::messages_since(conn, since)).await?;
+            let room = i64::from(self.config.max_per_hour) - sent;
+            if room <= 0 {
+                return self.digest_pass().await;
+            }
+            batch = batch.min(room);
+        }
         let claimed =
             self.db.run(move |conn| outbox::claim_due(conn, crate::domain::now(), later(lease), batch)).await?;
         let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
@@ -162,6 +183,45 @@ impl Relay {
                         self.settle(row, shutdown, retry).await?;
                         report.retried += 1;
                     }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The hour's allowance is spent: what is due waits, and goes out as one digest once the last digest is
+    /// `digest_every` old.
+    async fn digest_pass(&self) -> Result<PassReport, DbError> {
+        let last = self.db.run(outbox::last_digest_at).await?;
+        let every = chrono::Duration::from_std(self.config.digest_every).unwrap_or_default();
+        if last.is_some_and(|at| crate::domain::now() < at + every) {
+            return Ok(PassReport::default());
+        }
+        let lease = self.config.lease;
+        let claimed =
+            self.db.run(move |conn| outbox::claim_due(conn, crate::domain::now(), later(lease), DIGEST_MAX)).await?;
+        if claimed.is_empty() {
+            return Ok(PassReport::default());
+        }
+        let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
+        let payloads: Vec<serde_json::Value> =
+            claimed.iter().filter_map(|row| serde_json::from_str(&row.payload).ok()).collect();
+        let digest_id = crate::domain::ImageId::generate().to_string();
+        let notification = message::digest(&digest_id, &payloads, &self.config.public_url);
+        match self.notifier.publish(&notification).await {
+            Ok(()) => {
+                log::info!("notifications: {} upload(s) sent in digest {digest_id}", claimed.len());
+                let now = crate::domain::now();
+                report.sent = self.db.run(move |conn| outbox::mark_digested(conn, &claimed, &digest_id, now)).await?;
+            }
+            Err(error) => {
+                let text = error.to_string();
+                log::warn!("notifications: a digest of {} upload(s) failed, retried later: {text}", claimed.len());
+                for row in claimed {
+                    let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
+                    let text = text.clone();
+                    self.db.run(move |conn| outbox::mark_retry(conn, &row, later(delay), &text)).await?;
+                    report.retried += 1;
                 }
             }
         }

@@ -88,6 +88,15 @@ impl Notifier for SnsNotifier {
                 .map_err(|e| NotifyError::Permanent(e.to_string()))?;
             request = request.message_attributes(*name, attribute);
         }
+        if !n.labels.is_empty() {
+            let labels = serde_json::to_string(&n.labels).map_err(|e| NotifyError::Permanent(e.to_string()))?;
+            let attribute = MessageAttributeValue::builder()
+                .data_type("String.Array")
+                .string_value(labels)
+                .build()
+                .map_err(|e| NotifyError::Permanent(e.to_string()))?;
+            request = request.message_attributes("top_label", attribute);
+        }
         if self.is_fifo() {
             // FIFO topics drop a repeat with the same deduplication id within five minutes.
             request = request.message_deduplication_id(&n.id).message_group_id(&n.image_id);

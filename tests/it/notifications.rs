@@ -125,6 +125,7 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
             last_error: None,
             created_at: upshot::domain::now(),
             published_at: None,
+            digest_id: None,
         })
         .collect();
     db.run(move |conn| {
@@ -160,6 +161,8 @@ async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: 
         backoff_base: Duration::from_millis(100),
         backoff_cap: Duration::from_secs(1),
         public_url: "http://127.0.0.1:8000".to_owned(),
+        max_per_hour: 0,
+        digest_every: Duration::from_secs(300),
     };
     Relay::new(db.clone(), notifier, config, Arc::new(tokio::sync::Notify::new()))
 }
@@ -405,4 +408,56 @@ async fn a_refused_notification_is_parked_and_the_retry_command_revives_it() {
     let delivered = receive(&queue, 1, Duration::from_secs(15)).await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].attributes["image_id"], uploaded["id"].as_str().unwrap());
+}
+
+/// An upload flood is not an SMS flood: past `notify_max_per_hour` messages, what comes is summed up in one
+/// digest per `notify_digest_secs`, every image in some message, nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_uploads_reaches_each_subscriber_as_a_few_messages_and_digests() {
+    const LIMIT: usize = 4;
+    const DIGEST_SECS: u64 = 2;
+    const UPLOADS: usize = 24;
+    let app = spawn_with(Stack::Cloud, |f| {
+        f.merge(("notify_max_per_hour", LIMIT)).merge(("notify_digest_secs", DIGEST_SECS)).merge(("dedup", false))
+    })
+    .await;
+    let topic = app.topic_arn.clone().unwrap();
+    let queues = [subscribed_queue(&topic, None).await, subscribed_queue(&topic, None).await];
+    let started = Instant::now();
+    let names = ["cat.jpg", "coffee.png", "astronaut.webp", "rocket.gif", "logo-alpha.png", "cat-gps-rotated.jpg"];
+    let mut uploaded = HashSet::new();
+    for name in names.iter().cycle().take(UPLOADS) {
+        uploaded.insert(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_rows(&app.db).await.iter().any(|r| r.status != outbox::SENT) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rows = outbox_rows(&app.db).await;
+    assert!(rows.iter().all(|r| r.status == outbox::SENT), "every notification went out: {rows:?}");
+    let elapsed = started.elapsed();
+    // The allowance, then at most one digest per interval (and one more at the boundary).
+    let bound = LIMIT + (elapsed.as_secs() / DIGEST_SECS) as usize + 1;
+    for queue in &queues {
+        let delivered = receive(queue, 1, Duration::from_secs(20)).await;
+        let mut seen = HashSet::new();
+        let mut digests = 0;
+        for message in &delivered {
+            if message.attributes.get("event_type").map(String::as_str) == Some("image.digest") {
+                digests += 1;
+                let body: Value = serde_json::from_str(&message.body).unwrap();
+                seen.extend(body["image_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()));
+            } else {
+                seen.insert(message.attributes["image_id"].clone());
+            }
+        }
+        eprintln!(
+            "{UPLOADS} uploads in {:.1} s reached a subscriber as {} messages ({digests} digests; bound {bound})",
+            elapsed.as_secs_f64(),
+            delivered.len()
+        );
+        assert_eq!(seen, uploaded, "every image is in some message");
+        assert!(digests >= 1, "the flood was summed up");
+        assert!(delivered.len() <= bound, "{} messages, bound {bound}", delivered.len());
+    }
 }
