@@ -143,7 +143,7 @@ impl<'r> FromRequest<'r> for SpoolReservation {
         let declared = req.headers().get_one("Content-Length").and_then(|v| v.parse::<u64>().ok());
         match state.reserve_spool(declared.unwrap_or(form_limit).min(form_limit)).await {
             Ok(room) => {
-                req.local_cache(|| SpoolRoom(std::sync::Mutex::new(Some(room))));
+                req.local_cache(|| SpoolRoom { _room: room });
                 Outcome::Success(SpoolReservation)
             }
             Err(error) => refuse(req, error),
@@ -152,4 +152,6 @@ impl<'r> FromRequest<'r> for SpoolReservation {
 }
 
 /// The reserved room, released when the request is dropped.
-struct SpoolRoom(#[allow(dead_code)] std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+struct SpoolRoom {
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
