@@ -242,7 +242,7 @@ inside sh -c "
     install -m 0755 /rehearsal/fake-aws /usr/local/bin/aws
     printf 'UPSHOT_ENVIRONMENT=$ENVIRONMENT\nAWS_REGION=us-east-1\nUPSHOT_DB_CA_FILE=/etc/upshot/rds-ca.pem\n' >/etc/upshot/deploy.conf
     for unit in upshot.service upshot-reconcile.service; do
-        printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000\n' \
+        printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000\n' \
             >/etc/systemd/system/\$unit.d/instance-role.conf
     done
 "

@@ -1,6 +1,7 @@
 //! What one client may take of the public intake: a token bucket of requests per client address (governor) on
 //! every route that takes an image or makes one (uploads, classification, WebSocket messages, direct-upload
-//! sessions and completions), and a cap on its open WebSockets, within a cap on all of them.
+//! sessions and completions), a cap on its intake requests in flight and on its open WebSockets (within a cap
+//! on all of them), and the per-client connection count the public socket keeps (`ClientCounts`).
 //!
 //! The limiter's own memory is bounded: clients whose bucket is full again are forgotten once `CLIENTS_KEPT`
 //! are remembered, and if that many are still active (an attacker rotating addresses), every client beyond them
@@ -32,12 +33,15 @@ pub struct ClientLimitsConfig {
     pub burst: u32,
     pub max_websockets: usize,
     pub max_websockets_per_client: usize,
+    /// Intake requests one client may have in flight at once.
+    pub max_in_flight_per_client: usize,
 }
 
 pub struct ClientLimits {
     intake: DefaultKeyedRateLimiter<IpAddr>,
     overflow: DefaultDirectRateLimiter,
     websockets: Mutex<OpenWebSockets>,
+    in_flight: Arc<ClientCounts>,
     config: ClientLimitsConfig,
     created: Instant,
     /// Milliseconds after `created` of the last sweep.
@@ -72,6 +76,7 @@ impl ClientLimits {
                 config.burst.saturating_mul(OVERFLOW_SHARE),
             )),
             websockets: Mutex::default(),
+            in_flight: Arc::new(ClientCounts::new(config.max_in_flight_per_client)),
             config,
             created: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
@@ -101,6 +106,13 @@ impl ClientLimits {
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
         now.saturating_sub(last) >= SWEEP_INTERVAL.as_millis() as u64
             && self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// One intake request of `client` in flight until the slot is dropped; `None` when it has
+    /// `max_in_flight_per_client` already (behind a load balancer, the socket's per-connection cap sees only the
+    /// balancer, so this is what stops one client from holding every upload slot).
+    pub fn enter_intake(&self, client: IpAddr) -> Option<ClientSlot> {
+        self.in_flight.try_enter(client)
     }
 
     /// Clients the limiter remembers now.
@@ -144,6 +156,54 @@ impl Drop for WebSocketSlot {
     }
 }
 
+/// How many of something (connections, requests in flight) each client holds, each capped at `cap`. Only
+/// clients holding some are remembered, so memory follows what is open, not how many addresses came.
+pub struct ClientCounts {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientCounts {
+    pub fn new(cap: usize) -> Self {
+        ClientCounts { cap, held: Mutex::default() }
+    }
+
+    /// One more for `client`, counted until the slot is dropped; `None` when it holds `cap` already.
+    pub fn try_enter(self: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        let key = client_key(client);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(key).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { counts: self.clone(), client: key })
+    }
+
+    /// Clients holding at least one now.
+    pub fn clients(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One of a client's counted things, given back when dropped.
+pub struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// The key a client is counted under: its IPv4 address, or the /64 of its IPv6 address.
 pub fn client_key(client: IpAddr) -> IpAddr {
     match client.to_canonical() {
@@ -166,6 +226,7 @@ mod tests {
             burst,
             max_websockets: 3,
             max_websockets_per_client: 2,
+            max_in_flight_per_client: 2,
         }))
     }
 
@@ -204,6 +265,21 @@ mod tests {
         assert_eq!(limits.open_websocket(c).err(), Some(WebSocketRefusal::ServerFull));
         drop(first);
         limits.open_websocket(c).unwrap();
+    }
+
+    #[test]
+    fn counts_are_capped_per_client_and_forgotten_at_zero() {
+        let counts = Arc::new(ClientCounts::new(2));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let first = counts.try_enter(a).unwrap();
+        let second = counts.try_enter(a).unwrap();
+        assert!(counts.try_enter(a).is_none());
+        let _other = counts.try_enter(b).unwrap();
+        assert!(counts.try_enter("2001:db8::2".parse().unwrap()).is_some(), "dropped at once: a slot of its own");
+        drop(first);
+        let _again = counts.try_enter(a).unwrap();
+        drop((second, _again));
+        assert_eq!(counts.clients(), 1, "only b is remembered");
     }
 
     #[test]

@@ -149,6 +149,10 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// Client connections open at once; the next one is answered 503 `BUSY` and closed.
     pub max_connections: usize,
+    /// Connections one client address may hold open at once where it reaches the socket itself
+    /// (`trusted_proxy_hops` = 0); the next one is answered 429 `TOO_MANY_REQUESTS` and closed. Behind proxies
+    /// the socket sees only them, and `max_intake_in_flight_per_client` does this work.
+    pub max_connections_per_client: usize,
     /// From the first byte of a request head to its end; a slower client is disconnected.
     pub header_timeout_secs: u64,
     /// A connection with no request under way and nothing sent either way is closed after this. Behind an ALB,
@@ -163,6 +167,9 @@ pub struct Settings {
     pub client_requests_per_minute: u32,
     /// How many of those a client may make at once before the per-minute rate applies.
     pub client_request_burst: u32,
+    /// Intake requests one client address may have under way at once (their bodies being received or
+    /// processed); the next is answered 429 `TOO_MANY_REQUESTS` before its body is read.
+    pub max_intake_in_flight_per_client: usize,
     /// WebSockets open at once, in all and per client address.
     pub max_websockets: usize,
     pub max_websockets_per_client: usize,
@@ -191,7 +198,7 @@ impl Default for Settings {
             admin_api_key: None,
             secret_key: None,
             max_upload_bytes: 20 * MIB,
-            direct_upload_max_bytes: 200 * MIB,
+            direct_upload_max_bytes: 64 * MIB,
             upload_url_ttl_secs: 900,
             upload_session_retention_hours: 24,
             direct_uploads_always: false,
@@ -206,7 +213,7 @@ impl Default for Settings {
             dedup: true,
             cpu_slots: 0,
             cpu_wait_ms: 10_000,
-            upload_budget_bytes: 48 * MIB,
+            upload_budget_bytes: 128 * MIB,
             spool_quota_bytes: 512 * MIB,
             static_dir: PathBuf::from("static"),
             models_dir: PathBuf::from("models"),
@@ -233,12 +240,14 @@ impl Default for Settings {
             notify_digest_secs: 300,
             trusted_proxy_hops: 0,
             max_connections: 1024,
+            max_connections_per_client: 64,
             header_timeout_secs: 10,
             idle_timeout_secs: 75,
             min_body_bytes_per_sec: 1024,
             body_grace_secs: 10,
             client_requests_per_minute: 60,
             client_request_burst: 30,
+            max_intake_in_flight_per_client: 8,
             max_websockets: 32,
             max_websockets_per_client: 4,
             websocket_max_message_bytes: 4 * MIB,
@@ -355,8 +364,11 @@ impl AppConfig {
         if settings.websocket_max_message_bytes == 0 {
             return Err(invalid("websocket_max_message_bytes", "must be at least 1"));
         }
-        if settings.max_connections == 0 {
-            return Err(invalid("max_connections", "must be at least 1"));
+        if settings.max_connections == 0 || settings.max_connections_per_client == 0 {
+            return Err(invalid("max_connections", "must be at least 1, as max_connections_per_client"));
+        }
+        if settings.max_intake_in_flight_per_client == 0 {
+            return Err(invalid("max_intake_in_flight_per_client", "must be at least 1"));
         }
         if settings.header_timeout_secs == 0 || settings.idle_timeout_secs == 0 || settings.body_grace_secs == 0 {
             return Err(invalid("header_timeout_secs", "connection timeouts must be at least 1 second"));
@@ -404,6 +416,13 @@ impl AppConfig {
             return Err(invalid(
                 "upload_budget_bytes",
                 "must be at least max_upload_bytes, so that the largest upload fits",
+            ));
+        }
+        // A completed direct upload is read into memory whole, under the same budget as the form's.
+        if settings.direct_upload_max_bytes > settings.upload_budget_bytes {
+            return Err(invalid(
+                "direct_upload_max_bytes",
+                "must be at most upload_budget_bytes: a completed direct upload is held in memory",
             ));
         }
         if settings.spool_quota_bytes < settings.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -524,8 +543,6 @@ impl AppConfig {
             .merge(("temp_dir", self.spool_dir()))
     }
 
-    /// Where Rocket spools upload bodies: under the data directory, which the service owns and sweeps at
-    /// start (a killed process leaves its spool files behind), not the shared system temp directory.
     pub fn client_limits(&self) -> crate::client_limits::ClientLimitsConfig {
         let settings = &self.settings;
         crate::client_limits::ClientLimitsConfig {
@@ -533,9 +550,12 @@ impl AppConfig {
             burst: settings.client_request_burst,
             max_websockets: settings.max_websockets,
             max_websockets_per_client: settings.max_websockets_per_client,
+            max_in_flight_per_client: settings.max_intake_in_flight_per_client,
         }
     }
 
+    /// Where Rocket spools upload bodies: under the data directory, which the service owns and sweeps at
+    /// start (a killed process leaves its spool files behind), not the shared system temp directory.
     pub fn spool_dir(&self) -> PathBuf {
         self.settings.data_dir.join("spool")
     }

@@ -103,7 +103,9 @@ impl Server {
             min_body_rate: settings.min_body_bytes_per_sec,
             body_grace: std::time::Duration::from_secs(settings.body_grace_secs),
         };
-        let gate = connections::Gate::bind(public, settings.max_connections, limits)
+        // Behind proxies every connection comes from one of them: a per-address cap would cap the proxy.
+        let per_client = (settings.trusted_proxy_hops == 0).then_some(settings.max_connections_per_client);
+        let gate = connections::Gate::bind(public, settings.max_connections, per_client, limits)
             .await
             .map_err(|e| format!("cannot listen on {public}: {e}"))?;
         config.follow_listen_address(gate.local_addr().map_err(|e| e.to_string())?);

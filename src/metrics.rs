@@ -12,7 +12,7 @@
 //! | `upshot_outbox_unsent`, `upshot_outbox_failed`, `upshot_outbox_oldest_unsent_seconds` | gauge | |
 //! | `upshot_connections_open` | gauge | |
 //! | `upshot_reconcile_orphans`, `upshot_reconcile_missing`, `upshot_reconcile_repaired`, `upshot_reconcile_last_success_timestamp` | gauge | |
-//! | `upshot_connections_refused_total` | counter | |
+//! | `upshot_connections_refused_total`, `upshot_connections_refused_per_client_total` | counter | |
 //! | `upshot_connections_closed_total` | counter | `reason`: `header_timeout`, `slow_body`, `idle` |
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
@@ -43,6 +43,7 @@ pub struct Gauges {
 pub struct Connections {
     pub open: u64,
     pub refused: u64,
+    pub refused_per_client: u64,
     /// By reason: `header_timeout`, `slow_body`, `idle`.
     pub cut: [(&'static str, u64); 3],
 }
@@ -85,6 +86,10 @@ fn describe() {
         "When the last consistency check completed, in Unix seconds."
     );
     describe_counter!("upshot_connections_refused_total", "Connections answered 503 BUSY: max_connections were open.");
+    describe_counter!(
+        "upshot_connections_refused_per_client_total",
+        "Connections answered 429: their client address held max_connections_per_client."
+    );
     describe_counter!("upshot_connections_closed_total", "Connections closed for a slow or idle client, by reason.");
 }
 
@@ -137,6 +142,7 @@ impl Metrics {
             let connections = &gauges.connections;
             gauge!("upshot_connections_open").set(connections.open as f64);
             counter!("upshot_connections_refused_total").absolute(connections.refused);
+            counter!("upshot_connections_refused_per_client_total").absolute(connections.refused_per_client);
             for (reason, count) in connections.cut {
                 counter!("upshot_connections_closed_total", "reason" => reason).absolute(count);
             }
@@ -167,6 +173,7 @@ mod tests {
             connections: Connections {
                 open: 4,
                 refused: 1,
+                refused_per_client: 0,
                 cut: [("header_timeout", 2), ("slow_body", 0), ("idle", 5)],
             },
             reconcile: None,

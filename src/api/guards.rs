@@ -102,10 +102,15 @@ impl<'r> FromRequest<'r> for ClientAddress {
     }
 }
 
-/// One intake request taken from its client's allowance (`client_limits`), before the body is read: a client
-/// over its allowance gets 429 `TOO_MANY_REQUESTS` with `Retry-After` (from the catcher), and none of its body
-/// is buffered or spooled.
+/// One intake request taken from its client's allowance (`client_limits`) and counted among its requests in
+/// flight until it ends, before the body is read: a client over its allowance or its requests in flight gets
+/// 429 `TOO_MANY_REQUESTS` with `Retry-After` (from the catcher), and none of its body is buffered or spooled.
 pub struct IntakeAllowance;
+
+/// The request's place among its client's intake requests in flight, given back when the request is dropped.
+struct InFlight {
+    _slot: crate::client_limits::ClientSlot,
+}
 
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for IntakeAllowance {
@@ -113,18 +118,19 @@ impl<'r> FromRequest<'r> for IntakeAllowance {
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         let Some(state) = req.rocket().state::<AppState>() else { return Outcome::Success(IntakeAllowance) };
-        let client = ClientAddress::from_request(req).await.succeeded().map(|c| c.0);
-        match client.map(|client| state.client_limits.take_intake(client)) {
-            Some(Err(wait_secs)) => refuse(
-                req,
-                AppError::new(
-                    ErrorCode::TooManyRequests,
-                    format!("Too many requests from your address; try again in {wait_secs} s."),
-                )
-                .retry_after(wait_secs),
-            ),
-            _ => Outcome::Success(IntakeAllowance),
+        let Some(ClientAddress(client)) = ClientAddress::from_request(req).await.succeeded() else {
+            return Outcome::Success(IntakeAllowance);
+        };
+        let Some(slot) = state.client_limits.enter_intake(client) else {
+            let message = "Too many uploads from your address are under way; send the next when one has finished.";
+            return refuse(req, AppError::new(ErrorCode::TooManyRequests, message).retry_after(1));
+        };
+        if let Err(wait_secs) = state.client_limits.take_intake(client) {
+            let message = format!("Too many requests from your address; try again in {wait_secs} s.");
+            return refuse(req, AppError::new(ErrorCode::TooManyRequests, message).retry_after(wait_secs));
         }
+        req.local_cache(|| InFlight { _slot: slot });
+        Outcome::Success(IntakeAllowance)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The public socket. Rocket 0.5 offers no cap on connections and no read timeouts, so the service listens
 //! itself and passes each connection on to Rocket on a loopback port: at most `max_connections` at once (the
-//! next one gets 503 `BUSY`), and each held to deadlines while it owes the server bytes (see `deadlines`).
+//! next one gets 503 `BUSY`), at most `max_connections_per_client` of them from one client address where
+//! clients reach the socket directly (the next one gets 429 `TOO_MANY_REQUESTS`), and each held to deadlines
+//! while it owes the server bytes (see `deadlines`).
 
 mod deadlines;
 mod framing;
@@ -16,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::client_limits::ClientCounts;
 use crate::error::ErrorCode;
 use deadlines::Deadlines;
 pub use deadlines::{Cut, Limits};
@@ -34,6 +37,7 @@ pub type AllowedMethods = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct ConnectionStats {
     pub open: AtomicU64,
     pub refused: AtomicU64,
+    pub refused_per_client: AtomicU64,
     pub cut_header_timeout: AtomicU64,
     pub cut_slow_body: AtomicU64,
     pub cut_idle: AtomicU64,
@@ -45,6 +49,7 @@ impl ConnectionStats {
         crate::metrics::Connections {
             open: count(&self.open),
             refused: count(&self.refused),
+            refused_per_client: count(&self.refused_per_client),
             cut: [
                 (Cut::HeaderTimeout.as_str(), count(&self.cut_header_timeout)),
                 (Cut::SlowBody.as_str(), count(&self.cut_slow_body)),
@@ -95,15 +100,23 @@ impl Drop for PeerRegistration {
 pub struct Gate {
     listener: TcpListener,
     max_connections: usize,
+    per_client: Option<Arc<ClientCounts>>,
     limits: Limits,
     stats: Arc<ConnectionStats>,
     peers: Arc<Peers>,
 }
 
 impl Gate {
-    pub async fn bind(address: SocketAddr, max_connections: usize, limits: Limits) -> std::io::Result<Gate> {
+    /// `per_client`: connections one client address may hold, or `None` for no such cap (behind proxies).
+    pub async fn bind(
+        address: SocketAddr,
+        max_connections: usize,
+        per_client: Option<usize>,
+        limits: Limits,
+    ) -> std::io::Result<Gate> {
         let listener = TcpListener::bind(address).await?;
-        Ok(Gate { listener, max_connections, limits, stats: Arc::default(), peers: Arc::default() })
+        let per_client = per_client.map(|cap| Arc::new(ClientCounts::new(cap)));
+        Ok(Gate { listener, max_connections, per_client, limits, stats: Arc::default(), peers: Arc::default() })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -123,7 +136,7 @@ impl Gate {
     pub async fn run(self, upstream: SocketAddr, allowed: AllowedMethods, stop: impl Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
-        let Gate { listener, limits, stats, peers, .. } = self;
+        let Gate { listener, limits, stats, peers, per_client, .. } = self;
         tokio::pin!(stop);
         loop {
             let (client, address) = tokio::select! {
@@ -139,6 +152,18 @@ impl Gate {
                 },
             };
             let _ = client.set_nodelay(true);
+            let client_slot = match &per_client {
+                None => None,
+                Some(counts) => match counts.try_enter(address.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                        let message = "Too many connections from your address are open; retry in a moment.";
+                        refuse_within(&refusals, client, ErrorCode::TooManyRequests, message);
+                        continue;
+                    }
+                },
+            };
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     let (stats, peers, allowed) = (stats.clone(), peers.clone(), allowed.clone());
@@ -146,17 +171,13 @@ impl Gate {
                         stats.open.fetch_add(1, Ordering::Relaxed);
                         relay(client, address, upstream, limits, &stats, &peers, allowed).await;
                         stats.open.fetch_sub(1, Ordering::Relaxed);
-                        drop(slot);
+                        drop((slot, client_slot));
                     });
                 }
                 Err(_) => {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                        tokio::spawn(async move {
-                            refuse(client, ErrorCode::Busy, "Too many connections are open; retry in a moment.").await;
-                            drop(permit);
-                        });
-                    }
+                    let message = "Too many connections are open; retry in a moment.";
+                    refuse_within(&refusals, client, ErrorCode::Busy, message);
                 }
             }
         }
@@ -177,7 +198,18 @@ fn error_response(code: ErrorCode, message: &str, extra_headers: &str) -> String
     )
 }
 
-/// Answers 503 without reading the request, then closes.
+/// Refuses `client` on a task of its own while fewer than `REFUSALS_IN_FLIGHT` are being answered; past that
+/// the connection is closed unanswered.
+fn refuse_within(refusals: &Arc<Semaphore>, client: TcpStream, code: ErrorCode, message: &'static str) {
+    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            refuse(client, code, message).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Answers `code` without reading the request, then closes.
 async fn refuse(mut client: TcpStream, code: ErrorCode, message: &str) {
     let response = error_response(code, message, "Retry-After: 1\r\n");
     let answer = async {

@@ -70,8 +70,16 @@ impl Pipeline {
     /// Waits (at most `cpu_wait_ms`) for room for `bytes` of upload in memory; a request that finds none is
     /// told to come back, so memory is bounded by the budget however many clients send at once.
     pub async fn admit_upload(&self, bytes: u64) -> AppResult<UploadPermit> {
-        let budget_kib = self.config.settings.upload_budget_bytes / 1024;
-        let kib = bytes.div_ceil(1024).clamp(1, budget_kib) as u32;
+        let budget = self.config.settings.upload_budget_bytes;
+        if bytes > budget {
+            // Configuration keeps every accepted size within the budget; this guards the invariant.
+            return Err(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                "The file is larger than this server holds at once.",
+            )
+            .with_detail(format!("{bytes} bytes over upload_budget_bytes = {budget}")));
+        }
+        let kib = bytes.div_ceil(1024).max(1) as u32;
         let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
         let permit = tokio::time::timeout(wait, self.upload_budget.clone().acquire_many_owned(kib))
             .await

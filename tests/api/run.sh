@@ -27,7 +27,7 @@ admin_key=schemathesis-admin-key-0123456789
 source "$root/tests/support/server.sh"
 # One client sends every generated case: the per-client allowance is not what this run checks.
 start_test_server api UPSHOT_ADMIN_API_KEY="$admin_key" UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 \
-    UPSHOT_CLIENT_REQUEST_BURST=1000000
+    UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000
 base="$TEST_SERVER_BASE"
 
 cd "$here"  # schemathesis.toml: what the checks expect where the document cannot say it

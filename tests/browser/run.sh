@@ -33,7 +33,7 @@ source "$root/tests/support/server.sh"
 # refused without making the browser hold hundreds of megabytes.
 # Every page test is one client on 127.0.0.1: the per-client allowance is raised for the whole run.
 start_test_server browser UPSHOT_ADMIN_API_KEY=browser-test-admin-key-123 UPSHOT_DIRECT_UPLOAD_MAX_BYTES=25165824 \
-    UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000
+    UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000
 base="$TEST_SERVER_BASE"
 
 export UPSHOT_BASE_URL="$base"

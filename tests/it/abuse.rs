@@ -153,6 +153,11 @@ async fn websockets_are_capped_per_client_and_each_message_is_an_intake_request(
 
 /// Sends a request head declaring `length` bytes of multipart body, and 1 KiB of it, from `address`.
 async fn start_upload(app: &TestApp, address: &str, length: u64) -> tokio::net::TcpStream {
+    start_upload_with(app, address, length, "").await
+}
+
+/// `start_upload` with `extra_headers` (each ending in CRLF) in the head.
+async fn start_upload_with(app: &TestApp, address: &str, length: u64, extra_headers: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let server: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -160,7 +165,7 @@ async fn start_upload(app: &TestApp, address: &str, length: u64) -> tokio::net::
     let mut stream = socket.connect(server).await.unwrap();
     let head = format!(
         "POST /api/v1/images HTTP/1.1\r\nHost: {server}\r\nContent-Type: multipart/form-data; boundary=b\r\n\
-         Content-Length: {length}\r\n\r\n"
+         Content-Length: {length}\r\n{extra_headers}\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&[b'x'; 1024]).await.unwrap();
@@ -199,4 +204,108 @@ async fn bodies_on_disk_stay_within_the_spool_quota() {
         }
     }
     assert_eq!(stored, Some(201));
+}
+
+/// Reads what the server answered on `stream` within 5 s, as text.
+async fn answer_of(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.expect("answered");
+    String::from_utf8_lossy(&answer[..read.unwrap()]).to_string()
+}
+
+#[tokio::test]
+async fn a_client_holds_at_most_its_share_of_the_sockets_connections() {
+    let app = spawn_with(Stack::Embedded, |f| f.merge(("max_connections_per_client", 3))).await;
+    let server: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let connect = |address: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(address.parse().unwrap(), 0)).unwrap();
+        socket.connect(server).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect("127.0.0.9").await);
+    }
+    // The fourth is answered at once, unread, and closed.
+    let answer = answer_of(&mut connect("127.0.0.9").await).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("\"TOO_MANY_REQUESTS\"") && answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    // Another client is untouched, and a closed connection is given back.
+    assert_eq!(client_from("127.0.0.10").get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    drop(held.pop());
+    let mut served = None;
+    for _ in 0..20 {
+        if let Ok(response) = client_from("127.0.0.9").get(app.url("/healthz")).send().await {
+            served = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, Some(200));
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The retries above may have been refused while the closed connection was still being let go.
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("upshot_connections_refused_per_client_total "))
+        .expect("the counter")
+        .parse()
+        .unwrap();
+    assert!(refused >= 1, "{refused}");
+}
+
+/// Behind the load balancer every connection comes from it, so what one client may hold is counted in requests:
+/// its intake requests in flight.
+#[tokio::test]
+async fn behind_the_balancer_a_client_has_few_uploads_in_flight() {
+    let app = spawn_with(Stack::Embedded, |f| {
+        f.merge(("trusted_proxy_hops", 1))
+            .merge(("max_intake_in_flight_per_client", 2))
+            .merge(("max_connections_per_client", 1))
+    })
+    .await;
+    let from = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    let slow = [
+        start_upload_with(&app, "127.0.0.1", 1 << 20, &from("198.51.100.7")).await,
+        start_upload_with(&app, "127.0.0.1", 1 << 20, &from("198.51.100.7")).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = answer_of(&mut start_upload_with(&app, "127.0.0.1", 1 << 20, &from("198.51.100.7")).await).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("\"TOO_MANY_REQUESTS\"") && answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    // Another client behind the same balancer, on more connections from it than the per-address cap: served.
+    let stored = app
+        .client
+        .post(app.url("/api/v1/images"))
+        .header("X-Forwarded-For", "198.51.100.8")
+        .multipart(file_form("cat.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    // The slow ones gone, their places are given back.
+    drop(slow);
+    let mut status = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = app
+            .client
+            .post(app.url("/api/v1/images"))
+            .header("X-Forwarded-For", "198.51.100.7")
+            .multipart(file_form("logo-alpha.png"))
+            .send()
+            .await
+            .unwrap();
+        status = response.status().as_u16();
+        if status == 201 {
+            break;
+        }
+    }
+    assert_eq!(status, 201);
 }

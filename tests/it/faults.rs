@@ -37,6 +37,8 @@ impl Instance {
             // All the load comes from one loopback client.
             .env("UPSHOT_CLIENT_REQUESTS_PER_MINUTE", crate::helpers::UNLIMITED_CLIENT.to_string())
             .env("UPSHOT_CLIENT_REQUEST_BURST", crate::helpers::UNLIMITED_CLIENT.to_string())
+            .env("UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT", crate::helpers::UNLIMITED_CLIENT.to_string())
+            .env("UPSHOT_MAX_CONNECTIONS_PER_CLIENT", crate::helpers::UNLIMITED_CLIENT.to_string())
             // Every upload's own notification is what the test follows.
             .env("UPSHOT_NOTIFY_MAX_PER_HOUR", "0")
             .stdout(std::process::Stdio::null())

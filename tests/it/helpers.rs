@@ -196,6 +196,8 @@ pub async fn base_figment(stack: Stack, data_dir: &Path) -> (Figment, String, Op
         // Every test is one client on 127.0.0.1; the per-client limits have tests of their own.
         .merge(("client_requests_per_minute", UNLIMITED_CLIENT))
         .merge(("client_request_burst", UNLIMITED_CLIENT))
+        .merge(("max_intake_in_flight_per_client", UNLIMITED_CLIENT))
+        .merge(("max_connections_per_client", UNLIMITED_CLIENT))
         // A message per upload, as the notification tests count them; digests have tests of their own.
         .merge(("notify_max_per_hour", 0))
         .merge(("log_level", "off"))

@@ -245,6 +245,7 @@ async fn uploads_beyond_the_memory_budget_wait_then_are_told_to_come_back() {
         figment
             .merge(("max_upload_bytes", budget))
             .merge(("upload_budget_bytes", budget))
+            .merge(("direct_upload_max_bytes", budget))
             .merge(("cpu_wait_ms", 200))
             .merge(("database_timeout_secs", 10))
             .merge(("dedup", false))
@@ -300,6 +301,15 @@ fn an_upload_budget_smaller_than_one_upload_stops_start_up() {
         .merge(("upload_budget_bytes", 4 << 20));
     let error = upshot::config::AppConfig::from_figment(figment).map(|_| ()).expect_err("refused").to_string();
     assert!(error.contains("upload_budget_bytes"), "{error}");
+}
+
+#[test]
+fn a_direct_upload_limit_beyond_the_memory_budget_stops_start_up() {
+    let figment = upshot::config::AppConfig::figment()
+        .merge(("upload_budget_bytes", 64 << 20))
+        .merge(("direct_upload_max_bytes", 200 << 20));
+    let error = upshot::config::AppConfig::from_figment(figment).map(|_| ()).expect_err("refused").to_string();
+    assert!(error.contains("direct_upload_max_bytes"), "{error}");
 }
 
 /// An animated GIF of `frames` frames, `side`×`side` pixels each.
