@@ -127,7 +127,7 @@ fn declared_type(pipeline: &Pipeline, declared: Option<String>) -> AppResult<Str
 
 /// The signature of a local upload URL: the session, its exact length and the expiry.
 pub fn local_signature(pipeline: &Pipeline, id: &str, byte_size: u64, expires: i64) -> String {
-    pipeline.tokens.sign(&format!("direct-upload:{id}:{byte_size}:{expires}"))
+    pipeline.signer.sign(&format!("direct-upload:{id}:{byte_size}:{expires}"))
 }
 
 /// Opens a session: checks the declared file against the limits, records it, and signs its URL.

@@ -2,6 +2,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod aws;
 pub mod client_limits;
 pub mod config;
 pub mod connections;
@@ -32,7 +33,7 @@ use rocket::{Build, Rocket};
 use rocket_dyn_templates::Template;
 
 use crate::config::AppConfig;
-use crate::domain::DeleteTokens;
+use crate::domain::Signer;
 use crate::state::AppState;
 
 /// The whole server, as `main` and the tests build it. Start-up work (database migrations, store
@@ -72,7 +73,7 @@ fn build(
         .attach(AdHoc::on_liftoff("outbox relay and orphan sweeper", |rocket| {
             Box::pin(async move {
                 if let Some(state) = rocket.state::<AppState>() {
-                    start_relay(state, rocket.shutdown());
+                    start_background_tasks(state, rocket.shutdown());
                 }
             })
         }))
@@ -211,7 +212,7 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     let notifier = notify::from_config(&config).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
     let upload_origin = direct_uploads::upload_origin(store.as_ref()).await;
-    let pipeline = ingest::Pipeline::new(config, db, store, DeleteTokens::new(&secret), engine);
+    let pipeline = ingest::Pipeline::new(config, db, store, Signer::new(&secret), engine);
     Ok(AppState::new(pipeline, notifier, upload_origin))
 }
 
@@ -243,7 +244,7 @@ async fn report_readiness(
 
 /// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller
 /// of upload events; all stopped by the server's own shutdown.
-fn start_relay(state: &AppState, shutdown: rocket::Shutdown) {
+fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
     let settings = &state.config.settings;
     let lease = std::time::Duration::from_secs(settings.outbox_lease_secs);
     let publish_timeout = config::SNS_PUBLISH_TIMEOUT;

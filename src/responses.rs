@@ -17,12 +17,18 @@ impl<'r> Responder<'r, 'static> for AppError {
         self.log(request_id);
         let body = self.body(request_id).to_string();
         let mut response = Response::build();
-        response.status(self.status()).header(ContentType::JSON).sized_body(body.len(), std::io::Cursor::new(body));
-        if let Some(secs) = self.retry_after_secs {
-            response.header(Header::new("Retry-After", secs.to_string()));
-        }
-        Ok(response.finalize())
+        response.header(ContentType::JSON).sized_body(body.len(), std::io::Cursor::new(body));
+        Ok(with_status_of(response, &self))
     }
+}
+
+/// The error's status and `Retry-After` on `response`: every shape an error leaves in carries both.
+fn with_status_of<'r>(mut response: response::Builder<'r>, error: &AppError) -> Response<'r> {
+    response.status(error.status());
+    if let Some(secs) = error.retry_after_secs {
+        response.header(Header::new("Retry-After", secs.to_string()));
+    }
+    response.finalize()
 }
 
 /// The same error, rendered as a page for the HTML routes.
@@ -48,12 +54,21 @@ impl<'r> Responder<'r, 'static> for PageError {
             "error",
             context! { status: status.code, code: error.code.as_str(), message, request_id, asset_version },
         );
-        let mut response = Response::build_from(page.respond_to(req)?);
-        response.status(status);
-        if let Some(secs) = error.retry_after_secs {
-            response.header(Header::new("Retry-After", secs.to_string()));
-        }
-        Ok(response.finalize())
+        Ok(with_status_of(Response::build_from(page.respond_to(req)?), &error))
+    }
+}
+
+/// A form shown again with its error in it (the upload form without JavaScript): `page`, with the error's
+/// status and `Retry-After`.
+pub struct FormRefusal {
+    pub error: AppError,
+    pub page: Template,
+}
+
+impl<'r> Responder<'r, 'static> for FormRefusal {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        self.error.log(RequestId::of(req));
+        Ok(with_status_of(Response::build_from(self.page.respond_to(req)?), &self.error))
     }
 }
 

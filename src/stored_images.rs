@@ -4,9 +4,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::db::image_rows::{self, ImageRecord};
-use crate::domain::{DeleteTokens, ImageId};
+use crate::domain::{ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::inference::{Face, ModelInfo, Prediction};
+use crate::inference::{Face, FaceDetails, ModelInfo, Prediction};
 use crate::state::AppState;
 use crate::store::ObjectBody;
 
@@ -51,7 +51,7 @@ pub struct ImageView {
 impl From<&ImageRecord> for ImageView {
     fn from(record: &ImageRecord) -> Self {
         let id = &record.id;
-        let details: Value = serde_json::from_str(&record.analysis).unwrap_or_default();
+        let details: FaceDetails = serde_json::from_str(&record.analysis).unwrap_or_default();
         let model = match (&record.model_name, &record.model_version, &record.model_sha256) {
             (Some(name), Some(version), Some(sha256)) => {
                 Some(ModelInfo { name: name.clone(), version: version.clone(), sha256: sha256.clone() })
@@ -77,9 +77,9 @@ impl From<&ImageRecord> for ImageView {
             predictions: serde_json::from_str(&record.predictions).unwrap_or_default(),
             model,
             inference_ms: record.inference_ms,
-            faces: serde_json::from_value(details["faces"].clone()).unwrap_or_default(),
-            selfie: details.get("selfie").filter(|s| !s.is_null()).cloned(),
-            selfie_reason: details["selfie_reason"].as_str().map(str::to_owned),
+            faces: details.faces,
+            selfie: details.selfie.filter(|s| !s.is_null()),
+            selfie_reason: details.selfie_reason,
             created_at: record.created_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
@@ -136,7 +136,7 @@ pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'
         state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
     };
     if let DeleteAuthority::Token(token) = authority {
-        if !DeleteTokens::matches(token, &record.delete_token_hash) {
+        if !Signer::token_matches(token, &record.delete_token_hash) {
             return Err(AppError::new(ErrorCode::Forbidden, "The delete token does not match this image."));
         }
     }

@@ -114,13 +114,10 @@ fn is_pending(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::UploadInProgress | ErrorCode::UploadIncomplete)
 }
 
-/// Connects to SQS as the settings say (region and endpoint overrides, the SDK's chain otherwise).
-pub async fn client(settings: &crate::config::Settings) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = &settings.s3_region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    let shared = loader.load().await;
+/// Connects to SQS in the queue's own region (from its URL; the SDK's chain for a URL that names none), with
+/// the endpoint override when set.
+pub async fn client(settings: &crate::config::Settings, queue_url: &str) -> Client {
+    let shared = crate::aws::shared_config(crate::aws::region_of_queue_url(queue_url)).await;
     let mut config = aws_sdk_sqs::config::Builder::from(&shared);
     if let Some(endpoint) = &settings.sqs_endpoint_url {
         config = config.endpoint_url(endpoint);
@@ -130,7 +127,7 @@ pub async fn client(settings: &crate::config::Settings) -> Client {
 
 /// Polls `queue_url` until `shutdown` turns true.
 pub async fn run(pipeline: Pipeline, queue_url: String, mut shutdown: watch::Receiver<bool>) {
-    let sqs = client(&pipeline.config.settings).await;
+    let sqs = client(&pipeline.config.settings, &queue_url).await;
     log::info!("polling {queue_url} for direct uploads' events");
     while !*shutdown.borrow() {
         let received = tokio::select! {

@@ -22,17 +22,9 @@ pub fn routes() -> Vec<Route> {
     routes![classify, stream]
 }
 
-/// The models' answer for one image.
-pub fn analysis_body(analysis: &Analysis) -> Value {
-    json!({
-        "predictions": analysis.predictions,
-        "model": analysis.model,
-        "faces": analysis.faces,
-        "face_model": analysis.face_model,
-        "selfie": analysis.selfie,
-        "selfie_reason": analysis.selfie_reason,
-        "inference_ms": analysis.inference_ms,
-    })
+/// The models' answer for one image: the `Analysis` itself.
+fn analysis_body(analysis: &Analysis) -> Value {
+    serde_json::to_value(analysis).expect("an analysis serializes")
 }
 
 /// Decodes at the working size and runs the models; the upload's room in the budget is given back once the

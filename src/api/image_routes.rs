@@ -41,10 +41,10 @@ pub struct Created {
 
 impl Created {
     pub fn new(state: &AppState, uploaded: &Uploaded) -> Self {
-        let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
+        let id = uploaded.id();
         let body = UploadedImage {
             image: ImageView::from(&uploaded.record),
-            delete_token: (!uploaded.replayed).then(|| state.tokens.token_for(&id)),
+            delete_token: (!uploaded.replayed).then(|| state.signer.delete_token(&id)),
             deduplicated: uploaded.deduplicated,
         };
         Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }

@@ -1,5 +1,6 @@
 //! Identifiers and checked values that the rest of the code can trust once constructed.
 
+pub mod event;
 pub mod format;
 
 pub use format::ImageFormat;
@@ -60,26 +61,28 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Derives and checks delete tokens. The token is an HMAC of the image id, so an idempotent retry can hand
-/// the same token out again; the database keeps only its SHA-256, so a database dump reveals no token.
+/// The server's secret key and what it signs: delete tokens, admin sessions and direct-upload URLs. A delete
+/// token is an HMAC of the image id, so an idempotent retry can hand the same token out again; the database
+/// keeps only its SHA-256, so a database dump reveals no token.
 #[derive(Clone)]
-pub struct DeleteTokens {
+pub struct Signer {
     key: Vec<u8>,
 }
 
-impl DeleteTokens {
+impl Signer {
     pub fn new(secret: &str) -> Self {
-        DeleteTokens { key: secret.as_bytes().to_vec() }
+        Signer { key: secret.as_bytes().to_vec() }
     }
 
-    pub fn token_for(&self, id: &ImageId) -> String {
+    pub fn delete_token(&self, id: &ImageId) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(b"upshot delete token v1:");
         mac.update(id.as_str().as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    /// A signature of `message` under the same key, for other server-issued values (admin sessions).
+    /// A signature of `message` under the same key, for other server-issued values (admin sessions, upload
+    /// URLs); its domain separation keeps it from ever equalling a delete token.
     pub fn sign(&self, message: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(b"upshot signature v1:");
@@ -87,19 +90,19 @@ impl DeleteTokens {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    pub fn hash(token: &str) -> String {
+    pub fn hash_token(token: &str) -> String {
         sha256_hex(token.as_bytes())
     }
 
     /// Compares hashes in constant time so response timing says nothing about a stored hash.
-    pub fn matches(token: &str, stored_hash: &str) -> bool {
-        constant_time_eq(Self::hash(token).as_bytes(), stored_hash.as_bytes())
+    pub fn token_matches(token: &str, stored_hash: &str) -> bool {
+        constant_time_eq(Self::hash_token(token).as_bytes(), stored_hash.as_bytes())
     }
 }
 
-impl fmt::Debug for DeleteTokens {
+impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeleteTokens(..)")
+        f.write_str("Signer(..)")
     }
 }
 
@@ -186,13 +189,13 @@ mod tests {
 
     #[test]
     fn delete_tokens_are_stable_per_id_and_checked_by_hash() {
-        let tokens = DeleteTokens::new("0123456789abcdef0123456789abcdef");
+        let tokens = Signer::new("0123456789abcdef0123456789abcdef");
         let id = ImageId::generate();
-        let token = tokens.token_for(&id);
-        assert_eq!(token, tokens.token_for(&id));
-        assert_ne!(token, tokens.token_for(&ImageId::generate()));
-        assert!(DeleteTokens::matches(&token, &DeleteTokens::hash(&token)));
-        assert!(!DeleteTokens::matches("wrong", &DeleteTokens::hash(&token)));
+        let token = tokens.delete_token(&id);
+        assert_eq!(token, tokens.delete_token(&id));
+        assert_ne!(token, tokens.delete_token(&ImageId::generate()));
+        assert!(Signer::token_matches(&token, &Signer::hash_token(&token)));
+        assert!(!Signer::token_matches("wrong", &Signer::hash_token(&token)));
     }
 
     #[test]

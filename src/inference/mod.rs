@@ -84,6 +84,31 @@ pub struct Analysis {
     pub inference_ms: f64,
 }
 
+/// The face part of an `Analysis`, as an image's row keeps it (its `analysis` column) and the API serves it
+/// back. Every field has a default, so rows written by older releases read as well.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FaceDetails {
+    #[serde(default)]
+    pub faces: Vec<Face>,
+    #[serde(default)]
+    pub selfie: Option<serde_json::Value>,
+    #[serde(default)]
+    pub selfie_reason: Option<String>,
+    #[serde(default)]
+    pub face_model: Option<ModelInfo>,
+}
+
+impl From<&Analysis> for FaceDetails {
+    fn from(analysis: &Analysis) -> Self {
+        FaceDetails {
+            faces: analysis.faces.clone(),
+            selfie: analysis.selfie.as_ref().map(|s| serde_json::to_value(s).expect("a season analysis serializes")),
+            selfie_reason: analysis.selfie_reason.clone(),
+            face_model: Some(analysis.face_model.clone()),
+        }
+    }
+}
+
 struct Slot {
     classifier: Session,
     detector: Session,

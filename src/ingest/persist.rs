@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image::RgbImage;
-use serde_json::json;
 
 use super::{prepare, Pipeline, PreparedImage, UploadPermit};
 use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
 use crate::db::outbox::{self, OutboxRow};
-use crate::domain::{now, sha256_hex, DeleteTokens, IdempotencyKey, ImageId};
+use crate::domain::event::{self, ImageUploaded};
+use crate::domain::{now, sha256_hex, IdempotencyKey, ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::inference::Analysis;
+use crate::inference::{Analysis, FaceDetails};
 
 /// What the client sent besides the bytes.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,12 @@ pub struct Uploaded {
     pub deduplicated: bool,
     /// An `Idempotency-Key` retry: nothing new was stored.
     pub replayed: bool,
+}
+
+impl Uploaded {
+    pub fn id(&self) -> ImageId {
+        ImageId::parse(&self.record.id).expect("ids are made by ImageId::generate")
+    }
 }
 
 /// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
@@ -230,12 +236,6 @@ fn new_record(
     meta: &UploadMeta,
     objects: &StoredObjects,
 ) -> ImageRecord {
-    let details = json!({
-        "faces": analysis.faces,
-        "selfie": analysis.selfie,
-        "selfie_reason": analysis.selfie_reason,
-        "face_model": analysis.face_model,
-    });
     ImageRecord {
         id: id.to_string(),
         sha256: prepared.sha256.clone(),
@@ -254,37 +254,36 @@ fn new_record(
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),
         status: image_rows::STATUS_STORED.to_owned(),
-        delete_token_hash: DeleteTokens::hash(&state.tokens.token_for(id)),
+        delete_token_hash: Signer::hash_token(&state.signer.delete_token(id)),
         idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
         created_at: now(),
         model_sha256: Some(analysis.model.sha256.clone()),
         inference_ms: Some(analysis.inference_ms),
-        analysis: details.to_string(),
+        analysis: serde_json::to_string(&FaceDetails::from(analysis)).expect("face details serialize"),
         top_label: analysis.predictions.first().map(|p| p.label.clone()),
     }
 }
 
 fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
     let top = analysis.predictions.first();
-    let payload = json!({
-        "event_type": "image.uploaded",
-        "image_id": record.id,
-        "sha256": record.sha256,
-        "content_type": record.content_type,
-        "width": record.width,
-        "height": record.height,
-        "byte_size": record.byte_size,
-        "page_path": format!("/images/{}", record.id),
-        "top_label": top.map(|p| p.label.as_str()),
-        "top_score": top.map(|p| p.score),
-        "has_face": !analysis.faces.is_empty(),
-        "season": analysis.selfie.as_ref().map(|s| s.season),
-    });
+    let event = ImageUploaded {
+        image_id: record.id.clone(),
+        sha256: record.sha256.clone(),
+        content_type: record.content_type.clone(),
+        width: record.width,
+        height: record.height,
+        byte_size: record.byte_size,
+        page_path: format!("/images/{}", record.id),
+        top_label: top.map(|p| p.label.clone()),
+        top_score: top.map(|p| p.score),
+        has_face: !analysis.faces.is_empty(),
+        season: analysis.selfie.as_ref().map(|s| s.season.to_owned()),
+    };
     OutboxRow {
         id: ImageId::generate().to_string(),
         image_id: record.id.clone(),
-        event_type: "image.uploaded".to_owned(),
-        payload: payload.to_string(),
+        event_type: event::IMAGE_UPLOADED.to_owned(),
+        payload: serde_json::to_string(&event).expect("an event serializes"),
         status: outbox::PENDING.to_owned(),
         attempts: 0,
         available_at: record.created_at,

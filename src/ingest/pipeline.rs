@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::IngestPolicy;
 use crate::config::AppConfig;
 use crate::db::Db;
-use crate::domain::DeleteTokens;
+use crate::domain::Signer;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Engine;
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ pub struct Pipeline {
     pub config: Arc<AppConfig>,
     pub db: Db,
     pub store: Arc<dyn ObjectStore>,
-    pub tokens: DeleteTokens,
+    pub signer: Signer,
     pub policy: Arc<IngestPolicy>,
     pub inference: Arc<Engine>,
     /// Wakes the outbox relay when an upload commits.
@@ -37,13 +37,7 @@ pub struct UploadPermit {
 }
 
 impl Pipeline {
-    pub fn new(
-        config: AppConfig,
-        db: Db,
-        store: Arc<dyn ObjectStore>,
-        tokens: DeleteTokens,
-        inference: Engine,
-    ) -> Self {
+    pub fn new(config: AppConfig, db: Db, store: Arc<dyn ObjectStore>, signer: Signer, inference: Engine) -> Self {
         let settings = &config.settings;
         let policy = IngestPolicy::new(settings, config.accepted_formats.clone(), inference.input_size());
         let cpu = Arc::new(Semaphore::new(config.cpu_slots));
@@ -52,7 +46,7 @@ impl Pipeline {
             config: Arc::new(config),
             db,
             store,
-            tokens,
+            signer,
             policy: Arc::new(policy),
             inference: Arc::new(inference),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),

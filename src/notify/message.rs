@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::domain::event::{ImageUploaded, IMAGE_DIGEST, IMAGE_UPLOADED};
+
 /// One notification, ready for any notifier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -65,40 +67,37 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// Builds the notification of an `image.uploaded` outbox row. `public_url` makes links absolute.
-pub fn for_upload(outbox_id: &str, payload: &Value, public_url: &str) -> Notification {
-    let image_id = payload["image_id"].as_str().unwrap_or_default().to_owned();
+pub fn for_upload(outbox_id: &str, event: &ImageUploaded, public_url: &str) -> Notification {
+    let image_id = event.image_id.clone();
     let link = format!("{}/images/{image_id}", public_url.trim_end_matches('/'));
-    let label = payload["top_label"].as_str();
-    let score = payload["top_score"].as_f64();
-    let has_face = payload["has_face"].as_bool().unwrap_or(false);
-    let what = match (label, score) {
+    let what = match (&event.top_label, event.top_score) {
         (Some(label), Some(score)) => format!("{label} ({:.0}%)", score * 100.0),
-        (Some(label), None) => label.to_owned(),
+        (Some(label), None) => label.clone(),
         _ => "an image".to_owned(),
     };
-    let season = payload["season"].as_str().map(|s| format!(", season {s}")).unwrap_or_default();
+    let season = event.season.as_deref().map(|s| format!(", season {s}")).unwrap_or_default();
     let subject = shorten(&format!("New upload: {what}"), 100);
     // The link must survive whole: shorten the words in front of it.
     let room = SMS_LIMIT.saturating_sub(link.chars().count() + 1);
     let sms = format!("{} {link}", shorten(&format!("New upload: {what}"), room));
     let email = format!(
         "A new image was uploaded to Upshot.\n\nWhat the model sees: {what}{season}\nFaces: {}\nSize: {} × {} {}\n\n{link}\n",
-        if has_face { "yes" } else { "none" },
-        payload["width"],
-        payload["height"],
-        payload["content_type"].as_str().unwrap_or("image"),
+        if event.has_face { "yes" } else { "none" },
+        event.width,
+        event.height,
+        event.content_type,
     );
     let attributes = vec![
-        ("event_type", payload["event_type"].as_str().unwrap_or("image.uploaded").to_owned()),
-        ("top_label", label.unwrap_or("none").to_owned()),
-        ("has_face", has_face.to_string()),
-        ("content_type", payload["content_type"].as_str().unwrap_or("").to_owned()),
+        ("event_type", IMAGE_UPLOADED.to_owned()),
+        ("top_label", event.top_label.clone().unwrap_or_else(|| "none".to_owned())),
+        ("has_face", event.has_face.to_string()),
+        ("content_type", event.content_type.clone()),
         ("image_id", image_id.clone()),
     ];
     Notification {
         id: outbox_id.to_owned(),
         image_id,
-        event_type: "image.uploaded".to_owned(),
+        event_type: IMAGE_UPLOADED.to_owned(),
         subject,
         email,
         sms,
@@ -113,15 +112,14 @@ const DIGEST_LINKS: usize = 20;
 
 /// One notification for many uploads (the payloads of their outbox rows), sent when the hour's allowance of
 /// messages is spent: the count, the labels, links to the first few and to the gallery.
-pub fn digest(digest_id: &str, payloads: &[Value], public_url: &str) -> Notification {
+pub fn digest(digest_id: &str, events: &[ImageUploaded], public_url: &str) -> Notification {
     let base = public_url.trim_end_matches('/');
-    let count = payloads.len();
+    let count = events.len();
     let mut labels: Vec<String> =
-        payloads.iter().map(|p| p["top_label"].as_str().unwrap_or("none").to_owned()).collect();
+        events.iter().map(|e| e.top_label.clone().unwrap_or_else(|| "none".to_owned())).collect();
     labels.sort();
     labels.dedup();
-    let image_ids: Vec<String> =
-        payloads.iter().map(|p| p["image_id"].as_str().unwrap_or_default().to_owned()).collect();
+    let image_ids: Vec<String> = events.iter().map(|e| e.image_id.clone()).collect();
     let subject = format!("{count} new uploads");
     let gallery = format!("{base}/admin/images");
     let room = SMS_LIMIT.saturating_sub(gallery.chars().count() + 1);
@@ -134,12 +132,12 @@ What the model saw: {}
 ",
         labels.join(", ")
     );
-    for payload in payloads.iter().take(DIGEST_LINKS) {
-        let label = payload["top_label"].as_str().unwrap_or("an image");
+    for event in events.iter().take(DIGEST_LINKS) {
+        let label = event.top_label.as_deref().unwrap_or("an image");
         email.push_str(&format!(
             "- {label}: {base}/images/{}
 ",
-            payload["image_id"].as_str().unwrap_or_default()
+            event.image_id
         ));
     }
     if count > DIGEST_LINKS {
@@ -154,15 +152,15 @@ What the model saw: {}
 All images: {gallery}
 "
     ));
-    let has_face = payloads.iter().any(|p| p["has_face"].as_bool().unwrap_or(false));
+    let has_face = events.iter().any(|e| e.has_face);
     Notification {
         id: digest_id.to_owned(),
         image_id: digest_id.to_owned(),
-        event_type: "image.digest".to_owned(),
+        event_type: IMAGE_DIGEST.to_owned(),
         subject,
         email,
         sms,
-        attributes: vec![("event_type", "image.digest".to_owned()), ("has_face", has_face.to_string())],
+        attributes: vec![("event_type", IMAGE_DIGEST.to_owned()), ("has_face", has_face.to_string())],
         digest_of: image_ids,
         labels,
     }
@@ -172,9 +170,20 @@ All images: {gallery}
 mod tests {
     use super::*;
 
-    fn payload(label: &str) -> Value {
-        json!({ "event_type": "image.uploaded", "image_id": "0123456789abcdef0123456789abcdef", "top_label": label,
-                "top_score": 0.7123, "has_face": false, "content_type": "image/jpeg", "width": 300, "height": 451 })
+    fn payload(label: &str) -> ImageUploaded {
+        ImageUploaded {
+            image_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            sha256: "00".repeat(32),
+            content_type: "image/jpeg".to_owned(),
+            width: 300,
+            height: 451,
+            byte_size: 20_000,
+            page_path: "/images/0123456789abcdef0123456789abcdef".to_owned(),
+            top_label: Some(label.to_owned()),
+            top_score: Some(0.7123),
+            has_face: false,
+            season: None,
+        }
     }
 
     #[test]
@@ -192,11 +201,10 @@ mod tests {
 
     #[test]
     fn a_digest_names_its_images_and_labels_and_fits_an_sms() {
-        let payloads: Vec<Value> = (0..25)
-            .map(|i| {
-                let mut p = payload(if i % 2 == 0 { "espresso" } else { "tabby" });
-                p["image_id"] = json!(format!("{i:032x}"));
-                p
+        let payloads: Vec<ImageUploaded> = (0..25)
+            .map(|i| ImageUploaded {
+                image_id: format!("{i:032x}"),
+                ..payload(if i % 2 == 0 { "espresso" } else { "tabby" })
             })
             .collect();
         let n = digest("d1", &payloads, "https://upshot.example.com");

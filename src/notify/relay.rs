@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use super::{message, Notifier, NotifyError};
 use crate::db::outbox::{self, OutboxRow};
 use crate::db::{Db, DbError};
+use crate::domain::event::ImageUploaded;
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -204,10 +205,10 @@ impl Relay {
             return Ok(PassReport::default());
         }
         let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
-        let payloads: Vec<serde_json::Value> =
+        let events: Vec<ImageUploaded> =
             claimed.iter().filter_map(|row| serde_json::from_str(&row.payload).ok()).collect();
         let digest_id = crate::domain::ImageId::generate().to_string();
-        let notification = message::digest(&digest_id, &payloads, &self.config.public_url);
+        let notification = message::digest(&digest_id, &events, &self.config.public_url);
         match self.notifier.publish(&notification).await {
             Ok(()) => {
                 log::info!("notifications: {} upload(s) sent in digest {digest_id}", claimed.len());
@@ -229,9 +230,9 @@ impl Relay {
     }
 
     async fn publish(&self, row: &OutboxRow) -> Result<(), NotifyError> {
-        let payload: serde_json::Value = serde_json::from_str(&row.payload)
+        let event: ImageUploaded = serde_json::from_str(&row.payload)
             .map_err(|e| NotifyError::Permanent(format!("unreadable payload: {e}")))?;
-        let notification = message::for_upload(&row.id, &payload, &self.config.public_url);
+        let notification = message::for_upload(&row.id, &event, &self.config.public_url);
         self.notifier.publish(&notification).await
     }
 

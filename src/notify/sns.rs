@@ -27,11 +27,8 @@ pub struct SnsConfig {
 impl SnsNotifier {
     pub async fn connect(settings: &SnsConfig) -> Result<Self, String> {
         let topic_arn = settings.topic_arn.clone();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
+        let region = settings.region.as_deref().or(crate::aws::region_of_arn(&topic_arn));
+        let shared = crate::aws::shared_config(region).await;
         // One try per publish, bounded in time: the relay owns retries, with its own backoff, so a dead
         // endpoint costs seconds, not the SDK's retry budget per message.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()

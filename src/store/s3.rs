@@ -37,11 +37,7 @@ pub struct S3Config {
 impl S3Store {
     pub async fn connect(settings: &S3Config) -> Result<Self, StoreError> {
         let bucket = settings.bucket.clone();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
+        let shared = crate::aws::shared_config(settings.region.as_deref()).await;
         // An S3 that hangs (a brownout, a black-holed route) must cost a request a bounded wait, then a 503,
         // not hold it and its buffered body until the client gives up.
         let limit = settings.timeout;

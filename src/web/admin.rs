@@ -34,7 +34,7 @@ const LOST_LISTED: i64 = 50;
 /// and a fingerprint of the admin key, so that changing the key ends every session.
 fn session_value(state: &AppState, admin_key: &str, expires: i64) -> String {
     let key_fingerprint = &crate::domain::sha256_hex(admin_key.as_bytes())[..16];
-    format!("{expires}.{}", state.tokens.sign(&format!("admin session until {expires} for key {key_fingerprint}")))
+    format!("{expires}.{}", state.signer.sign(&format!("admin session until {expires} for key {key_fingerprint}")))
 }
 
 fn session_is_valid(state: &AppState, value: &str) -> bool {

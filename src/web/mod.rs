@@ -7,7 +7,7 @@ pub mod csrf;
 pub mod security;
 
 use rocket::form::Form;
-use rocket::http::{Cookie, CookieJar, SameSite, Status};
+use rocket::http::{Cookie, CookieJar, SameSite};
 use rocket::response::Redirect;
 use rocket::{get, post, routes, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
@@ -19,7 +19,7 @@ use crate::db::image_rows::ImageRecord;
 use crate::domain::human_bytes;
 use crate::domain::ImageId;
 use crate::error::AppError;
-use crate::responses::PageError;
+use crate::responses::{FormRefusal, PageError};
 use crate::state::AppState;
 use crate::stored_images::{self, DeleteAuthority, ImageView};
 use csrf::CsrfToken;
@@ -83,12 +83,12 @@ async fn upload_form(
     data: UploadData<'_>,
     cookies: &CookieJar<'_>,
     csrf: CsrfToken,
-) -> Result<Redirect, (Status, Template)> {
+) -> Result<Redirect, FormRefusal> {
     let check_form_token = |token: Option<&str>| csrf::verify(cookies, token);
     match upload::handle(state, data, None, Some(&check_form_token)).await {
         Ok(uploaded) => {
-            let id = ImageId::parse(&uploaded.record.id).expect("stored ids are valid");
-            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.tokens.token_for(&id)))
+            let id = uploaded.id();
+            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.signer.delete_token(&id)))
                 .path(format!("/images/{id}"))
                 .http_only(true)
                 .secure(cookies_secure(state))
@@ -98,8 +98,8 @@ async fn upload_form(
             Ok(Redirect::to(format!("/images/{id}")))
         }
         Err(error) => {
-            log::info!("upload form refused: {} {}", error.code, error.detail.as_deref().unwrap_or(""));
-            Err((error.status(), index_page(state, &csrf, None, Some(&error))))
+            let page = index_page(state, &csrf, None, Some(&error));
+            Err(FormRefusal { error, page })
         }
     }
 }

@@ -175,7 +175,7 @@ async fn sessions_over_the_limit_are_refused_at_once(stack: Stack) {
             assert_eq!((status_code, code.as_str()), (403, "UPLOAD_URL_INVALID"));
             let id = session["id"].as_str().unwrap();
             let expired = 1_600_000_000;
-            let signature = upshot::domain::DeleteTokens::new(crate::helpers::SECRET)
+            let signature = upshot::domain::Signer::new(crate::helpers::SECRET)
                 .sign(&format!("direct-upload:{id}:25000000:{expired}"));
             let stale = format!("{}/api/v1/uploads/{id}/data?expires={expired}&signature={signature}", app.base);
             let (status_code, code, _) =

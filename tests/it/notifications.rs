@@ -116,9 +116,20 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
             id: upshot::domain::ImageId::generate().to_string(),
             image_id: image_id.clone(),
             event_type: "image.uploaded".to_owned(),
-            payload: json!({ "event_type": "image.uploaded", "image_id": image_id, "top_label": "tabby",
-                             "top_score": 0.5, "has_face": false, "content_type": "image/jpeg" })
-            .to_string(),
+            payload: serde_json::to_string(&upshot::domain::event::ImageUploaded {
+                image_id: image_id.clone(),
+                sha256: "00".repeat(32),
+                content_type: "image/jpeg".to_owned(),
+                width: 300,
+                height: 451,
+                byte_size: 20_000,
+                page_path: format!("/images/{image_id}"),
+                top_label: Some("tabby".to_owned()),
+                top_score: Some(0.5),
+                has_face: false,
+                season: None,
+            })
+            .unwrap(),
             status: outbox::PENDING.to_owned(),
             attempts: 0,
             available_at: upshot::domain::now(),

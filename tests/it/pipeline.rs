@@ -253,6 +253,8 @@ async fn uploads_beyond_the_memory_budget_wait_then_are_told_to_come_back() {
     .await;
     let whole = budget_free(&app).await;
     assert_eq!(whole, budget / 1024 * 1024);
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let form_token = crate::pages::csrf_token(&browser, &app, "/").await;
 
     // A writer holding the database keeps the first upload, and its room in the budget, in flight.
     let path = app.database_url.strip_prefix("sqlite://").unwrap().to_owned();
@@ -283,6 +285,14 @@ async fn uploads_beyond_the_memory_budget_wait_then_are_told_to_come_back() {
         let (status, code, retry_after) = upload_status(&app, &photo).await;
         assert_eq!((status, code.as_deref(), retry_after), (503, Some("BUSY"), true));
     }
+    // The page's form is told the same, with the same Retry-After.
+    let form = reqwest::multipart::Form::new()
+        .text("csrf_token", form_token)
+        .part("file", reqwest::multipart::Part::bytes(photo.clone()).file_name("big.jpg"));
+    let page = browser.post(app.url("/upload")).multipart(form).send().await.unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(page.headers().contains_key("retry-after"), "{:?}", page.headers());
+    assert!(page.text().await.unwrap().contains("BUSY"));
     release.send(()).unwrap();
     holder.join().unwrap();
     assert_eq!(first.await.unwrap(), 201);
