@@ -10,34 +10,9 @@
 # run ends soon), UPSHOT_BIN (a prebuilt binary to measure instead of building).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 
-scripts/install-deps.sh
-UPSHOT_ORT_LIB=$(scripts/fetch-onnxruntime.sh)
-export UPSHOT_ORT_LIB
-binary=${UPSHOT_BIN:-}
-if [ -z "$binary" ]; then
-    cargo build --release --locked >&2
-    binary=$repo/target/release/upshot
-fi
-
-state=$(mktemp -d -t upshot-abuse.XXXXXX)
-server_pid=''
-cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    scripts/test-services.sh stop "$state" || true
-    rm -rf "$state"
-}
-trap cleanup EXIT
-eval "$(scripts/test-services.sh start "$state")"
-venv=${UPSHOT_TOOLS_DIR:-$repo/target/tools}/venv
-
-export AWS_ACCESS_KEY_ID=upshot-bench AWS_SECRET_ACCESS_KEY=upshot-bench AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
-unset AWS_PROFILE AWS_SESSION_TOKEN
+# shellcheck source=scripts/bench-setup.sh
+source scripts/bench-setup.sh
 read -r bucket topic queues < <("$venv/bin/python" - "$UPSHOT_TEST_AWS_ENDPOINT" <<'PY'
 import sys, boto3
 endpoint = sys.argv[1]

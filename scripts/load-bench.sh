@@ -25,38 +25,10 @@ images=${BENCH_IMAGES:-$repo/../shared/bench/images}
 [ -d "$images" ] || { echo "load-bench: no benchmark photos in $images (set BENCH_IMAGES)" >&2; exit 1; }
 images=$(cd "$images" && pwd)
 
-scripts/install-deps.sh
-UPSHOT_ORT_LIB=$(scripts/fetch-onnxruntime.sh)
-export UPSHOT_ORT_LIB
-binary=${UPSHOT_BIN:-}
-if [ -z "$binary" ]; then
-    cargo build --release --locked >&2
-    binary=$repo/target/release/upshot
-fi
-
-state=$(mktemp -d -t upshot-bench.XXXXXX)
-server_pid=''
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=''
-    fi
-}
-cleanup() {
-    stop_server
-    scripts/test-services.sh stop "$state" || true
-    rm -rf "$state"
-}
-trap cleanup EXIT
-eval "$(scripts/test-services.sh start "$state")"
-venv=${UPSHOT_TOOLS_DIR:-$repo/target/tools}/venv
+# shellcheck source=scripts/bench-setup.sh
+source scripts/bench-setup.sh
 "$venv/bin/python" -c 'import PIL' 2>/dev/null ||
     "$venv/bin/pip" install -q --disable-pip-version-check 'pillow==11.3.0' >&2
-
-export AWS_ACCESS_KEY_ID=upshot-bench AWS_SECRET_ACCESS_KEY=upshot-bench AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
-unset AWS_PROFILE AWS_SESSION_TOKEN
 "$venv/bin/python" scripts/bench-photos.py "$images" "$state/photos"
 read -r bucket topic < <("$venv/bin/python" - "$UPSHOT_TEST_AWS_ENDPOINT" <<'PY'
 import sys, boto3
