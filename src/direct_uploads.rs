@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use crate::db::image_rows;
-use crate::db::upload_sessions::{self, SessionRow, FAILED, PENDING, STORED};
+use crate::db::upload_sessions::{self, SessionRow, SessionStatus};
 use crate::domain::{constant_time_eq, display_filename, human_bytes, now, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::ingest::{self, Pipeline, UploadMeta, Uploaded};
@@ -73,7 +73,7 @@ impl From<&SessionRow> for SessionView {
     fn from(row: &SessionRow) -> Self {
         SessionView {
             id: row.id.clone(),
-            status: row.status.clone(),
+            status: row.status.as_str().to_owned(),
             byte_size: row.byte_size,
             image_id: row.image_id.clone(),
             error: row
@@ -161,7 +161,7 @@ pub async fn open(pipeline: &Pipeline, new: NewSession, local_url: &str) -> AppR
     let expires_at = created_at + chrono::Duration::from_std(ttl).map_err(AppError::internal)?;
     let row = SessionRow {
         id: id.clone(),
-        status: PENDING.to_owned(),
+        status: SessionStatus::Pending,
         original_filename: display_filename(&new.filename),
         description: new.description,
         byte_size: new.byte_size as i64,
@@ -234,7 +234,7 @@ pub async fn receive(
             session.byte_size
         )));
     }
-    if session.status != PENDING {
+    if session.status != SessionStatus::Pending {
         return Err(AppError::new(ErrorCode::UploadInProgress, "This upload has already been completed."));
     }
     let key = incoming_key(id);
@@ -261,17 +261,17 @@ fn is_verdict(code: ErrorCode) -> bool {
 
 /// The answer a finished session gives again: its image, or the error it failed with.
 async fn outcome(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploaded> {
-    if session.status == FAILED {
+    if session.status == SessionStatus::Failed {
         let code = session.error_code.as_deref().and_then(ErrorCode::from_name).unwrap_or(ErrorCode::Internal);
         return Err(AppError::new(code, session.error_message.clone().unwrap_or_default()));
     }
     let image_id = session.image_id.clone().ok_or_else(|| AppError::internal("a stored session without its image"))?;
     let record = pipeline.db.run(move |conn| image_rows::find_any(conn, &image_id)).await?;
     match record {
-        Some(record) if record.status == image_rows::STATUS_STORED => {
+        Some(record) if record.status == image_rows::ImageStatus::Stored => {
             Ok(Uploaded { record, deduplicated: false, replayed: true })
         }
-        Some(record) if record.status == image_rows::STATUS_MISSING => {
+        Some(record) if record.status == image_rows::ImageStatus::Missing => {
             Err(AppError::new(ErrorCode::ImageMissing, "This image's file was lost from the store."))
         }
         _ => Err(AppError::not_found()),
@@ -282,12 +282,12 @@ async fn outcome(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
 /// session already finished answers as it did; one being processed elsewhere answers `UPLOAD_IN_PROGRESS`.
 pub async fn complete(pipeline: &Pipeline, id: &str) -> AppResult<Uploaded> {
     let session = find(pipeline, id).await?;
-    if session.status == STORED || session.status == FAILED {
+    if session.status == SessionStatus::Stored || session.status == SessionStatus::Failed {
         return outcome(pipeline, &session).await;
     }
     if !claim(pipeline, id).await? {
         let session = find(pipeline, id).await?;
-        if session.status == STORED || session.status == FAILED {
+        if session.status == SessionStatus::Stored || session.status == SessionStatus::Failed {
             return outcome(pipeline, &session).await;
         }
         return Err(in_progress());

@@ -294,7 +294,7 @@ fn outbox_command(database: &DatabaseUrl, command: OutboxCommand) -> Result<(), 
                 println!("oldest unsent: {oldest} UTC");
             }
             println!("failed: {}", backlog.failed);
-            for row in outbox::all(&mut conn)?.into_iter().filter(|r| r.status == outbox::FAILED) {
+            for row in outbox::all(&mut conn)?.into_iter().filter(|r| r.status == outbox::OutboxStatus::Failed) {
                 println!(
                     "  {} image {} after {} attempt(s): {}",
                     row.id,

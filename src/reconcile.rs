@@ -291,7 +291,7 @@ impl Walk<'_> {
 
     async fn gap(&mut self, row: KeyedRow, column: KeyColumn) -> Result<(), CheckError> {
         // Rows being deleted are losing their objects on purpose; rows marked missing are known.
-        if row.status == image_rows::STATUS_STORED {
+        if row.status == image_rows::ImageStatus::Stored {
             self.gaps.push(Gap { row, column });
             if self.gaps.len() >= self.options.page {
                 self.settle_gaps().await?;
@@ -402,7 +402,7 @@ async fn look_up(db: &Db, store: &dyn ObjectStore, row: KeyedRow, column: KeyCol
     let Some(record) = db.run(move |conn| image_rows::find_any(conn, &id)).await? else {
         return Ok(Found::Present);
     };
-    let stored = record.status == image_rows::STATUS_STORED && record.thumbnail_key == row.key;
+    let stored = record.status == image_rows::ImageStatus::Stored && record.thumbnail_key == row.key;
     if stored && store.head(&record.original_key).await?.is_some() {
         Ok(Found::LostThumbnail(Box::new(record)))
     } else {
@@ -448,9 +448,9 @@ async fn regenerate_thumbnail(
     // Asked again just before the write: an image deleted meanwhile gets no thumbnail back.
     let id = record.id.clone();
     let still_stored = db
-        .run(
-            move |conn| Ok(image_rows::find_any(conn, &id)?.is_some_and(|row| row.status == image_rows::STATUS_STORED)),
-        )
+        .run(move |conn| {
+            Ok(image_rows::find_any(conn, &id)?.is_some_and(|row| row.status == image_rows::ImageStatus::Stored))
+        })
         .await?;
     if !still_stored {
         return Ok(false);

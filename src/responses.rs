@@ -58,8 +58,8 @@ impl<'r> Responder<'r, 'static> for PageError {
     }
 }
 
-/// A form shown again with its error in it (the upload form without JavaScript): `page`, with the error's
-/// status and `Retry-After`.
+/// A form shown again with its error in it (the upload form without JavaScript, the admin login): `page`,
+/// with the error's status and `Retry-After`.
 pub struct FormRefusal {
     pub error: AppError,
     pub page: Template,

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::image_rows::{self, ImageRecord};
+use crate::db::image_rows::{self, ImageRecord, ImageStatus};
 use crate::domain::{ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Face, FaceDetails, ModelInfo, Prediction};
@@ -89,9 +89,9 @@ impl From<&ImageRecord> for ImageView {
 pub async fn find(state: &AppState, id: &ImageId) -> AppResult<ImageRecord> {
     let id = id.to_string();
     let record = state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
-    match record.status.as_str() {
-        image_rows::STATUS_STORED => Ok(record),
-        image_rows::STATUS_MISSING => Err(AppError::new(
+    match record.status {
+        ImageStatus::Stored => Ok(record),
+        ImageStatus::Missing => Err(AppError::new(
             ErrorCode::ImageMissing,
             "This image's file has been lost from storage; its record is kept.",
         )),

@@ -6,14 +6,8 @@ use diesel::prelude::*;
 
 use super::outbox::OutboxRow;
 use super::schema::{images, outbox};
+pub use super::status::ImageStatus;
 use super::{DbConnection, DbError};
-
-pub const STATUS_STORED: &str = "stored";
-/// Set while a delete removes the objects; such rows are invisible and a retried delete finishes them.
-pub const STATUS_DELETING: &str = "deleting";
-/// Set by `upshot reconcile --repair` when the original is gone from the store: the image is lost, its row
-/// and notification history are kept, and reads answer 410.
-pub const STATUS_MISSING: &str = "missing";
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = images)]
@@ -34,7 +28,7 @@ pub struct ImageRecord {
     pub predictions: String,
     pub model_name: Option<String>,
     pub model_version: Option<String>,
-    pub status: String,
+    pub status: ImageStatus,
     pub delete_token_hash: String,
     pub idempotency_key: Option<String>,
     pub created_at: NaiveDateTime,
@@ -65,7 +59,7 @@ pub fn find_by_idempotency_key(conn: &mut DbConnection, key: &str) -> Result<Opt
 pub fn find_objects_by_sha256(conn: &mut DbConnection, sha256: &str) -> Result<Option<StoredObjects>, DbError> {
     let found = images::table
         .filter(images::sha256.eq(sha256))
-        .filter(images::status.eq(STATUS_STORED))
+        .filter(images::status.eq(ImageStatus::Stored))
         .select((images::original_key, images::thumbnail_key, images::thumbnail_content_type))
         .first::<(String, String, String)>(conn)
         .optional()?;
@@ -119,7 +113,7 @@ pub fn insert_with_outbox(
             let alive = diesel::update(
                 images::table
                     .filter(images::original_key.eq(&record.original_key))
-                    .filter(images::status.eq(STATUS_STORED))
+                    .filter(images::status.eq(ImageStatus::Stored))
                     .filter(images::id.ne(&record.id)),
             )
             .set(images::status.eq(images::status))
@@ -155,11 +149,11 @@ pub struct DeletePlan {
 pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePlan>, DbError> {
     Ok(conn.transaction::<_, diesel::result::Error, _>(|conn| {
         let marked = diesel::update(images::table.filter(images::id.eq(id)).filter(images::status.eq_any([
-            STATUS_STORED,
-            STATUS_DELETING,
-            STATUS_MISSING,
+            ImageStatus::Stored,
+            ImageStatus::Deleting,
+            ImageStatus::Missing,
         ])))
-        .set(images::status.eq(STATUS_DELETING))
+        .set(images::status.eq(ImageStatus::Deleting))
         .execute(conn)?;
         if marked == 0 {
             return Ok(None);
@@ -169,7 +163,7 @@ pub fn begin_delete(conn: &mut DbConnection, id: &str) -> Result<Option<DeletePl
         let sharers = diesel::update(
             images::table
                 .filter(images::original_key.eq(&record.original_key))
-                .filter(images::status.eq(STATUS_STORED))
+                .filter(images::status.eq(ImageStatus::Stored))
                 .filter(images::id.ne(id)),
         )
         .set(images::status.eq(images::status))
@@ -190,7 +184,7 @@ pub fn list_page(
     top_label: Option<String>,
     limit: i64,
 ) -> Result<Vec<ImageRecord>, DbError> {
-    let mut query = images::table.filter(images::status.eq(STATUS_STORED)).into_boxed();
+    let mut query = images::table.filter(images::status.eq(ImageStatus::Stored)).into_boxed();
     if let Some(label) = top_label {
         query = query.filter(images::top_label.eq(label));
     }
@@ -217,7 +211,7 @@ pub enum KeyColumn {
 pub struct KeyedRow {
     pub key: String,
     pub id: String,
-    pub status: String,
+    pub status: ImageStatus,
 }
 
 /// Rows of any status in `(key, id)` order after `after`: a keyset page for the consistency check, which walks
@@ -228,7 +222,7 @@ pub fn key_order_page(
     after: Option<(String, String)>,
     limit: i64,
 ) -> Result<Vec<KeyedRow>, DbError> {
-    let rows: Vec<(String, String, String)> = match column {
+    let rows: Vec<(String, String, ImageStatus)> = match column {
         KeyColumn::Original => {
             let mut query = images::table.into_boxed();
             if let Some((key, id)) = after {
@@ -271,20 +265,20 @@ pub fn referenced_keys(conn: &mut DbConnection, keys: &[String]) -> Result<Vec<S
 
 /// Marks a stored image whose original is gone as `missing`; how many rows changed (0 if it was not stored).
 pub fn mark_missing(conn: &mut DbConnection, id: &str) -> Result<usize, DbError> {
-    Ok(diesel::update(images::table.filter(images::id.eq(id)).filter(images::status.eq(STATUS_STORED)))
-        .set(images::status.eq(STATUS_MISSING))
+    Ok(diesel::update(images::table.filter(images::id.eq(id)).filter(images::status.eq(ImageStatus::Stored)))
+        .set(images::status.eq(ImageStatus::Missing))
         .execute(conn)?)
 }
 
 /// Images marked `missing`: lost, until someone deletes them.
 pub fn missing_count(conn: &mut DbConnection) -> Result<i64, DbError> {
-    Ok(images::table.filter(images::status.eq(STATUS_MISSING)).count().get_result(conn)?)
+    Ok(images::table.filter(images::status.eq(ImageStatus::Missing)).count().get_result(conn)?)
 }
 
 /// The newest `limit` images marked `missing`, for the admin gallery.
 pub fn missing_page(conn: &mut DbConnection, limit: i64) -> Result<Vec<ImageRecord>, DbError> {
     Ok(images::table
-        .filter(images::status.eq(STATUS_MISSING))
+        .filter(images::status.eq(ImageStatus::Missing))
         .order((images::created_at.desc(), images::id.desc()))
         .limit(limit)
         .select(ImageRecord::as_select())

@@ -6,6 +6,7 @@ pub mod outbox;
 pub mod pending;
 pub mod reconcile_runs;
 pub mod schema;
+pub mod status;
 pub mod upload_sessions;
 
 use std::time::Duration;

@@ -7,12 +7,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::outbox;
+pub use super::status::OutboxStatus;
 use super::{DbConnection, DbError};
-
-pub const PENDING: &str = "pending";
-pub const PROCESSING: &str = "processing";
-pub const SENT: &str = "sent";
-pub const FAILED: &str = "failed";
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = outbox)]
@@ -21,7 +17,7 @@ pub struct OutboxRow {
     pub image_id: String,
     pub event_type: String,
     pub payload: String,
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub available_at: NaiveDateTime,
     pub last_error: Option<String>,
@@ -40,14 +36,14 @@ pub fn claim_due(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, DbError> {
     let due = outbox::table
-        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .filter(outbox::status.eq_any([OutboxStatus::Pending, OutboxStatus::Processing]))
         .filter(outbox::available_at.le(now))
         .order(outbox::available_at.asc())
         .limit(limit)
         .select(outbox::id);
     let claim = |ids: Vec<String>| {
         diesel::update(outbox::table.filter(outbox::id.eq_any(ids))).set((
-            outbox::status.eq(PROCESSING),
+            outbox::status.eq(OutboxStatus::Processing),
             outbox::attempts.eq(outbox::attempts + 1),
             outbox::available_at.eq(lease_until),
         ))
@@ -68,7 +64,7 @@ pub fn claim_due(
 fn settle(
     conn: &mut DbConnection,
     row: &OutboxRow,
-    status: &str,
+    status: OutboxStatus,
     available_at: NaiveDateTime,
     error: Option<&str>,
     published_at: Option<NaiveDateTime>,
@@ -77,7 +73,7 @@ fn settle(
     let changed = diesel::update(
         outbox::table
             .filter(outbox::id.eq(&row.id))
-            .filter(outbox::status.eq(PROCESSING))
+            .filter(outbox::status.eq(OutboxStatus::Processing))
             .filter(outbox::attempts.eq(row.attempts)),
     )
     .set((
@@ -92,7 +88,7 @@ fn settle(
 }
 
 pub fn mark_sent(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
-    settle(conn, row, SENT, now, row.last_error.as_deref(), Some(now), row.attempts)
+    settle(conn, row, OutboxStatus::Sent, now, row.last_error.as_deref(), Some(now), row.attempts)
 }
 
 pub fn mark_retry(
@@ -101,11 +97,11 @@ pub fn mark_retry(
     next_attempt: NaiveDateTime,
     error: &str,
 ) -> Result<bool, DbError> {
-    settle(conn, row, PENDING, next_attempt, Some(error), None, row.attempts)
+    settle(conn, row, OutboxStatus::Pending, next_attempt, Some(error), None, row.attempts)
 }
 
 pub fn mark_failed(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime, error: &str) -> Result<bool, DbError> {
-    settle(conn, row, FAILED, now, Some(error), None, row.attempts)
+    settle(conn, row, OutboxStatus::Failed, now, Some(error), None, row.attempts)
 }
 
 /// Settles claimed rows published together in digest `digest_id`; how many were still this relay's.
@@ -121,11 +117,11 @@ pub fn mark_digested(
             settled += diesel::update(
                 outbox::table
                     .filter(outbox::id.eq(&row.id))
-                    .filter(outbox::status.eq(PROCESSING))
+                    .filter(outbox::status.eq(OutboxStatus::Processing))
                     .filter(outbox::attempts.eq(row.attempts)),
             )
             .set((
-                outbox::status.eq(SENT),
+                outbox::status.eq(OutboxStatus::Sent),
                 outbox::available_at.eq(now),
                 outbox::published_at.eq(Some(now)),
                 outbox::digest_id.eq(Some(digest_id)),
@@ -138,7 +134,7 @@ pub fn mark_digested(
 
 /// Messages published since `since`: rows sent on their own, and digests (each counted once).
 pub fn messages_since(conn: &mut DbConnection, since: NaiveDateTime) -> Result<i64, DbError> {
-    let published = outbox::table.filter(outbox::status.eq(SENT)).filter(outbox::published_at.ge(since));
+    let published = outbox::table.filter(outbox::status.eq(OutboxStatus::Sent)).filter(outbox::published_at.ge(since));
     let single: i64 = published.filter(outbox::digest_id.is_null()).count().get_result(conn)?;
     // A handful an hour at most: one per digest interval.
     let digests: Vec<Option<String>> =
@@ -156,16 +152,18 @@ pub fn last_digest_at(conn: &mut DbConnection) -> Result<Option<NaiveDateTime>, 
 
 /// Gives back a claimed row that was not tried (shutdown): due at once, the claim not counted.
 pub fn release(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
-    settle(conn, row, PENDING, now, row.last_error.as_deref(), None, row.attempts - 1)
+    settle(conn, row, OutboxStatus::Pending, now, row.last_error.as_deref(), None, row.attempts - 1)
 }
 
 /// `upshot outbox retry`: parked rows (all, or one) become due again with a fresh attempt budget.
 pub fn retry_failed(conn: &mut DbConnection, id: Option<&str>, now: NaiveDateTime) -> Result<usize, DbError> {
-    let mut query = diesel::update(outbox::table).filter(outbox::status.eq(FAILED)).into_boxed();
+    let mut query = diesel::update(outbox::table).filter(outbox::status.eq(OutboxStatus::Failed)).into_boxed();
     if let Some(id) = id {
         query = query.filter(outbox::id.eq(id));
     }
-    Ok(query.set((outbox::status.eq(PENDING), outbox::attempts.eq(0), outbox::available_at.eq(now))).execute(conn)?)
+    Ok(query
+        .set((outbox::status.eq(OutboxStatus::Pending), outbox::attempts.eq(0), outbox::available_at.eq(now)))
+        .execute(conn)?)
 }
 
 /// Rows not yet published (pending or being published), and the creation time of the oldest.
@@ -177,11 +175,11 @@ pub struct Backlog {
 }
 
 pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
-    let unsent_filter = outbox::status.eq_any([PENDING, PROCESSING]);
+    let unsent_filter = outbox::status.eq_any([OutboxStatus::Pending, OutboxStatus::Processing]);
     let unsent = outbox::table.filter(unsent_filter).count().get_result(conn)?;
     let failed = failed_count(conn)?;
     let oldest_unsent = outbox::table
-        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .filter(outbox::status.eq_any([OutboxStatus::Pending, OutboxStatus::Processing]))
         .select(diesel::dsl::min(outbox::created_at))
         .first(conn)?;
     Ok(Backlog { unsent, failed, oldest_unsent })
@@ -189,13 +187,13 @@ pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
 
 /// Notifications parked as failed.
 pub fn failed_count(conn: &mut DbConnection) -> Result<i64, DbError> {
-    Ok(outbox::table.filter(outbox::status.eq(FAILED)).count().get_result(conn)?)
+    Ok(outbox::table.filter(outbox::status.eq(OutboxStatus::Failed)).count().get_result(conn)?)
 }
 
 /// Notifications still unsent that were written before `before`.
 pub fn unsent_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<i64, DbError> {
     Ok(outbox::table
-        .filter(outbox::status.eq_any([PENDING, PROCESSING]))
+        .filter(outbox::status.eq_any([OutboxStatus::Pending, OutboxStatus::Processing]))
         .filter(outbox::created_at.lt(before))
         .count()
         .get_result(conn)?)

@@ -6,18 +6,14 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::upload_sessions;
+pub use super::status::SessionStatus;
 use super::{DbConnection, DbError};
-
-pub const PENDING: &str = "pending";
-pub const PROCESSING: &str = "processing";
-pub const STORED: &str = "stored";
-pub const FAILED: &str = "failed";
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = upload_sessions)]
 pub struct SessionRow {
     pub id: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub original_filename: Option<String>,
     pub description: Option<String>,
     pub byte_size: i64,
@@ -53,10 +49,10 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<SessionRow>, DbE
 /// worker died). Whether it was taken.
 pub fn claim(conn: &mut DbConnection, id: &str, now: NaiveDateTime, until: NaiveDateTime) -> Result<bool, DbError> {
     let claimable = upload_sessions::status
-        .eq(PENDING)
-        .or(upload_sessions::status.eq(PROCESSING).and(upload_sessions::claimed_until.lt(now)));
+        .eq(SessionStatus::Pending)
+        .or(upload_sessions::status.eq(SessionStatus::Processing).and(upload_sessions::claimed_until.lt(now)));
     let taken = diesel::update(upload_sessions::table.filter(upload_sessions::id.eq(id)).filter(claimable))
-        .set((upload_sessions::status.eq(PROCESSING), upload_sessions::claimed_until.eq(Some(until))))
+        .set((upload_sessions::status.eq(SessionStatus::Processing), upload_sessions::claimed_until.eq(Some(until))))
         .execute(conn)?;
     Ok(taken == 1)
 }
@@ -64,9 +60,11 @@ pub fn claim(conn: &mut DbConnection, id: &str, now: NaiveDateTime, until: Naive
 /// Gives a claimed session back as pending: its file has not arrived yet.
 pub fn release(conn: &mut DbConnection, id: &str) -> Result<(), DbError> {
     diesel::update(
-        upload_sessions::table.filter(upload_sessions::id.eq(id)).filter(upload_sessions::status.eq(PROCESSING)),
+        upload_sessions::table
+            .filter(upload_sessions::id.eq(id))
+            .filter(upload_sessions::status.eq(SessionStatus::Processing)),
     )
-    .set((upload_sessions::status.eq(PENDING), upload_sessions::claimed_until.eq(None::<NaiveDateTime>)))
+    .set((upload_sessions::status.eq(SessionStatus::Pending), upload_sessions::claimed_until.eq(None::<NaiveDateTime>)))
     .execute(conn)?;
     Ok(())
 }
@@ -74,7 +72,7 @@ pub fn release(conn: &mut DbConnection, id: &str) -> Result<(), DbError> {
 pub fn finish_stored(conn: &mut DbConnection, id: &str, image_id: &str, now: NaiveDateTime) -> Result<(), DbError> {
     diesel::update(upload_sessions::table.filter(upload_sessions::id.eq(id)))
         .set((
-            upload_sessions::status.eq(STORED),
+            upload_sessions::status.eq(SessionStatus::Stored),
             upload_sessions::image_id.eq(Some(image_id)),
             upload_sessions::claimed_until.eq(None::<NaiveDateTime>),
             upload_sessions::finished_at.eq(Some(now)),
@@ -92,7 +90,7 @@ pub fn finish_failed(
 ) -> Result<(), DbError> {
     diesel::update(upload_sessions::table.filter(upload_sessions::id.eq(id)))
         .set((
-            upload_sessions::status.eq(FAILED),
+            upload_sessions::status.eq(SessionStatus::Failed),
             upload_sessions::error_code.eq(Some(code)),
             upload_sessions::error_message.eq(Some(message)),
             upload_sessions::claimed_until.eq(None::<NaiveDateTime>),
@@ -105,7 +103,7 @@ pub fn finish_failed(
 /// Up to `limit` pending sessions whose URL expired before `before`.
 pub fn expired(conn: &mut DbConnection, before: NaiveDateTime, limit: i64) -> Result<Vec<String>, DbError> {
     Ok(upload_sessions::table
-        .filter(upload_sessions::status.eq(PENDING))
+        .filter(upload_sessions::status.eq(SessionStatus::Pending))
         .filter(upload_sessions::expires_at.lt(before))
         .order(upload_sessions::expires_at.asc())
         .limit(limit)
@@ -117,7 +115,7 @@ pub fn expired(conn: &mut DbConnection, before: NaiveDateTime, limit: i64) -> Re
 pub fn deliver_token(conn: &mut DbConnection, id: &str) -> Result<bool, DbError> {
     let marked = diesel::update(upload_sessions::table)
         .filter(upload_sessions::id.eq(id))
-        .filter(upload_sessions::status.eq(STORED))
+        .filter(upload_sessions::status.eq(SessionStatus::Stored))
         .filter(upload_sessions::token_delivered.eq(false))
         .set(upload_sessions::token_delivered.eq(true))
         .execute(conn)?;
@@ -127,7 +125,7 @@ pub fn deliver_token(conn: &mut DbConnection, id: &str) -> Result<bool, DbError>
 /// Removes up to `limit` sessions that finished (stored or failed) before `before`; their images stay.
 pub fn purge_finished(conn: &mut DbConnection, before: NaiveDateTime, limit: i64) -> Result<usize, DbError> {
     let ids: Vec<String> = upload_sessions::table
-        .filter(upload_sessions::status.eq_any([STORED, FAILED]))
+        .filter(upload_sessions::status.eq_any([SessionStatus::Stored, SessionStatus::Failed]))
         .filter(upload_sessions::finished_at.lt(before))
         .limit(limit)
         .select(upload_sessions::id)

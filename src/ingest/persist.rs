@@ -70,7 +70,7 @@ async fn replay(state: &Pipeline, key: &IdempotencyKey, source_sha256: String) -
             "This Idempotency-Key was already used for a different file.",
         ));
     }
-    if record.status != image_rows::STATUS_STORED {
+    if record.status != image_rows::ImageStatus::Stored {
         return Err(AppError::not_found());
     }
     Ok(Some(Uploaded { record, deduplicated: false, replayed: true }))
@@ -253,7 +253,7 @@ fn new_record(
         predictions: serde_json::to_string(&analysis.predictions).expect("predictions serialize"),
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),
-        status: image_rows::STATUS_STORED.to_owned(),
+        status: image_rows::ImageStatus::Stored,
         delete_token_hash: Signer::hash_token(&state.signer.delete_token(id)),
         idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
         created_at: now(),
@@ -284,7 +284,7 @@ fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
         image_id: record.id.clone(),
         event_type: event::IMAGE_UPLOADED.to_owned(),
         payload: serde_json::to_string(&event).expect("an event serializes"),
-        status: outbox::PENDING.to_owned(),
+        status: outbox::OutboxStatus::Pending,
         attempts: 0,
         available_at: record.created_at,
         last_error: None,

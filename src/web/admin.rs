@@ -6,7 +6,7 @@
 use rocket::form::Form;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::{Redirect, Responder};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, uri, FromForm, Route, State};
 use rocket_dyn_templates::{context, Template};
 
@@ -16,7 +16,7 @@ use crate::api::guards::ClientAddress;
 use crate::db::image_rows;
 use crate::domain::{constant_time_eq, ImageId};
 use crate::error::{AppError, ErrorCode};
-use crate::responses::PageError;
+use crate::responses::{FormRefusal, PageError};
 use crate::state::AppState;
 use crate::stored_images::{self, DeleteAuthority};
 
@@ -112,23 +112,6 @@ struct LoginForm {
     csrf_token: Option<String>,
 }
 
-/// The login form again, with its error, status and `Retry-After`.
-struct LoginRefused {
-    page: Template,
-    error: AppError,
-}
-
-impl<'r> Responder<'r, 'static> for LoginRefused {
-    fn respond_to(self, req: &'r Request<'_>) -> rocket::response::Result<'static> {
-        let mut response = rocket::Response::build_from(self.page.respond_to(req)?);
-        response.status(self.error.status());
-        if let Some(secs) = self.error.retry_after_secs {
-            response.header(rocket::http::Header::new("Retry-After", secs.to_string()));
-        }
-        Ok(response.finalize())
-    }
-}
-
 #[post("/admin/login", data = "<form>")]
 fn login(
     state: &State<AppState>,
@@ -137,7 +120,7 @@ fn login(
     form: Form<LoginForm>,
     cookies: &CookieJar<'_>,
     csrf: CsrfToken,
-) -> Result<Redirect, Box<LoginRefused>> {
+) -> Result<Redirect, Box<FormRefusal>> {
     let attempt = throttle.attempt(client.0).map_err(|retry_after| {
         AppError::new(ErrorCode::TooManyRequests, "Too many sign-in attempts; wait a little and try again.")
             .with_detail(format!("admin login throttled for {}", client.0))
@@ -145,7 +128,7 @@ fn login(
     });
     attempt
         .and_then(|()| try_login(state, &form, cookies))
-        .map_err(|error| Box::new(LoginRefused { page: login_template(state, &csrf.0, Some(&error)), error }))
+        .map_err(|error| Box::new(FormRefusal { page: login_template(state, &csrf.0, Some(&error)), error }))
 }
 
 fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {

@@ -256,7 +256,10 @@ async fn a_fleet_loses_nothing_to_a_killed_instance_or_an_s3_or_sns_outage() {
     loop {
         let unsent: i64 = db
             .run(|conn| {
-                Ok(schema::outbox::table.filter(schema::outbox::status.ne(outbox::SENT)).count().get_result(conn)?)
+                Ok(schema::outbox::table
+                    .filter(schema::outbox::status.ne(outbox::OutboxStatus::Sent))
+                    .count()
+                    .get_result(conn)?)
             })
             .await
             .unwrap();

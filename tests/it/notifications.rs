@@ -42,7 +42,7 @@ async fn every_upload_is_delivered_with_its_attributes() {
     assert_eq!(face.attributes["content_type"], "image/webp");
     assert!(delivered.iter().all(|d| !d.body.is_empty()));
     let rows = outbox_rows(&app.db).await;
-    assert!(rows.iter().all(|r| r.status == outbox::SENT && r.published_at.is_some()), "{rows:?}");
+    assert!(rows.iter().all(|r| r.status == outbox::OutboxStatus::Sent && r.published_at.is_some()), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +72,7 @@ async fn an_sns_outage_delays_notifications_but_loses_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(during.len(), 4);
-    assert!(during.iter().all(|r| r.status != outbox::SENT), "nothing can be sent during the outage");
+    assert!(during.iter().all(|r| r.status != outbox::OutboxStatus::Sent), "nothing can be sent during the outage");
     assert!(during.iter().all(|r| r.attempts >= 1 && r.last_error.is_some()), "{during:?}");
     // A backlog older than the threshold (1 s here) degrades readiness without failing it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -96,7 +96,7 @@ async fn an_sns_outage_delays_notifications_but_loses_none() {
     let distinct: HashSet<String> = ids.iter().cloned().collect();
     assert_eq!(distinct, uploaded, "every notification arrived after the outage");
     let after = outbox_rows(&app.db).await;
-    assert!(after.iter().all(|r| r.status == outbox::SENT), "{after:?}");
+    assert!(after.iter().all(|r| r.status == outbox::OutboxStatus::Sent), "{after:?}");
     let attempts: Vec<i32> = after.iter().map(|r| r.attempts).collect();
     eprintln!(
         "outage: uploaded {}, delivered {}, duplicates {}, attempts per message {attempts:?}, drained {:.2} s after recovery",
@@ -130,7 +130,7 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
                 season: None,
             })
             .unwrap(),
-            status: outbox::PENDING.to_owned(),
+            status: outbox::OutboxStatus::Pending,
             attempts: 0,
             available_at: upshot::domain::now(),
             last_error: None,
@@ -213,7 +213,7 @@ async fn a_relay_that_dies_after_claiming_leaves_work_for_the_next(stack: Stack)
     let ids: HashSet<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
     assert_eq!(ids, seeded.into_iter().collect());
     let rows = outbox_rows(&db).await;
-    assert!(rows.iter().all(|r| r.status == outbox::SENT && r.attempts == 2), "{rows:?}");
+    assert!(rows.iter().all(|r| r.status == outbox::OutboxStatus::Sent && r.attempts == 2), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +230,10 @@ async fn a_claim_about_to_run_out_is_given_back_not_published() {
     assert_eq!((report.claimed, report.sent, report.released), (3, 0, 3));
     assert!(receive(&queue, 1, Duration::from_secs(2)).await.is_empty(), "nothing published");
     let rows = outbox_rows(&db).await;
-    assert!(rows.iter().all(|r| r.status == outbox::PENDING && r.attempts == 0), "given back whole: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r.status == outbox::OutboxStatus::Pending && r.attempts == 0),
+        "given back whole: {rows:?}"
+    );
     // With room for a publish in its lease, the next pass sends them.
     let relay = relay_on(&db, &topic, Duration::from_secs(30)).await;
     assert_eq!(relay.pass(&running).await.unwrap().sent, 3);
@@ -369,7 +372,7 @@ async fn the_log_notifier_publishes_the_embedded_outbox() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = outbox_rows(&app.db).await;
-        if rows.len() == 1 && rows[0].status == outbox::SENT {
+        if rows.len() == 1 && rows[0].status == outbox::OutboxStatus::Sent {
             break;
         }
         assert!(Instant::now() < deadline, "the relay never published: {rows:?}");
@@ -388,7 +391,7 @@ async fn a_refused_notification_is_parked_and_the_retry_command_revives_it() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let parked = loop {
         let rows = outbox_rows(&app.db).await;
-        if rows.first().is_some_and(|r| r.status == outbox::FAILED) {
+        if rows.first().is_some_and(|r| r.status == outbox::OutboxStatus::Failed) {
             break rows[0].clone();
         }
         assert!(Instant::now() < deadline, "never parked: {rows:?}");
@@ -441,11 +444,12 @@ async fn a_flood_of_uploads_reaches_each_subscriber_as_a_few_messages_and_digest
         uploaded.insert(app.upload_ok(name).await["id"].as_str().unwrap().to_owned());
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while outbox_rows(&app.db).await.iter().any(|r| r.status != outbox::SENT) && Instant::now() < deadline {
+    while outbox_rows(&app.db).await.iter().any(|r| r.status != outbox::OutboxStatus::Sent) && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let rows = outbox_rows(&app.db).await;
-    assert!(rows.iter().all(|r| r.status == outbox::SENT), "every notification went out: {rows:?}");
+    assert!(rows.iter().all(|r| r.status == outbox::OutboxStatus::Sent), "every notification went out: {rows:?}");
     let elapsed = started.elapsed();
     // The allowance, then at most one digest per interval (and one more at the boundary).
     let bound = LIMIT + (elapsed.as_secs() / DIGEST_SECS) as usize + 1;

@@ -105,14 +105,14 @@ fn trickle(app: &TestApp, stop: watch::Receiver<bool>) -> (Seen, tokio::task::Jo
     (seen, task)
 }
 
-async fn outbox_status(app: &TestApp, image_id: &str) -> Option<String> {
+async fn outbox_status(app: &TestApp, image_id: &str) -> Option<outbox::OutboxStatus> {
     let image_id = image_id.to_owned();
     app.db
         .run(move |conn| {
             Ok(schema::outbox::table
                 .filter(schema::outbox::image_id.eq(image_id))
                 .select(schema::outbox::status)
-                .first::<String>(conn)
+                .first::<outbox::OutboxStatus>(conn)
                 .optional()?)
         })
         .await
@@ -167,9 +167,10 @@ async fn a_postgres_restart_costs_only_the_requests_in_flight() {
         let readable = time_until("reads", || async { app.get(&earlier_path).await.status() == 200 }).await;
         let fresh = app.upload_ok("cat.jpg").await;
         let fresh_id = fresh["id"].as_str().unwrap().to_owned();
-        let published =
-            time_until("the relay", || async { outbox_status(&app, &fresh_id).await.as_deref() == Some(outbox::SENT) })
-                .await;
+        let published = time_until("the relay", || async {
+            outbox_status(&app, &fresh_id).await == Some(outbox::OutboxStatus::Sent)
+        })
+        .await;
         let recovered = back.elapsed();
         println!(
             "round {round}: readiness back after {ready:?}, reads after {readable:?}, \
@@ -201,7 +202,7 @@ async fn a_postgres_restart_costs_only_the_requests_in_flight() {
             .db
             .run(|conn| {
                 Ok(schema::outbox::table
-                    .filter(schema::outbox::status.eq(outbox::SENT))
+                    .filter(schema::outbox::status.eq(outbox::OutboxStatus::Sent))
                     .count()
                     .get_result::<i64>(conn)?)
             })
