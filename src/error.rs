@@ -5,8 +5,12 @@ use std::fmt;
 
 use rocket::http::Status;
 
-/// Stable error codes: clients match on these, so a code is never renamed or reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Stable error codes: clients match on these, so a code is never renamed or reused. Each is written as its
+/// variant's name in SCREAMING_SNAKE_CASE (`CsrfTokenInvalid` is `CSRF_TOKEN_INVALID`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     BadRequest,
     ClientClosedRequest,
@@ -42,77 +46,17 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for the README's list and its test.
-    pub const ALL: [ErrorCode; 30] = [
-        ErrorCode::BadRequest,
-        ErrorCode::ClientClosedRequest,
-        ErrorCode::MissingFile,
-        ErrorCode::InvalidIdempotencyKey,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::ImageMissing,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::IdempotencyConflict,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::InvalidRequest,
-        ErrorCode::ImageTooLarge,
-        ErrorCode::CorruptImage,
-        ErrorCode::Busy,
-        ErrorCode::InferenceBusy,
-        ErrorCode::InferenceFailed,
-        ErrorCode::NotifierNotConfigured,
-        ErrorCode::CsrfTokenInvalid,
-        ErrorCode::NotifierUnavailable,
-        ErrorCode::TooManyRequests,
-        ErrorCode::UploadIncomplete,
-        ErrorCode::UploadInProgress,
-        ErrorCode::UploadExpired,
-        ErrorCode::UploadUrlInvalid,
-        ErrorCode::NotReady,
-        ErrorCode::StoreUnavailable,
-        ErrorCode::DatabaseUnavailable,
-        ErrorCode::Internal,
-    ];
+    pub fn all() -> impl Iterator<Item = ErrorCode> {
+        <ErrorCode as strum::IntoEnumIterator>::iter()
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::ClientClosedRequest => "CLIENT_CLOSED_REQUEST",
-            ErrorCode::MissingFile => "MISSING_FILE",
-            ErrorCode::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::ImageMissing => "IMAGE_MISSING",
-            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
-            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            ErrorCode::InvalidRequest => "INVALID_REQUEST",
-            ErrorCode::ImageTooLarge => "IMAGE_TOO_LARGE",
-            ErrorCode::CorruptImage => "CORRUPT_IMAGE",
-            ErrorCode::Busy => "BUSY",
-            ErrorCode::InferenceBusy => "INFERENCE_BUSY",
-            ErrorCode::InferenceFailed => "INFERENCE_FAILED",
-            ErrorCode::NotifierNotConfigured => "NOTIFIER_NOT_CONFIGURED",
-            ErrorCode::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
-            ErrorCode::NotifierUnavailable => "NOTIFIER_UNAVAILABLE",
-            ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
-            ErrorCode::UploadIncomplete => "UPLOAD_INCOMPLETE",
-            ErrorCode::UploadInProgress => "UPLOAD_IN_PROGRESS",
-            ErrorCode::UploadExpired => "UPLOAD_EXPIRED",
-            ErrorCode::UploadUrlInvalid => "UPLOAD_URL_INVALID",
-            ErrorCode::NotReady => "NOT_READY",
-            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
-            ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
-            ErrorCode::Internal => "INTERNAL",
-        }
+        self.into()
     }
 
     /// The code named `name`, as recorded (an upload session keeps the code it failed with).
     pub fn from_name(name: &str) -> Option<Self> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
+        name.parse().ok()
     }
 
     pub fn status(self) -> Status {
@@ -163,12 +107,6 @@ impl ErrorCode {
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -251,3 +189,19 @@ impl fmt::Display for AppError {
 }
 
 impl std::error::Error for AppError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_read_back_by_its_name() {
+        assert_eq!(ErrorCode::CsrfTokenInvalid.as_str(), "CSRF_TOKEN_INVALID");
+        assert_eq!(ErrorCode::all().count(), 30);
+        for code in ErrorCode::all() {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(ErrorCode::from_name("csrf_token_invalid"), None);
+    }
+}
