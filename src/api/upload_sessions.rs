@@ -5,7 +5,7 @@ use rocket::http::{Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::serde::json::Json;
 use rocket::{get, post, put, routes, Route, State};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::guards::IntakeAllowance;
 use super::image_routes::Created;
@@ -18,17 +18,41 @@ pub fn routes() -> Vec<Route> {
     routes![open, receive, complete, status]
 }
 
+/// What a client declares of the file it is about to send. Read as the API document describes it: an
+/// optional field is a string when sent (`null` is refused), and `byte_size` is an integer as JSON Schema counts
+/// integers (`1024.0` is one).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionInput {
     filename: String,
+    #[serde(deserialize_with = "whole_number")]
     byte_size: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     content_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     sha256: Option<String>,
+}
+
+/// An optional field that was sent: it must hold a value.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(field: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(field).map(Some)
+}
+
+/// A non-negative integer, written with or without a zero fraction.
+fn whole_number<'de, D: Deserializer<'de>>(field: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Integer(u64),
+        Float(f64),
+    }
+    match Number::deserialize(field)? {
+        Number::Integer(n) => Ok(n),
+        Number::Float(f) if f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f) => Ok(f as u64),
+        Number::Float(f) => Err(serde::de::Error::custom(format!("expected a whole number of bytes, not {f}"))),
+    }
 }
 
 /// A new session: 201 with where to send the file.
@@ -59,7 +83,8 @@ async fn open(
             .with_detail(e)
         })?
         .into_inner();
-    let description = super::upload::clean_description(input.description, state.config.settings.max_description_chars)?;
+    let description =
+        super::upload::clean_description(input.description, state.pipeline.config.settings.max_description_chars)?;
     let new = NewSession {
         filename: input.filename,
         description,
@@ -67,8 +92,8 @@ async fn open(
         content_type: input.content_type,
         sha256: input.sha256,
     };
-    let public_url = state.config.public_url().to_owned();
-    Ok(Opened(direct_uploads::open(state, new, &public_url).await?))
+    let public_url = state.pipeline.config.public_url().to_owned();
+    Ok(Opened(direct_uploads::open(&state.pipeline, new, &public_url).await?))
 }
 
 /// The request's `Content-Length`, when it sent one.
@@ -98,21 +123,46 @@ async fn receive(
     body: Data<'_>,
 ) -> AppResult<Status> {
     let id = parse_id(id)?;
-    let limit = state.config.settings.direct_upload_max_bytes.bytes() + 1.bytes();
+    let limit = state.pipeline.config.settings.direct_upload_max_bytes.bytes() + 1.bytes();
     let reader = Box::pin(body.open(limit));
-    direct_uploads::receive(state, id.as_str(), expires, signature, length.0, reader).await?;
+    direct_uploads::receive(&state.pipeline, id.as_str(), expires, signature, length.0, reader).await?;
     Ok(Status::Ok)
 }
 
 #[post("/uploads/<id>/complete")]
 async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -> AppResult<Created> {
     let id = parse_id(id)?;
-    let mut uploaded = direct_uploads::complete(state, id.as_str()).await?;
-    uploaded.replayed = !direct_uploads::first_delivery(state, id.as_str()).await?;
+    let mut uploaded = direct_uploads::complete(&state.pipeline, id.as_str()).await?;
+    uploaded.replayed = !direct_uploads::first_delivery(&state.pipeline, id.as_str()).await?;
     Ok(Created::new(state, &uploaded))
 }
 
 #[get("/uploads/<id>")]
 async fn status(state: &State<AppState>, id: &str) -> AppResult<Json<SessionView>> {
-    Ok(Json(direct_uploads::status(state, parse_id(id)?.as_str()).await?))
+    Ok(Json(direct_uploads::status(&state.pipeline, parse_id(id)?.as_str()).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionInput;
+
+    fn read(json: &str) -> Result<SessionInput, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn a_session_is_read_as_the_document_describes_it() {
+        assert_eq!(read(r#"{"filename": "a.jpg", "byte_size": 110649.0}"#).unwrap().byte_size, 110649);
+        assert_eq!(read(r#"{"filename": "a.jpg", "byte_size": 7}"#).unwrap().sha256, None);
+        for refused in [
+            r#"{"filename": "a.jpg", "byte_size": 1.5}"#,
+            r#"{"filename": "a.jpg", "byte_size": -1}"#,
+            r#"{"filename": "a.jpg", "byte_size": "7"}"#,
+            r#"{"filename": "a.jpg", "byte_size": 7, "sha256": null}"#,
+            r#"{"filename": "a.jpg", "byte_size": 7, "content_type": null}"#,
+            r#"{"filename": "a.jpg", "byte_size": 7, "description": null}"#,
+        ] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
+    }
 }

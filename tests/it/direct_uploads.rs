@@ -146,11 +146,15 @@ async fn sessions_over_the_limit_are_refused_at_once(stack: Stack) {
     let (status_code, code, _) =
         error_code(open_session(&app, json!({ "filename": "x.jpg", "byte_size": 10, "sha256": "abc" })).await).await;
     assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"));
+    let (status_code, code, _) =
+        error_code(open_session(&app, json!({ "filename": "x.jpg", "byte_size": 10, "sha256": null })).await).await;
+    assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"), "the document says string, not null");
     let (status_code, code, _) = error_code(open_session(&app, json!({ "name": "x.jpg" })).await).await;
     assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"));
     // Over the form's limit, within the direct one: a session is what such a file needs.
+    // 25000000.0 is an integer to JSON Schema, so to the server too.
     let opened =
-        open_session(&app, json!({ "filename": "big.jpg", "byte_size": 25_000_000, "content_type": "image/jpeg" }))
+        open_session(&app, json!({ "filename": "big.jpg", "byte_size": 25_000_000.0, "content_type": "image/jpeg" }))
             .await;
     assert_eq!(opened.status(), 201);
     let session: Value = opened.json().await.unwrap();
