@@ -245,7 +245,7 @@ async fn report_readiness(
 /// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller
 /// of upload events; all stopped by the server's own shutdown.
 fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
-    let settings = &state.config.settings;
+    let settings = &state.pipeline.config.settings;
     let lease = std::time::Duration::from_secs(settings.outbox_lease_secs);
     let publish_timeout = config::SNS_PUBLISH_TIMEOUT;
     let config = notify::relay::RelayConfig {
@@ -257,11 +257,16 @@ fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
         publish_timeout,
         backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
         backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
-        public_url: state.config.public_url().to_owned(),
+        public_url: state.pipeline.config.public_url().to_owned(),
         max_per_hour: settings.notify_max_per_hour,
         digest_every: std::time::Duration::from_secs(settings.notify_digest_secs),
     };
-    let relay = notify::relay::Relay::new(state.db.clone(), state.notifier.clone(), config, state.outbox_wake.clone());
+    let relay = notify::relay::Relay::new(
+        state.pipeline.db.clone(),
+        state.notifier.clone(),
+        config,
+        state.pipeline.outbox_wake.clone(),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -52,7 +52,7 @@ impl AppState {
     /// within `cpu_wait_ms`.
     pub async fn reserve_spool(&self, bytes: u64) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024).max(1) as u32;
-        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let wait = Duration::from_millis(self.pipeline.config.settings.cpu_wait_ms);
         match tokio::time::timeout(wait, self.spool_quota.clone().acquire_many_owned(kib)).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(AppError::new(ErrorCode::Busy, "Too many uploads are arriving at once; retry in a moment.")
@@ -67,7 +67,7 @@ impl AppState {
 
     /// Asks the database and the object store at once, each bounded by `CHECK_TIMEOUT`.
     pub async fn dependencies(&self) -> Dependencies {
-        let (database, store) = tokio::join!(check(self.db.ping()), check(self.store.health()));
+        let (database, store) = tokio::join!(check(self.pipeline.db.ping()), check(self.pipeline.store.health()));
         Dependencies { database, store }
     }
 }
@@ -77,15 +77,6 @@ async fn check<E: std::fmt::Display>(check: impl std::future::Future<Output = Re
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-    }
-}
-
-/// Handlers reach the configuration, database and store through the state as through the pipeline.
-impl std::ops::Deref for AppState {
-    type Target = Pipeline;
-
-    fn deref(&self) -> &Pipeline {
-        &self.pipeline
     }
 }
 

@@ -7,7 +7,7 @@ use crate::db::image_rows::{self, ImageRecord, ImageStatus};
 use crate::domain::{ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Face, FaceDetails, ModelInfo, Prediction};
-use crate::state::AppState;
+use crate::ingest::Pipeline;
 use crate::store::ObjectBody;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -86,9 +86,9 @@ impl From<&ImageRecord> for ImageView {
 }
 
 /// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
-pub async fn find(state: &AppState, id: &ImageId) -> AppResult<ImageRecord> {
+pub async fn find(pipeline: &Pipeline, id: &ImageId) -> AppResult<ImageRecord> {
     let id = id.to_string();
-    let record = state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
+    let record = pipeline.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
     match record.status {
         ImageStatus::Stored => Ok(record),
         ImageStatus::Missing => Err(AppError::new(
@@ -111,13 +111,13 @@ pub struct ImageObject {
     pub etag: String,
 }
 
-pub async fn open(state: &AppState, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
-    let record = find(state, id).await?;
+pub async fn open(pipeline: &Pipeline, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
+    let record = find(pipeline, id).await?;
     let (key, content_type) = match variant {
         Variant::Original => (&record.original_key, record.content_type.clone()),
         Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
     };
-    let body = state.store.get(key).await?;
+    let body = pipeline.store.get(key).await?;
     let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
     Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
 }
@@ -130,10 +130,10 @@ pub enum DeleteAuthority<'a> {
 
 /// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
 /// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
-pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
+pub async fn delete(pipeline: &Pipeline, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
     let record = {
         let id = id.to_string();
-        state.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
+        pipeline.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
     };
     if let DeleteAuthority::Token(token) = authority {
         if !Signer::token_matches(token, &record.delete_token_hash) {
@@ -141,15 +141,15 @@ pub async fn delete(state: &AppState, id: &ImageId, authority: DeleteAuthority<'
         }
     }
     let row_id = id.to_string();
-    let Some(plan) = state.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
+    let Some(plan) = pipeline.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
         return Err(AppError::not_found());
     };
     if !plan.objects_shared {
-        state.store.delete(&plan.record.original_key).await?;
-        state.store.delete(&plan.record.thumbnail_key).await?;
+        pipeline.store.delete(&plan.record.original_key).await?;
+        pipeline.store.delete(&plan.record.thumbnail_key).await?;
     }
     let row_id = id.to_string();
-    state.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
+    pipeline.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
     Ok(())
 }
 

@@ -31,13 +31,14 @@ fn analysis_body(analysis: &Analysis) -> Value {
 /// bytes are decoded.
 async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -> AppResult<Analysis> {
     let image = state
+        .pipeline
         .run_cpu(move |policy| {
             let image = ingest::decode_upright(&bytes, policy).map_err(AppError::from);
             drop((bytes, permit));
             image
         })
         .await?;
-    ingest::analyse(state, Arc::new(image)).await
+    ingest::analyse(&state.pipeline, Arc::new(image)).await
 }
 
 #[post("/classify", data = "<data>")]
@@ -49,7 +50,7 @@ async fn classify(
 ) -> AppResult<Json<Value>> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     // Nothing is stored, but the form follows the same rules as an upload's.
-    clean_description(form.description, state.config.settings.max_description_chars)?;
+    clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let file = form.file;
     let (bytes, permit) = read_file(state, &file).await?;
     Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
@@ -78,7 +79,7 @@ fn stream(
         }
     })?;
     let state = state.inner().clone();
-    let settings = &state.config.settings;
+    let settings = &state.pipeline.config.settings;
     let limit = settings.websocket_max_message_bytes.min(settings.max_upload_bytes) as usize;
     let ws = ws.config(rocket_ws::Config {
         max_message_size: Some(limit),
@@ -113,7 +114,7 @@ fn stream(
 }
 
 async fn admitted_analysis(state: &AppState, frame: Vec<u8>) -> AppResult<Analysis> {
-    let permit = state.admit_upload(frame.len() as u64).await?;
+    let permit = state.pipeline.admit_upload(frame.len() as u64).await?;
     analyse_bytes(state, frame, permit).await
 }
 

@@ -44,7 +44,7 @@ impl Created {
         let id = uploaded.id();
         let body = UploadedImage {
             image: ImageView::from(&uploaded.record),
-            delete_token: (!uploaded.replayed).then(|| state.signer.delete_token(&id)),
+            delete_token: (!uploaded.replayed).then(|| state.pipeline.signer.delete_token(&id)),
             deduplicated: uploaded.deduplicated,
         };
         Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
@@ -83,7 +83,7 @@ fn parse_id(raw: &str) -> AppResult<ImageId> {
 
 #[get("/images/<id>")]
 async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
-    let record = stored_images::find(state, &parse_id(id)?).await?;
+    let record = stored_images::find(&state.pipeline, &parse_id(id)?).await?;
     Ok(Json(ImageView::from(&record)))
 }
 
@@ -127,7 +127,7 @@ impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
 }
 
 async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
-    let object = stored_images::open(state, &parse_id(id)?, variant).await?;
+    let object = stored_images::open(&state.pipeline, &parse_id(id)?, variant).await?;
     let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
     // A deleted photo must stop showing: the original is revalidated on every view (a 304 with the ETag); a
     // thumbnail, shown in lists, may stay in a browser's cache for five minutes at most.
@@ -162,7 +162,7 @@ async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> 
         })?;
         DeleteAuthority::Token(token)
     };
-    stored_images::delete(state, &id, authority).await?;
+    stored_images::delete(&state.pipeline, &id, authority).await?;
     Ok(Status::NoContent)
 }
 
@@ -190,7 +190,8 @@ async fn list(
         [raw] => Some(stored_images::decode_cursor(raw)?),
         _ => return Err(AppError::new(ErrorCode::BadRequest, "Give `cursor` once.")),
     };
-    let records = state.db.run(move |conn| crate::db::image_rows::list_page(conn, before, None, limit)).await?;
+    let records =
+        state.pipeline.db.run(move |conn| crate::db::image_rows::list_page(conn, before, None, limit)).await?;
     let next_cursor =
         (records.len() as i64 == limit).then(|| records.last().map(stored_images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();

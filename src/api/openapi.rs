@@ -22,7 +22,7 @@ pub fn routes() -> Vec<Route> {
 
 #[get("/openapi.json")]
 fn openapi_json(state: &State<AppState>) -> Json<Value> {
-    Json(document(&state.config, state.inference.labels()))
+    Json(document(&state.pipeline.config, state.pipeline.inference.labels()))
 }
 
 /// The schemas of what the handlers answer, derived from the types they serialize.

@@ -43,12 +43,12 @@ async fn metrics(
     state: &State<AppState>,
     connections: &State<std::sync::Arc<crate::connections::ConnectionStats>>,
 ) -> (rocket::http::ContentType, String) {
-    let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
-    let reconcile = state.db.run(crate::db::reconcile_runs::latest).await.ok().flatten();
+    let backlog = state.pipeline.db.run(crate::db::outbox::backlog).await.ok();
+    let reconcile = state.pipeline.db.run(crate::db::reconcile_runs::latest).await.ok().flatten();
     let gauges = crate::metrics::Gauges {
-        cpu_slots_free: state.cpu_slots_free(),
-        upload_budget_free_bytes: state.upload_budget_free(),
-        inference_sessions_idle: state.inference.idle_sessions(),
+        cpu_slots_free: state.pipeline.cpu_slots_free(),
+        upload_budget_free_bytes: state.pipeline.upload_budget_free(),
+        inference_sessions_idle: state.pipeline.inference.idle_sessions(),
         outbox_unsent: backlog.map(|b| b.unsent),
         outbox_failed: backlog.map(|b| b.failed),
         outbox_oldest_unsent_secs: backlog
@@ -58,7 +58,7 @@ async fn metrics(
         reconcile,
     };
     let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
-    (text_format, state.metrics.render(&gauges))
+    (text_format, state.pipeline.metrics.render(&gauges))
 }
 
 /// The process is up and answering; says nothing about its dependencies.
@@ -71,7 +71,7 @@ fn healthz() -> Json<Value> {
 #[get("/readyz")]
 async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
     let Dependencies { database, store } = state.dependencies().await;
-    let backlog = state.db.run(crate::db::outbox::backlog).await.ok();
+    let backlog = state.pipeline.db.run(crate::db::outbox::backlog).await.ok();
     let mut failing = Vec::new();
     let mut report = |name: &'static str, result: &Result<(), String>| match result {
         Ok(()) => json!({ "status": "ok" }),
@@ -81,7 +81,7 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
             json!({ "status": "failed" })
         }
     };
-    let engine = &state.inference;
+    let engine = &state.pipeline.inference;
     let checks = json!({
         "database": report("database", &database),
         "store": report("store", &store),
@@ -98,7 +98,8 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
     if let Some(backlog) = backlog {
         let oldest_secs = backlog.oldest_unsent.map(|t| (crate::domain::now() - t).num_seconds().max(0));
         // A notification stuck this long means publishing is down: still serving, but worth a look.
-        let stale = oldest_secs.is_some_and(|age| age as u64 > state.config.settings.outbox_degraded_after_secs);
+        let stale =
+            oldest_secs.is_some_and(|age| age as u64 > state.pipeline.config.settings.outbox_degraded_after_secs);
         if stale {
             status = "degraded";
             log::warn!(

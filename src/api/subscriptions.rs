@@ -50,7 +50,7 @@ async fn create(
         )
         .with_detail(e)
     })?;
-    let request = SubscriptionRequest::validate(input.into_inner(), state.inference.labels())
+    let request = SubscriptionRequest::validate(input.into_inner(), state.pipeline.inference.labels())
         .map_err(|reason| AppError::new(ErrorCode::InvalidRequest, reason))?;
     let subscription = state.notifier.subscribe(&request).await?;
     Ok((Status::Created, Json(subscription)))

@@ -65,7 +65,7 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     }
     match status.code {
         413 => {
-            let max = state.config.settings.max_upload_bytes;
+            let max = state.pipeline.config.settings.max_upload_bytes;
             AppError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("The upload exceeds the limit of {} (max_upload_bytes = {max}).", human_bytes(max)),
@@ -83,7 +83,7 @@ pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
-    let permit = state.admit_upload(file.len()).await?;
+    let permit = state.pipeline.admit_upload(file.len()).await?;
     let mut bytes = Vec::with_capacity(file.len() as usize);
     file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
     Ok((bytes, permit))
@@ -105,11 +105,11 @@ pub async fn handle(
     }
     let file = form.file;
     let (bytes, permit) = read_file(state, &file).await?;
-    let description = clean_description(form.description, state.config.settings.max_description_chars)?;
+    let description = clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
-    state.metrics.add_upload_bytes(bytes.len() as u64);
-    ingest::ingest(state, bytes, permit, UploadMeta { original_filename, description, idempotency_key }).await
+    state.pipeline.metrics.add_upload_bytes(bytes.len() as u64);
+    ingest::ingest(&state.pipeline, bytes, permit, UploadMeta { original_filename, description, idempotency_key }).await
 }
 
 pub fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {

@@ -41,16 +41,21 @@ impl Uploaded {
 /// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
 /// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
 /// upload budget until its bytes are stored.
-pub async fn ingest(state: &Pipeline, upload: Vec<u8>, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
+pub async fn ingest(
+    pipeline: &Pipeline,
+    upload: Vec<u8>,
+    permit: UploadPermit,
+    meta: UploadMeta,
+) -> AppResult<Uploaded> {
     if let Some(key) = &meta.idempotency_key {
-        if let Some(done) = replay(state, key, sha256_hex(&upload)).await? {
+        if let Some(done) = replay(pipeline, key, sha256_hex(&upload)).await? {
             return Ok(done);
         }
     }
-    let prepared = state.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
-    let state = state.clone();
+    let prepared = pipeline.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+    let pipeline = pipeline.clone();
     tokio::spawn(async move {
-        let stored = persist(&state, prepared, meta).await;
+        let stored = persist(&pipeline, prepared, meta).await;
         drop(permit);
         stored
     })
@@ -59,9 +64,9 @@ pub async fn ingest(state: &Pipeline, upload: Vec<u8>, permit: UploadPermit, met
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
-async fn replay(state: &Pipeline, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+async fn replay(pipeline: &Pipeline, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
     let key = key.as_str().to_owned();
-    let Some(record) = state.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
+    let Some(record) = pipeline.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
         return Ok(None);
     };
     if record.source_sha256 != source_sha256 {
@@ -77,31 +82,31 @@ async fn replay(state: &Pipeline, key: &IdempotencyKey, source_sha256: String) -
 }
 
 /// The models run while the objects are stored; the row and its outbox message are written once both are done.
-async fn persist(state: &Pipeline, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+async fn persist(pipeline: &Pipeline, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let id = ImageId::generate();
     let (analysis, stored) =
-        tokio::join!(analyse(state, prepared.pixels.clone()), store_or_share(state, &id, &prepared));
+        tokio::join!(analyse(pipeline, prepared.pixels.clone()), store_or_share(pipeline, &id, &prepared));
     let (mut objects, mut deduplicated) = stored?;
     let analysis = match analysis {
         Ok(analysis) => analysis,
         Err(error) => {
-            remove_objects(state, deduplicated, &objects).await;
+            remove_objects(pipeline, deduplicated, &objects).await;
             return Err(error);
         }
     };
     loop {
-        let record = new_record(state, &id, &prepared, &analysis, &meta, &objects);
+        let record = new_record(pipeline, &id, &prepared, &analysis, &meta, &objects);
         let message = outbox_message(&record, &analysis);
         let (row, msg) = (record.clone(), message.clone());
-        let outcome = state.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        let outcome = pipeline.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
         match outcome {
             Ok(InsertOutcome::Inserted) => {
-                state.outbox_wake.notify_one();
+                pipeline.outbox_wake.notify_one();
                 return Ok(Uploaded { record, deduplicated, replayed: false });
             }
             // The objects we meant to share were deleted meanwhile: store our own and try again.
             Ok(InsertOutcome::SharedObjectsGone) => {
-                objects = store_objects(state, &id, &prepared).await?;
+                objects = store_objects(pipeline, &id, &prepared).await?;
                 deduplicated = false;
             }
             // Too slow: the sweeper took this upload's objects as those of a dead upload, and removes them.
@@ -111,20 +116,20 @@ async fn persist(state: &Pipeline, prepared: PreparedImage, meta: UploadMeta) ->
                     .retry_after(2));
             }
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
-                remove_objects(state, deduplicated, &objects).await;
+                remove_objects(pipeline, deduplicated, &objects).await;
                 let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
-                return replay(state, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
+                return replay(pipeline, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
             }
             // The connection broke: the commit may have landed all the same, so the objects go only once the
             // database, back again, says that no row points at them.
             Err(error) if error.is_unavailable() => {
                 if !deduplicated {
-                    tokio::spawn(remove_unless_committed(state.clone(), id.clone(), objects));
+                    tokio::spawn(remove_unless_committed(pipeline.clone(), id.clone(), objects));
                 }
                 return Err(error.into());
             }
             Err(error) => {
-                remove_objects(state, deduplicated, &objects).await;
+                remove_objects(pipeline, deduplicated, &objects).await;
                 return Err(error.into());
             }
         }
@@ -132,21 +137,25 @@ async fn persist(state: &Pipeline, prepared: PreparedImage, meta: UploadMeta) ->
 }
 
 /// Runs the models on an upright working image and records the inference time.
-pub async fn analyse(state: &Pipeline, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
-    let analysis = state.inference.analyse(pixels).await?;
-    state.metrics.observe_inference(analysis.inference_ms);
+pub async fn analyse(pipeline: &Pipeline, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+    let analysis = pipeline.inference.analyse(pixels).await?;
+    pipeline.metrics.observe_inference(analysis.inference_ms);
     Ok(analysis)
 }
 
 /// The objects of identical bytes stored earlier (with dedup on), else this upload's own; and whether shared.
-async fn store_or_share(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
-    if state.config.settings.dedup {
+async fn store_or_share(
+    pipeline: &Pipeline,
+    id: &ImageId,
+    prepared: &PreparedImage,
+) -> AppResult<(StoredObjects, bool)> {
+    if pipeline.config.settings.dedup {
         let sha = prepared.sha256.clone();
-        if let Some(shared) = state.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
+        if let Some(shared) = pipeline.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
             return Ok((shared, true));
         }
     }
-    Ok((store_objects(state, id, prepared).await?, false))
+    Ok((store_objects(pipeline, id, prepared).await?, false))
 }
 
 /// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
@@ -154,17 +163,17 @@ async fn store_or_share(state: &Pipeline, id: &ImageId, prepared: &PreparedImage
 /// row's transaction clears their pending entries.
 const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
 
-async fn remove_unless_committed(state: Pipeline, id: ImageId, objects: StoredObjects) {
+async fn remove_unless_committed(pipeline: Pipeline, id: ImageId, objects: StoredObjects) {
     let deadline = tokio::time::Instant::now() + UNANSWERED_COMMIT_PATIENCE;
     let mut pause = Duration::from_millis(500);
     loop {
         let row_id = id.to_string();
-        match state.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
+        match pipeline.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
             Ok(Some(_)) => {
                 log::info!("upload {id}: its commit landed before the database connection broke; objects kept");
                 return;
             }
-            Ok(None) => return remove_objects(&state, false, &objects).await,
+            Ok(None) => return remove_objects(&pipeline, false, &objects).await,
             Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
@@ -184,18 +193,18 @@ async fn remove_unless_committed(state: Pipeline, id: ImageId, objects: StoredOb
 
 /// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
 /// committed, the sweeper removes them after `orphan_grace_secs`.
-async fn store_objects(state: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+async fn store_objects(pipeline: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
     let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
     let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
-    state
+    pipeline
         .db
         .run(move |conn| crate::db::pending::record(conn, &row_id, &[keys[0].as_str(), keys[1].as_str()], now()))
         .await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
     let (original, thumbnail) = tokio::join!(
-        state.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
-        state.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+        pipeline.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
+        pipeline.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
     );
     // Whichever of the two was written goes again when the other failed.
     match (original, thumbnail) {
@@ -203,33 +212,33 @@ async fn store_objects(state: &Pipeline, id: &ImageId, prepared: &PreparedImage)
             Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
         }
         (Err(error), Ok(())) => {
-            delete_logged(state, &thumbnail_key).await;
+            delete_logged(pipeline, &thumbnail_key).await;
             Err(error.into())
         }
         (Ok(()), Err(error)) => {
-            delete_logged(state, &original_key).await;
+            delete_logged(pipeline, &original_key).await;
             Err(error.into())
         }
         (Err(error), Err(_)) => Err(error.into()),
     }
 }
 
-async fn remove_objects(state: &Pipeline, shared: bool, objects: &StoredObjects) {
+async fn remove_objects(pipeline: &Pipeline, shared: bool, objects: &StoredObjects) {
     if !shared {
-        delete_logged(state, &objects.original_key).await;
-        delete_logged(state, &objects.thumbnail_key).await;
+        delete_logged(pipeline, &objects.original_key).await;
+        delete_logged(pipeline, &objects.thumbnail_key).await;
     }
 }
 
 /// Best-effort cleanup; a failure is logged with the key so `upshot` operators can find the orphan.
-pub(crate) async fn delete_logged(state: &Pipeline, key: &str) {
-    if let Err(error) = state.store.delete(key).await {
+pub(crate) async fn delete_logged(pipeline: &Pipeline, key: &str) {
+    if let Err(error) = pipeline.store.delete(key).await {
         log::error!("could not remove object {key} after a failed upload: {error}");
     }
 }
 
 fn new_record(
-    state: &Pipeline,
+    pipeline: &Pipeline,
     id: &ImageId,
     prepared: &PreparedImage,
     analysis: &Analysis,
@@ -254,7 +263,7 @@ fn new_record(
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),
         status: image_rows::ImageStatus::Stored,
-        delete_token_hash: Signer::hash_token(&state.signer.delete_token(id)),
+        delete_token_hash: Signer::hash_token(&pipeline.signer.delete_token(id)),
         idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
         created_at: now(),
         model_sha256: Some(analysis.model.sha256.clone()),

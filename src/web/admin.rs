@@ -34,11 +34,14 @@ const LOST_LISTED: i64 = 50;
 /// and a fingerprint of the admin key, so that changing the key ends every session.
 fn session_value(state: &AppState, admin_key: &str, expires: i64) -> String {
     let key_fingerprint = &crate::domain::sha256_hex(admin_key.as_bytes())[..16];
-    format!("{expires}.{}", state.signer.sign(&format!("admin session until {expires} for key {key_fingerprint}")))
+    format!(
+        "{expires}.{}",
+        state.pipeline.signer.sign(&format!("admin session until {expires} for key {key_fingerprint}"))
+    )
 }
 
 fn session_is_valid(state: &AppState, value: &str) -> bool {
-    let Some(admin_key) = state.config.settings.admin_api_key.as_deref() else { return false };
+    let Some(admin_key) = state.pipeline.config.settings.admin_api_key.as_deref() else { return false };
     let Some((expires, _)) = value.split_once('.') else { return false };
     let Ok(expiry) = expires.parse::<i64>() else { return false };
     expiry > chrono::Utc::now().timestamp()
@@ -98,7 +101,7 @@ fn login_template(state: &AppState, csrf: &str, error: Option<&AppError>) -> Tem
 
 #[get("/admin/login")]
 fn login_page(state: &State<AppState>, csrf: CsrfToken) -> Result<Template, PageError> {
-    if state.config.settings.admin_api_key.is_none() {
+    if state.pipeline.config.settings.admin_api_key.is_none() {
         return Err(
             AppError::new(ErrorCode::Forbidden, "Admin pages are disabled: no admin API key is configured.").into()
         );
@@ -133,7 +136,7 @@ fn login(
 
 fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
-    let Some(expected) = state.config.settings.admin_api_key.as_deref() else {
+    let Some(expected) = state.pipeline.config.settings.admin_api_key.as_deref() else {
         return Err(AppError::new(ErrorCode::Forbidden, "Admin pages are disabled."));
     };
     if !constant_time_eq(form.api_key.trim().as_bytes(), expected.as_bytes()) {
@@ -165,6 +168,7 @@ async fn gallery(
     // Lost images head the first page, so whoever looks at the gallery sees them until they are deleted.
     let first_page = before.is_none() && label.is_none();
     let (records, lost, lost_count) = state
+        .pipeline
         .db
         .run(move |conn| {
             let records = image_rows::list_page(conn, before, filter, PAGE_SIZE)?;
@@ -208,7 +212,7 @@ async fn delete(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    stored_images::delete(state, &id, DeleteAuthority::Admin).await?;
+    stored_images::delete(&state.pipeline, &id, DeleteAuthority::Admin).await?;
     Ok(Redirect::to("/admin/images"))
 }
 

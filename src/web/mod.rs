@@ -43,23 +43,23 @@ pub fn page_image(record: &ImageRecord) -> Value {
 
 /// Cookies are `Secure` when people reach Upshot over https, so a browser never sends them in the clear.
 pub(crate) fn cookies_secure(state: &AppState) -> bool {
-    state.config.public_url().starts_with("https://")
+    state.pipeline.config.public_url().starts_with("https://")
 }
 
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
-    let formats = &state.config.accepted_formats;
+    let formats = &state.pipeline.config.accepted_formats;
     let error = error.map(|e| context! { code: e.code.as_str(), message: &e.message });
     Template::render(
         "index",
         context! {
-            max_upload_human: human_bytes(state.config.settings.max_upload_bytes),
-            max_upload_bytes: state.config.settings.max_upload_bytes,
-            direct_max_human: human_bytes(state.config.settings.direct_upload_max_bytes),
-            direct_max_bytes: state.config.settings.direct_upload_max_bytes,
-            direct_always: state.config.settings.direct_uploads_always,
+            max_upload_human: human_bytes(state.pipeline.config.settings.max_upload_bytes),
+            max_upload_bytes: state.pipeline.config.settings.max_upload_bytes,
+            direct_max_human: human_bytes(state.pipeline.config.settings.direct_upload_max_bytes),
+            direct_max_bytes: state.pipeline.config.settings.direct_upload_max_bytes,
+            direct_always: state.pipeline.config.settings.direct_uploads_always,
             accepted_formats: formats.iter().map(|f| f.label()).collect::<Vec<_>>(),
             accept_attr: formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(","),
-            max_description_chars: state.config.settings.max_description_chars,
+            max_description_chars: state.pipeline.config.settings.max_description_chars,
             notice,
             error,
             csrf_token: &csrf.0,
@@ -88,7 +88,7 @@ async fn upload_form(
     match upload::handle(state, data, None, Some(&check_form_token)).await {
         Ok(uploaded) => {
             let id = uploaded.id();
-            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.signer.delete_token(&id)))
+            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.pipeline.signer.delete_token(&id)))
                 .path(format!("/images/{id}"))
                 .http_only(true)
                 .secure(cookies_secure(state))
@@ -112,13 +112,13 @@ async fn image_page(
     csrf: CsrfToken,
 ) -> Result<Template, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    let record = stored_images::find(state, &id).await?;
+    let record = stored_images::find(&state.pipeline, &id).await?;
     let delete_token = cookies.get(DELETE_TOKEN_COOKIE).map(|c| c.value().to_owned());
     if delete_token.is_some() {
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
     }
     let just_uploaded = delete_token.is_some();
-    let page_url = format!("{}/images/{id}", state.config.public_url());
+    let page_url = format!("{}/images/{id}", state.pipeline.config.public_url());
     Ok(Template::render(
         "image",
         context! {
@@ -147,6 +147,6 @@ async fn delete_form(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    stored_images::delete(state, &id, DeleteAuthority::Token(&form.delete_token)).await?;
+    stored_images::delete(&state.pipeline, &id, DeleteAuthority::Token(&form.delete_token)).await?;
     Ok(Redirect::to("/?deleted=true"))
 }
