@@ -9,6 +9,7 @@ use rocket::{get, post, routes, Route, State};
 use rocket_ws::{Message, WebSocket};
 use serde_json::{json, Value};
 
+use super::doc::UploadErrors;
 use super::guards::{ClientAddress, IntakeAllowance, SpoolReservation};
 use super::upload::{clean_description, form_error, read_file, UploadData};
 use crate::client_limits::WebSocketRefusal;
@@ -41,6 +42,10 @@ async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -
     ingest::analyse(&state.pipeline, Arc::new(image)).await
 }
 
+/// Classify an image and analyse faces; nothing is stored
+#[utoipa::path(post, path = "/api/v1/classify", operation_id = "classify",
+    request_body(content = ref("#/components/schemas/UploadForm"), content_type = "multipart/form-data"),
+    responses((status = 200, description = "The models' answer", body = Analysis), UploadErrors))]
 #[post("/classify", data = "<data>")]
 async fn classify(
     _intake: IntakeAllowance,

@@ -5,8 +5,8 @@ use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
-use serde_json::{json, Value};
 
+use super::doc::{errors, IdParam, StoredImage, StoredThumbnail, UploadErrors};
 use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance, SpoolReservation};
 use super::upload::{self, UploadData};
 use crate::domain::ImageId;
@@ -17,6 +17,34 @@ use crate::stored_images::{self, DeleteAuthority, ImageObject, ImageView, Varian
 
 pub fn routes() -> Vec<Route> {
     routes![create, show, file, thumbnail, remove, list]
+}
+
+errors!(ImageErrors {
+    "404" => "NOT_FOUND",
+    "410" => "IMAGE_MISSING: the image's file was lost from the store",
+});
+
+errors!(DeleteErrors {
+    "401" => "UNAUTHORIZED: no token",
+    "403" => "FORBIDDEN: wrong token",
+    "404" => "NOT_FOUND",
+    "503" => "STORE_UNAVAILABLE or DATABASE_UNAVAILABLE: retry",
+});
+
+errors!(ListErrors {
+    "400" => "BAD_REQUEST: a cursor this server did not issue",
+    "401" => "UNAUTHORIZED",
+    "403" => "FORBIDDEN: admin routes disabled",
+    "422" => "INVALID_REQUEST: limit out of range",
+});
+
+/// A page of images, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ImagePage {
+    items: Vec<ImageView>,
+    /// Where the next page starts; null on the last page
+    #[schema(required = true)]
+    next_cursor: Option<String>,
 }
 
 /// An upload's answer: the image, and what only its uploader gets.
@@ -62,6 +90,13 @@ impl<'r> Responder<'r, 'static> for Created {
     }
 }
 
+/// Upload an image
+#[utoipa::path(post, path = "/api/v1/images", operation_id = "uploadImage",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+        description = "A retry with the same key and bytes returns the first result and stores nothing twice.")),
+    request_body(content = ref("#/components/schemas/UploadForm"), content_type = "multipart/form-data"),
+    responses((status = 201, description = "Stored. Idempotent replays carry `Idempotent-Replayed: true`.",
+        body = UploadedImage, headers(("Location" = String))), UploadErrors))]
 #[post("/images", data = "<data>")]
 async fn create(
     _intake: IntakeAllowance,
@@ -81,6 +116,9 @@ fn parse_id(raw: &str) -> AppResult<ImageId> {
     ImageId::parse(raw).ok_or_else(AppError::not_found)
 }
 
+/// An image's metadata and predictions
+#[utoipa::path(get, path = "/api/v1/images/{id}", operation_id = "getImage", params(IdParam),
+    responses((status = 200, description = "The image", body = ImageView), ImageErrors))]
 #[get("/images/<id>")]
 async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
     let record = stored_images::find(&state.pipeline, &parse_id(id)?).await?;
@@ -138,16 +176,36 @@ async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNo
     Ok(ObjectResponse { object, not_modified, cache_control })
 }
 
+/// The stored image (metadata stripped, orientation applied)
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{id}/file",
+    operation_id = "getImageFile",
+    params(IdParam),
+    responses(StoredImage)
+)]
 #[get("/images/<id>/file")]
 async fn file(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
     serve(state, id, Variant::Original, etag).await
 }
 
+/// The thumbnail (JPEG, or PNG when the image has transparency)
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{id}/thumbnail",
+    operation_id = "getImageThumbnail",
+    params(IdParam),
+    responses(StoredThumbnail)
+)]
 #[get("/images/<id>/thumbnail")]
 async fn thumbnail(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
     serve(state, id, Variant::Thumbnail, etag).await
 }
 
+/// Delete an image and its objects
+#[utoipa::path(delete, path = "/api/v1/images/{id}", operation_id = "deleteImage",
+    params(IdParam, ("X-Delete-Token" = Option<String>, Header, nullable = false)), security((), ("adminKey" = [])),
+    responses((status = 204, description = "Deleted"), DeleteErrors))]
 #[delete("/images/<id>")]
 async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> AppResult<Status> {
     let id = parse_id(id)?;
@@ -166,14 +224,21 @@ async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> 
     Ok(Status::NoContent)
 }
 
-/// Admin: newest first. `cursor` is the opaque `next_cursor` of the previous page.
+/// List images, newest first (admin)
+#[utoipa::path(get, path = "/api/v1/images", operation_id = "listImages", security(("adminKey" = [])),
+    params(
+        ("cursor" = Option<String>, Query, nullable = false, pattern = "^[0-9]{1,15}-[0-9a-f]{32}$",
+            description = "The next_cursor of the previous page"),
+        ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200,
+            description = "How many images, 50 when not given")),
+    responses((status = 200, description = "A page of images", body = ImagePage), ListErrors))]
 #[get("/images?<cursor>&<limit>")]
 async fn list(
     state: &State<AppState>,
     credentials: Credentials,
     cursor: Vec<&str>,
     limit: Vec<&str>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ImagePage>> {
     credentials.require_admin(state)?;
     // Each parameter at most once: a repeated one is refused rather than half read.
     let limit = match limit[..] {
@@ -195,5 +260,5 @@ async fn list(
     let next_cursor =
         (records.len() as i64 == limit).then(|| records.last().map(stored_images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(Json(ImagePage { items, next_cursor }))
 }

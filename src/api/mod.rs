@@ -2,6 +2,7 @@
 
 mod classify;
 mod compat;
+mod doc;
 pub mod guards;
 mod image_routes;
 pub mod openapi;

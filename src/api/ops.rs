@@ -6,6 +6,7 @@ use rocket::serde::json::Json;
 use rocket::{get, routes, Request, Route, State};
 use serde_json::{json, Value};
 
+use super::doc::{errors, Up};
 use crate::error::{AppError, ErrorCode};
 use crate::state::{AppState, Dependencies};
 use crate::telemetry::RequestId;
@@ -13,6 +14,10 @@ use crate::telemetry::RequestId;
 pub fn routes() -> Vec<Route> {
     routes![healthz, readyz, metrics]
 }
+
+errors!(NotReady {
+    "503" => "NOT_READY, naming the failing part; `checks` has each part's status",
+});
 
 /// `/metrics` and `/readyz` are for the instance itself (the CloudWatch agent, the deployment hooks, an operator
 /// on the machine): answered only to a client on this machine that came through no proxy. The load balancer
@@ -36,7 +41,9 @@ impl<'r> FromRequest<'r> for Local {
     }
 }
 
-/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+    summary = "Prometheus metrics: requests and latency by route and status, upload bytes, inference time, queues, outbox backlog",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 #[get("/metrics")]
 async fn metrics(
     _local: Local,
@@ -61,13 +68,16 @@ async fn metrics(
     (text_format, state.pipeline.metrics.render(&gauges))
 }
 
-/// The process is up and answering; says nothing about its dependencies.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", summary = "Liveness",
+    responses((status = 200, description = "Up", body = Up)))]
 #[get("/healthz")]
-fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+fn healthz() -> Json<Up> {
+    Up::answer()
 }
 
-/// Ready when the database and the object store both answer; 503 names the part that does not.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz",
+    summary = "Readiness: database and object store reachable",
+    responses((status = 200, description = "Ready", body = Object), NotReady))]
 #[get("/readyz")]
 async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
     let Dependencies { database, store } = state.dependencies().await;

@@ -4,8 +4,8 @@
 use rocket::http::Status;
 use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
-use serde_json::{json, Value};
 
+use super::doc::errors;
 use super::guards::Credentials;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::notify::subscriptions::SubscriptionInput;
@@ -14,6 +14,25 @@ use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
     routes![create, list, remove]
+}
+
+errors!(SubscribeErrors {
+    "401" => "UNAUTHORIZED",
+    "403" => "FORBIDDEN: admin routes disabled",
+    "409" => "NOTIFIER_NOT_CONFIGURED",
+    "422" => "INVALID_REQUEST: bad endpoint or unknown label",
+    "503" => "NOTIFIER_UNAVAILABLE",
+});
+
+errors!(AdminErrors {
+    "401" => "UNAUTHORIZED",
+    "409" => "NOTIFIER_NOT_CONFIGURED",
+});
+
+/// Everyone subscribed.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SubscriptionList {
+    items: Vec<Subscription>,
 }
 
 impl From<NotifyError> for AppError {
@@ -36,6 +55,11 @@ impl From<NotifyError> for AppError {
     }
 }
 
+/// Subscribe an e-mail address or phone number to upload alerts (admin; SNS notifier only)
+#[utoipa::path(post, path = "/api/v1/subscriptions", operation_id = "subscribe", security(("adminKey" = [])),
+    request_body(content = ref("#/components/schemas/SubscriptionRequest")),
+    responses((status = 201, description = "Subscribed (e-mail subscribers confirm by a link first)",
+        body = Subscription), SubscribeErrors))]
 #[post("/subscriptions", data = "<input>")]
 async fn create(
     state: &State<AppState>,
@@ -56,12 +80,19 @@ async fn create(
     Ok((Status::Created, Json(subscription)))
 }
 
+/// List subscriptions (admin)
+#[utoipa::path(get, path = "/api/v1/subscriptions", operation_id = "listSubscriptions", security(("adminKey" = [])),
+    responses((status = 200, description = "Subscriptions", body = SubscriptionList), AdminErrors))]
 #[get("/subscriptions")]
-async fn list(state: &State<AppState>, credentials: Credentials) -> AppResult<Json<Value>> {
+async fn list(state: &State<AppState>, credentials: Credentials) -> AppResult<Json<SubscriptionList>> {
     credentials.require_admin(state)?;
-    Ok(Json(json!({ "items": state.notifier.subscriptions().await? })))
+    Ok(Json(SubscriptionList { items: state.notifier.subscriptions().await? }))
 }
 
+/// Unsubscribe (admin)
+#[utoipa::path(delete, path = "/api/v1/subscriptions/{id}", operation_id = "unsubscribe",
+    security(("adminKey" = [])), params(("id" = String, Path)),
+    responses((status = 204, description = "Unsubscribed"), AdminErrors))]
 #[delete("/subscriptions/<id>")]
 async fn remove(state: &State<AppState>, credentials: Credentials, id: &str) -> AppResult<Status> {
     credentials.require_admin(state)?;

@@ -7,8 +7,10 @@ use rocket::serde::json::Json;
 use rocket::{get, post, put, routes, Route, State};
 use serde::{Deserialize, Deserializer};
 
+use super::doc::{errors, FileBytes, IdParam, TOO_MANY_REQUESTS};
 use super::guards::IntakeAllowance;
 use super::image_routes::Created;
+use super::image_routes::UploadedImage;
 use crate::direct_uploads::{self, NewSession, SessionView, UploadTarget};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -17,6 +19,43 @@ use crate::state::AppState;
 pub fn routes() -> Vec<Route> {
     routes![open, receive, complete, status]
 }
+
+errors!(OpenErrors {
+    "400" => "MISSING_FILE: byte_size 0, or BAD_REQUEST",
+    "413" => "PAYLOAD_TOO_LARGE: over direct_upload_max_bytes",
+    "415" => "UNSUPPORTED_MEDIA_TYPE: a content_type that is not accepted",
+    "422" => "INVALID_REQUEST",
+    "429" => TOO_MANY_REQUESTS,
+    "503" => "DATABASE_UNAVAILABLE or STORE_UNAVAILABLE",
+    "default" => "Any other error, same shape",
+});
+
+errors!(NotFoundErrors { "404" => "NOT_FOUND" });
+
+errors!(ReceiveErrors {
+    "400" => "BAD_REQUEST",
+    "403" => "UPLOAD_URL_INVALID: a signature or length other than signed",
+    "404" => "NOT_FOUND",
+    "409" => "UPLOAD_IN_PROGRESS: already completed",
+    "410" => "UPLOAD_EXPIRED",
+    "413" => "PAYLOAD_TOO_LARGE",
+    "422" => "INVALID_REQUEST",
+    "503" => "STORE_UNAVAILABLE",
+    "default" => "Any other error, same shape",
+});
+
+errors!(CompleteErrors {
+    "404" => "NOT_FOUND",
+    "409" => "UPLOAD_INCOMPLETE (send the file first) or UPLOAD_IN_PROGRESS",
+    "410" => "UPLOAD_EXPIRED or IMAGE_MISSING",
+    "413" => "PAYLOAD_TOO_LARGE",
+    "415" => "UNSUPPORTED_MEDIA_TYPE",
+    "422" => "IMAGE_TOO_LARGE, CORRUPT_IMAGE or INVALID_REQUEST (size or SHA-256 other than declared)",
+    "429" => TOO_MANY_REQUESTS,
+    "500" => "INTERNAL or INFERENCE_FAILED",
+    "503" => "BUSY, INFERENCE_BUSY, DATABASE_UNAVAILABLE or STORE_UNAVAILABLE; see Retry-After",
+    "default" => "Any other error, same shape",
+});
 
 /// What a client declares of the file it is about to send. Read as the API document describes it: an
 /// optional field is a string when sent (`null` is refused), and `byte_size` is an integer as JSON Schema counts
@@ -68,6 +107,13 @@ impl<'r> rocket::response::Responder<'r, 'static> for Opened {
     }
 }
 
+/// Open a direct upload session, for files over the form's limit
+///
+/// Answers a URL to PUT the file to (a presigned S3 URL, or on the local store one on this server), with the headers to send as they are. Then POST /api/v1/uploads/{id}/complete. Example: curl -X PUT -H 'content-type: image/jpeg' --data-binary @photo.jpg "$url".
+#[utoipa::path(post, path = "/api/v1/uploads", operation_id = "openUploadSession",
+    request_body(content = ref("#/components/schemas/UploadSessionRequest")),
+    responses((status = 201, description = "The session and where to send the file", body = UploadTarget,
+        headers(("Location" = String))), OpenErrors))]
 #[post("/uploads", data = "<input>")]
 async fn open(
     _intake: IntakeAllowance,
@@ -112,7 +158,11 @@ fn parse_id(raw: &str) -> AppResult<ImageId> {
     ImageId::parse(raw).ok_or_else(|| AppError::new(ErrorCode::NotFound, "No such upload session."))
 }
 
-/// The local store's stand-in for a presigned `PUT`: the URL `POST /uploads` signed, and exactly its length.
+#[utoipa::path(put, path = "/api/v1/uploads/{id}/data", operation_id = "putUploadData",
+    summary = "Send a direct upload's file (the local store's stand-in for a presigned S3 URL)",
+    params(IdParam, ("expires" = i64, Query, minimum = 0), ("signature" = String, Query)),
+    request_body(content = inline(FileBytes), content_type = "application/octet-stream"),
+    responses((status = 200, description = "Received"), ReceiveErrors))]
 #[put("/uploads/<id>/data?<expires>&<signature>", data = "<body>")]
 async fn receive(
     state: &State<AppState>,
@@ -129,6 +179,11 @@ async fn receive(
     Ok(Status::Ok)
 }
 
+/// Process a direct upload's file, as POST /api/v1/images does a form's; idempotent
+#[utoipa::path(post, path = "/api/v1/uploads/{id}/complete", operation_id = "completeUploadSession",
+    params(IdParam),
+    responses((status = 201, description = "Stored. A repeated call answers the same image, with `Idempotent-Replayed: true`.",
+        body = UploadedImage, headers(("Location" = String))), CompleteErrors))]
 #[post("/uploads/<id>/complete")]
 async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -> AppResult<Created> {
     let id = parse_id(id)?;
@@ -137,6 +192,10 @@ async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -
     Ok(Created::new(state, &uploaded))
 }
 
+/// A direct upload's status
+#[utoipa::path(get, path = "/api/v1/uploads/{id}", operation_id = "getUploadSession", params(IdParam),
+    responses((status = 200, description = "pending, processing, stored (with the image id) or failed (with the error)",
+        body = SessionView), NotFoundErrors))]
 #[get("/uploads/<id>")]
 async fn status(state: &State<AppState>, id: &str) -> AppResult<Json<SessionView>> {
     Ok(Json(direct_uploads::status(&state.pipeline, parse_id(id)?.as_str()).await?))
