@@ -10,6 +10,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 
 use super::image_routes::UploadedImage;
+use super::upload_sessions::MAX_FILENAME_CHARS;
 use super::{classify, compat, image_routes, ops, subscriptions, upload_sessions};
 use crate::config::AppConfig;
 use crate::direct_uploads::{SessionView, UploadTarget};
@@ -115,7 +116,7 @@ fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
         "UploadSessionRequest": {
             "type": "object", "required": ["filename", "byte_size"], "additionalProperties": false,
             "properties": {
-                "filename": { "type": "string", "maxLength": 1024 },
+                "filename": { "type": "string", "maxLength": MAX_FILENAME_CHARS },
                 "description": { "type": "string", "maxLength": settings.max_description_chars },
                 "byte_size": { "type": "integer", "minimum": 1, "maximum": max_direct,
                     "description": format!("The file's exact size; at most direct_upload_max_bytes = {max_direct}") },

@@ -57,6 +57,10 @@ errors!(CompleteErrors {
     "default" => "Any other error, same shape",
 });
 
+/// The longest `filename` a session takes, in characters; as for the form, what is kept is its last path
+/// component, cut at 255 characters.
+pub const MAX_FILENAME_CHARS: usize = 1024;
+
 /// What a client declares of the file it is about to send. Read as the API document describes it: an
 /// optional field is a string when sent (`null` is refused), and `byte_size` is an integer as JSON Schema counts
 /// integers (`1024.0` is one).
@@ -129,6 +133,10 @@ async fn open(
             .with_detail(e)
         })?
         .into_inner();
+    if input.filename.chars().count() > MAX_FILENAME_CHARS {
+        let message = format!("`filename` is at most {MAX_FILENAME_CHARS} characters.");
+        return Err(AppError::new(ErrorCode::InvalidRequest, message));
+    }
     let description =
         super::upload::clean_description(input.description, state.pipeline.config.settings.max_description_chars)?;
     let new = NewSession {

@@ -149,6 +149,9 @@ async fn sessions_over_the_limit_are_refused_at_once(stack: Stack) {
     let (status_code, code, _) =
         error_code(open_session(&app, json!({ "filename": "x.jpg", "byte_size": 10, "sha256": null })).await).await;
     assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"), "the document says string, not null");
+    let (status_code, code, _) =
+        error_code(open_session(&app, json!({ "filename": "x".repeat(1025), "byte_size": 10 })).await).await;
+    assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"), "a filename over the document's maxLength");
     let (status_code, code, _) = error_code(open_session(&app, json!({ "name": "x.jpg" })).await).await;
     assert_eq!((status_code, code.as_str()), (422, "INVALID_REQUEST"));
     // Over the form's limit, within the direct one: a session is what such a file needs.
