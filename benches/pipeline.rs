@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ort::session::Session;
 use ort::value::TensorRef;
 use upshot::inference::{classifier, face, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestPolicy, Upload};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -61,7 +61,7 @@ fn stages(c: &mut Criterion) {
     group.sample_size(30).measurement_time(Duration::from_secs(4));
     group.bench_function("decode jpeg 451x300", |b| b.iter(|| image::load_from_memory(black_box(&cat_bytes)).unwrap()));
     group.bench_function("prepare jpeg (strip, decode, orient, thumbnail, sha256)", |b| {
-        b.iter(|| ingest::prepare(black_box(&cat_bytes), &policy).unwrap())
+        b.iter(|| ingest::prepare(&Upload::new(black_box(&cat_bytes).clone()), &policy).unwrap())
     });
 
     let spec: classifier::ClassifierPreprocessing =
@@ -97,10 +97,12 @@ fn stages(c: &mut Criterion) {
     let photo = large_photo();
     let mut group = c.benchmark_group("12 MP photo");
     group.sample_size(20).measurement_time(Duration::from_secs(6));
-    group.bench_function("prepare 4000x3000 jpeg", |b| b.iter(|| ingest::prepare(black_box(&photo), &policy).unwrap()));
+    group.bench_function("prepare 4000x3000 jpeg", |b| {
+        b.iter(|| ingest::prepare(&Upload::new(black_box(&photo).clone()), &policy).unwrap())
+    });
     group.bench_function("prepare + models, 4000x3000 jpeg", |b| {
         b.iter(|| {
-            let prepared = ingest::prepare(black_box(&photo), &policy).unwrap();
+            let prepared = ingest::prepare(&Upload::new(black_box(&photo).clone()), &policy).unwrap();
             runtime.block_on(engine.analyse(prepared.pixels)).unwrap()
         })
     });

@@ -13,7 +13,7 @@ use crate::db::image_rows;
 use crate::db::upload_sessions::{self, SessionRow, SessionStatus};
 use crate::domain::{constant_time_eq, display_filename, human_bytes, now, IdempotencyKey, ImageId};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::ingest::{self, Pipeline, UploadMeta, Uploaded};
+use crate::ingest::{self, Pipeline, Upload, UploadMeta, Uploaded};
 use crate::store::StoreError;
 
 /// How long one worker holds a session it processes; past it, another may take the session up.
@@ -359,25 +359,22 @@ async fn process(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
         return Err(AppError::new(ErrorCode::PayloadTooLarge, "The file is over the direct upload limit."));
     }
     let permit = pipeline.admit_upload(body.len).await?;
-    let mut bytes = Vec::with_capacity(body.len as usize);
-    body.reader
-        .take(max + 1)
-        .read_to_end(&mut bytes)
+    let upload = Upload::read(body.reader.take(max + 1), body.len)
         .await
         .map_err(|e| AppError::from(StoreError::Backend(format!("reading {key}: {e}"))))?;
     if let Some(declared) = &session.sha256 {
-        if crate::domain::sha256_hex(&bytes) != *declared {
+        if upload.sha256 != *declared {
             return Err(AppError::new(ErrorCode::InvalidRequest, "The file's SHA-256 is not the one declared."));
         }
     }
-    pipeline.metrics.add_upload_bytes(bytes.len() as u64);
+    pipeline.metrics.add_upload_bytes(upload.bytes.len() as u64);
     let idempotency_key = IdempotencyKey::parse(&format!("upload-session:{}", session.id));
     let meta = UploadMeta {
         original_filename: session.original_filename.clone(),
         description: session.description.clone(),
         idempotency_key,
     };
-    ingest::ingest(pipeline, bytes, permit, meta).await
+    ingest::ingest(pipeline, upload, permit, meta).await
 }
 
 /// Removes sessions that finished more than `upload_session_retention_hours` ago (their images stay): a

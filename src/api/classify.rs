@@ -57,8 +57,8 @@ async fn classify(
     // Nothing is stored, but the form follows the same rules as an upload's.
     clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let file = form.file;
-    let (bytes, permit) = read_file(state, &file).await?;
-    Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
+    let (upload, permit) = read_file(state, &file).await?;
+    Ok(Json(analysis_body(&analyse_bytes(state, upload.bytes, permit).await?)))
 }
 
 /// Each binary message is an image. A message larger than `websocket_max_message_bytes` closes the socket

@@ -3,13 +3,12 @@
 use rocket::form::{self, Form};
 use rocket::fs::TempFile;
 use rocket::FromForm;
-use tokio::io::AsyncReadExt;
 
 use crate::domain::display_filename;
 use crate::domain::human_bytes;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::ingest::UploadPermit;
-use crate::ingest::{self, UploadMeta, Uploaded};
+use crate::ingest::{self, Upload, UploadMeta, Uploaded};
 use crate::state::AppState;
 
 #[derive(FromForm)]
@@ -79,14 +78,14 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
 
 /// The uploaded file's bytes (bounded by the form limits), read from its spool file once the upload budget
 /// has room for them; an empty file is a missing one.
-pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<u8>, UploadPermit)> {
+pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Upload, UploadPermit)> {
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
     let permit = state.pipeline.admit_upload(file.len()).await?;
-    let mut bytes = Vec::with_capacity(file.len() as usize);
-    file.open().await.map_err(AppError::internal)?.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
-    Ok((bytes, permit))
+    let spooled = file.open().await.map_err(AppError::internal)?;
+    let upload = Upload::read(spooled, file.len()).await.map_err(AppError::internal)?;
+    Ok((upload, permit))
 }
 
 /// Checks a page form's CSRF token (the pages pass one; the API has no forms of its own).
@@ -104,12 +103,13 @@ pub async fn handle(
         check(form.csrf_token.as_deref())?;
     }
     let file = form.file;
-    let (bytes, permit) = read_file(state, &file).await?;
+    let (upload, permit) = read_file(state, &file).await?;
     let description = clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
-    state.pipeline.metrics.add_upload_bytes(bytes.len() as u64);
-    ingest::ingest(&state.pipeline, bytes, permit, UploadMeta { original_filename, description, idempotency_key }).await
+    state.pipeline.metrics.add_upload_bytes(upload.bytes.len() as u64);
+    ingest::ingest(&state.pipeline, upload, permit, UploadMeta { original_filename, description, idempotency_key })
+        .await
 }
 
 pub fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {

@@ -104,6 +104,38 @@ impl IngestPolicy {
     }
 }
 
+/// An upload's bytes as they arrived, with their SHA-256: hashed once, where they are received, and read by
+/// the idempotency check, a declared-digest check and the row alike.
+pub struct Upload {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+impl Upload {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = sha256_hex(&bytes);
+        Upload { bytes, sha256 }
+    }
+
+    /// Reads `reader` to its end, hashing each piece as it arrives: one pass over the bytes, in steps short
+    /// enough not to hold up the other requests on this thread. `expected_len` is the length announced.
+    pub async fn read(mut reader: impl tokio::io::AsyncRead + Unpin, expected_len: u64) -> std::io::Result<Upload> {
+        use sha2::Digest;
+        use tokio::io::AsyncReadExt;
+        // One byte more than announced, so the read that finds the end needs no larger buffer.
+        let mut bytes = Vec::with_capacity(expected_len as usize + 1);
+        let mut hasher = sha2::Sha256::new();
+        loop {
+            let start = bytes.len();
+            if reader.read_buf(&mut bytes).await? == 0 {
+                break;
+            }
+            hasher.update(&bytes[start..]);
+        }
+        Ok(Upload { bytes, sha256: hex::encode(hasher.finalize()) })
+    }
+}
+
 /// A validated upload, ready to store: metadata stripped, upright, thumbnail made.
 pub struct PreparedImage {
     pub format: ImageFormat,
@@ -119,20 +151,21 @@ pub struct PreparedImage {
 }
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
-pub fn prepare(upload: &[u8], policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
-    let source_sha256 = sha256_hex(upload);
-    let (format, header) = identify(upload, policy)?;
-    let stripped = sanitize::strip_metadata(upload, format)?;
+pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
+    let (format, header) = identify(&upload.bytes, policy)?;
+    let stripped = sanitize::strip_metadata(&upload.bytes, format)?;
     let frames = sanitize::frame_count(&stripped, format)?;
     policy.limits.check_animation(frames, header.width, header.height)?;
     // Decoding the stored bytes (or, for a JPEG turned upright, every scan of them), not the upload, proves
     // that what we store is a valid image.
     let upright = pixels::for_storage(stripped, format, header.orientation, policy)?;
     let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
+    // Bytes that had nothing to strip or turn are stored as they came: their digest is already known.
+    let sha256 = if upright.original == upload.bytes { upload.sha256.clone() } else { sha256_hex(&upright.original) };
     Ok(PreparedImage {
         format,
-        sha256: sha256_hex(&upright.original),
-        source_sha256,
+        sha256,
+        source_sha256: upload.sha256.clone(),
         original: upright.original.into(),
         width: upright.width,
         height: upright.height,

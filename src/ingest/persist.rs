@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use image::RgbImage;
 
-use super::{prepare, Pipeline, PreparedImage, UploadPermit};
+use super::{prepare, Pipeline, PreparedImage, Upload, UploadPermit};
 use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
 use crate::db::outbox::{self, OutboxRow};
 use crate::domain::event::{self, ImageUploaded};
-use crate::domain::{now, sha256_hex, IdempotencyKey, ImageId, Signer};
+use crate::domain::{now, IdempotencyKey, ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Analysis, FaceDetails};
 
@@ -43,12 +43,12 @@ impl Uploaded {
 /// upload budget until its bytes are stored.
 pub async fn ingest(
     pipeline: &Pipeline,
-    upload: Vec<u8>,
+    upload: Upload,
     permit: UploadPermit,
     meta: UploadMeta,
 ) -> AppResult<Uploaded> {
     if let Some(key) = &meta.idempotency_key {
-        if let Some(done) = replay(pipeline, key, sha256_hex(&upload)).await? {
+        if let Some(done) = replay(pipeline, key, upload.sha256.clone()).await? {
             return Ok(done);
         }
     }

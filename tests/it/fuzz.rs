@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use upshot::error::AppError;
 use upshot::imaging::WorkingSize;
-use upshot::ingest::{self, ImageFormat, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestPolicy, Upload};
 
 use crate::helpers::fixture;
 
@@ -107,7 +107,7 @@ fn hostile_bytes_are_refused_with_a_4xx_or_stored_clean_never_a_panic() {
     runner
         .run(&(0..seeds.len(), prop::collection::vec(mutation(), 1..4)), |(seed, mutations)| {
             let data = mutations.iter().fold(seeds[seed].clone(), apply);
-            match ingest::prepare(&data, &policy) {
+            match ingest::prepare(&Upload::new(data.clone()), &policy) {
                 Err(error) => {
                     let status = AppError::from(error).status().code;
                     prop_assert!((400..500).contains(&status), "{} answered {status}", SEEDS[seed]);

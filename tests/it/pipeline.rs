@@ -8,7 +8,7 @@ use std::time::Duration;
 use image::RgbImage;
 use serde_json::Value;
 use upshot::inference::{Analysis, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, IngestError, IngestPolicy};
+use upshot::ingest::{self, ImageFormat, IngestError, IngestPolicy, Upload};
 
 use crate::helpers::{fixture, spawn, Stack, TestApp};
 
@@ -73,7 +73,7 @@ async fn the_working_size_keeps_the_models_answers() {
     let policy = policy();
     for (name, bytes) in photos {
         let full = analyse(full_resolution(&bytes)).await;
-        let prepared = ingest::prepare(&bytes, &policy).unwrap();
+        let prepared = ingest::prepare(&Upload::new(bytes.clone()), &policy).unwrap();
         let (working_width, working_height) = prepared.pixels.dimensions();
         assert!(
             working_width.max(working_height) <= 1024,
@@ -190,7 +190,7 @@ async fn a_phone_photo_held_upright_is_stored_upright_losslessly_without_gps() {
 }
 
 fn refused(bytes: &[u8], policy: &IngestPolicy) -> bool {
-    matches!(ingest::prepare(bytes, policy), Err(IngestError::Corrupt(_)))
+    matches!(ingest::prepare(&Upload::new(bytes.to_vec()), policy), Err(IngestError::Corrupt(_)))
         && ingest::decode_upright(bytes, policy).is_err()
 }
 
@@ -206,8 +206,8 @@ fn truncated_or_corrupt_jpegs_are_refused_at_every_scale() {
     ];
     for (name, jpeg) in cases {
         let rotated = [&jpeg[..2], &exif, &jpeg[2..]].concat();
-        assert!(ingest::prepare(&jpeg, &policy).is_ok(), "{name}: the intact file");
-        assert!(ingest::prepare(&rotated, &policy).is_ok(), "{name}: the intact file, rotated");
+        assert!(ingest::prepare(&Upload::new(jpeg.clone()), &policy).is_ok(), "{name}: the intact file");
+        assert!(ingest::prepare(&Upload::new(rotated.clone()), &policy).is_ok(), "{name}: the intact file, rotated");
         for file in [&jpeg, &rotated] {
             for keep in [0.4, 0.7, 0.95, 0.999] {
                 let truncated = &file[..(file.len() as f64 * keep) as usize];
