@@ -271,9 +271,7 @@ async fn outcome(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
         Some(record) if record.status == image_rows::ImageStatus::Stored => {
             Ok(Uploaded { record, deduplicated: false, replayed: true })
         }
-        Some(record) if record.status == image_rows::ImageStatus::Missing => {
-            Err(AppError::new(ErrorCode::ImageMissing, "This image's file was lost from the store."))
-        }
+        Some(record) if record.status == image_rows::ImageStatus::Missing => Err(AppError::image_missing()),
         _ => Err(AppError::not_found()),
     }
 }

@@ -157,6 +157,11 @@ impl AppError {
         AppError::new(ErrorCode::NotFound, "No such image.")
     }
 
+    /// An image whose original was found gone from the store (`upshot reconcile --repair`): its row is kept.
+    pub fn image_missing() -> Self {
+        AppError::new(ErrorCode::ImageMissing, "This image's file has been lost from storage; its record is kept.")
+    }
+
     pub fn internal(detail: impl fmt::Display) -> Self {
         AppError::new(ErrorCode::Internal, "Something went wrong on our side.").with_detail(detail)
     }

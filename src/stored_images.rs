@@ -91,10 +91,7 @@ pub async fn find(pipeline: &Pipeline, id: &ImageId) -> AppResult<ImageRecord> {
     let record = pipeline.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
     match record.status {
         ImageStatus::Stored => Ok(record),
-        ImageStatus::Missing => Err(AppError::new(
-            ErrorCode::ImageMissing,
-            "This image's file has been lost from storage; its record is kept.",
-        )),
+        ImageStatus::Missing => Err(AppError::image_missing()),
         _ => Err(AppError::not_found()),
     }
 }
