@@ -295,7 +295,10 @@ pub async fn complete(pipeline: &Pipeline, id: &str) -> AppResult<Uploaded> {
     match &processed {
         Ok(uploaded) => {
             let image_id = uploaded.record.id.clone();
-            pipeline.db.run(move |conn| upload_sessions::finish_stored(conn, &finish_id, &image_id, at)).await?;
+            pipeline
+                .db
+                .run(move |conn| upload_sessions::finish_stored(conn, &finish_id, image_id.as_str(), at))
+                .await?;
             remove_incoming(pipeline, id).await;
         }
         Err(error) if error.code == ErrorCode::UploadIncomplete => {

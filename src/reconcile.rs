@@ -355,7 +355,7 @@ impl Walk<'_> {
                     Found::LostThumbnail(record) => {
                         self.report.missing_thumbnail_count += 1;
                         if self.report.missing_thumbnails.len() < LISTED {
-                            self.report.missing_thumbnails.push(record.id.clone());
+                            self.report.missing_thumbnails.push(record.id.to_string());
                         }
                         if self.options.repair {
                             self.report.thumbnails_regenerated +=
@@ -449,7 +449,8 @@ async fn regenerate_thumbnail(
     let id = record.id.clone();
     let still_stored = db
         .run(move |conn| {
-            Ok(image_rows::find_any(conn, &id)?.is_some_and(|row| row.status == image_rows::ImageStatus::Stored))
+            Ok(image_rows::find_any(conn, id.as_str())?
+                .is_some_and(|row| row.status == image_rows::ImageStatus::Stored))
         })
         .await?;
     if !still_stored {

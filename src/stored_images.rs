@@ -59,7 +59,7 @@ impl From<&ImageRecord> for ImageView {
             _ => None,
         };
         ImageView {
-            id: id.clone(),
+            id: id.to_string(),
             urls: ImageUrls {
                 file: format!("/api/v1/images/{id}/file"),
                 thumbnail: format!("/api/v1/images/{id}/thumbnail"),

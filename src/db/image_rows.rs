@@ -8,11 +8,12 @@ use super::outbox::OutboxRow;
 use super::schema::{images, outbox};
 pub use super::status::ImageStatus;
 use super::{DbConnection, DbError};
+use crate::domain::ImageId;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = images)]
 pub struct ImageRecord {
-    pub id: String,
+    pub id: ImageId,
     pub sha256: String,
     pub source_sha256: String,
     pub original_filename: Option<String>,
@@ -106,7 +107,7 @@ pub fn insert_with_outbox(
     let result = conn.transaction::<_, Abort, _>(|conn| {
         diesel::insert_into(images::table).values(record).execute(conn)?;
         // The row takes its objects over from the pending list; if the sweeper took them first, they are gone.
-        if !shares_objects && super::pending::clear(conn, &record.id)? == 0 {
+        if !shares_objects && super::pending::clear(conn, record.id.as_str())? == 0 {
             return Err(Abort::ObjectsReclaimed);
         }
         if shares_objects {

@@ -1,6 +1,7 @@
 //! The database: one connection type over PostgreSQL and SQLite, a pool, embedded migrations, and a handle
 //! that runs blocking Diesel work off the async workers.
 
+mod ids;
 pub mod image_rows;
 pub mod outbox;
 pub mod pending;

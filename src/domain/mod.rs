@@ -14,7 +14,18 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// An image id: 128 random bits as 32 lowercase hex digits, so ids can be neither guessed nor enumerated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+/// Kept in the database as its text (`db/ids.rs`).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(transparent)]
 pub struct ImageId(String);
 

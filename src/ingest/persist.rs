@@ -34,7 +34,7 @@ pub struct Uploaded {
 
 impl Uploaded {
     pub fn id(&self) -> ImageId {
-        ImageId::parse(&self.record.id).expect("ids are made by ImageId::generate")
+        self.record.id.clone()
     }
 }
 
@@ -246,7 +246,7 @@ fn new_record(
     objects: &StoredObjects,
 ) -> ImageRecord {
     ImageRecord {
-        id: id.to_string(),
+        id: id.clone(),
         sha256: prepared.sha256.clone(),
         source_sha256: prepared.source_sha256.clone(),
         original_filename: meta.original_filename.clone(),
@@ -276,7 +276,7 @@ fn new_record(
 fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
     let top = analysis.predictions.first();
     let event = ImageUploaded {
-        image_id: record.id.clone(),
+        image_id: record.id.to_string(),
         sha256: record.sha256.clone(),
         content_type: record.content_type.clone(),
         width: record.width,
@@ -290,7 +290,7 @@ fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
     };
     OutboxRow {
         id: ImageId::generate().to_string(),
-        image_id: record.id.clone(),
+        image_id: record.id.to_string(),
         event_type: event::IMAGE_UPLOADED.to_owned(),
         payload: serde_json::to_string(&event).expect("an event serializes"),
         status: outbox::OutboxStatus::Pending,
