@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::doc::UploadErrors;
 use super::guards::{ClientAddress, IntakeAllowance, SpoolReservation};
-use super::upload::{clean_description, form_error, read_file, UploadData};
+use super::upload::{clean_description, form_error, read_bytes, UploadData};
 use crate::client_limits::WebSocketRefusal;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
@@ -57,8 +57,8 @@ async fn classify(
     // Nothing is stored, but the form follows the same rules as an upload's.
     clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let file = form.file;
-    let (upload, permit) = read_file(state, &file).await?;
-    Ok(Json(analysis_body(&analyse_bytes(state, upload.bytes, permit).await?)))
+    let (bytes, permit) = read_bytes(state, &file).await?;
+    Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
 }
 
 /// Each binary message is an image. A message larger than `websocket_max_message_bytes` closes the socket

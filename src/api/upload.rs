@@ -76,16 +76,32 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     .with_detail(detail)
 }
 
-/// The uploaded file's bytes (bounded by the form limits), read from its spool file once the upload budget
-/// has room for them; an empty file is a missing one.
-pub async fn read_file(state: &AppState, file: &TempFile<'_>) -> AppResult<(Upload, UploadPermit)> {
+/// The uploaded file's spool file (its bytes bounded by the form limits), opened once the upload budget has
+/// room for them; an empty file is a missing one.
+async fn open_spooled<'f>(
+    state: &AppState,
+    file: &'f TempFile<'_>,
+) -> AppResult<(impl tokio::io::AsyncRead + Unpin + 'f, UploadPermit)> {
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
     let permit = state.pipeline.admit_upload(file.len()).await?;
-    let spooled = file.open().await.map_err(AppError::internal)?;
-    let upload = Upload::read(spooled, file.len()).await.map_err(AppError::internal)?;
-    Ok((upload, permit))
+    Ok((file.open().await.map_err(AppError::internal)?, permit))
+}
+
+/// The uploaded file as an upload to store: read and hashed in one pass.
+pub async fn read_upload(state: &AppState, file: &TempFile<'_>) -> AppResult<(Upload, UploadPermit)> {
+    let (spooled, permit) = open_spooled(state, file).await?;
+    Ok((Upload::read(spooled, file.len()).await.map_err(AppError::internal)?, permit))
+}
+
+/// The uploaded file's bytes, for work that stores nothing and needs no digest.
+pub async fn read_bytes(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<u8>, UploadPermit)> {
+    use tokio::io::AsyncReadExt;
+    let (mut spooled, permit) = open_spooled(state, file).await?;
+    let mut bytes = Vec::with_capacity(file.len() as usize);
+    spooled.read_to_end(&mut bytes).await.map_err(AppError::internal)?;
+    Ok((bytes, permit))
 }
 
 /// Checks a page form's CSRF token (the pages pass one; the API has no forms of its own).
@@ -103,7 +119,7 @@ pub async fn handle(
         check(form.csrf_token.as_deref())?;
     }
     let file = form.file;
-    let (upload, permit) = read_file(state, &file).await?;
+    let (upload, permit) = read_upload(state, &file).await?;
     let description = clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
