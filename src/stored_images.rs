@@ -151,7 +151,7 @@ pub async fn delete(pipeline: &Pipeline, id: &ImageId, authority: DeleteAuthorit
 }
 
 /// Cursors are opaque to clients: base64url of `<created_at in ms>:<id>`.
-/// A page's `next_cursor`: `<milliseconds>-<image id>` of its last image (`api::openapi::CURSOR_PATTERN`).
+/// A page's `next_cursor`: `<milliseconds>-<image id>` of its last image (the pattern `GET /api/v1/images` documents for `cursor`).
 pub fn encode_cursor(record: &ImageRecord) -> String {
     format!("{}-{}", record.created_at.and_utc().timestamp_millis(), record.id)
 }

@@ -12,7 +12,7 @@ pub fn error_responses(codes: &[(&str, &str)]) -> BTreeMap<String, RefOr<Respons
     codes.iter().map(|(status, description)| (status.to_string(), error_response(description).into())).collect()
 }
 
-pub fn error_response(description: &str) -> Response {
+fn error_response(description: &str) -> Response {
     let error = Content::new(Some(Ref::from_schema_name("Error")));
     ResponseBuilder::new().description(description).content("application/json", error).build()
 }

@@ -33,12 +33,6 @@ fn openapi_json(state: &State<AppState>) -> Json<Value> {
     Json(document(&state.pipeline.config, state.pipeline.inference.labels()))
 }
 
-/// `GET /api/v1/images?cursor=`: the `next_cursor` of a page, `<milliseconds>-<image id>`.
-pub const CURSOR_PATTERN: &str = "^[0-9]{1,15}-[0-9a-f]{32}$";
-
-/// An image id, as a path parameter.
-pub const ID_PATTERN: &str = "^[0-9a-f]{32}$";
-
 #[derive(OpenApi)]
 #[openapi(
     info(

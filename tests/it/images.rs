@@ -456,7 +456,10 @@ async fn the_api_refuses_what_its_document_does_not_allow() {
     app.upload_ok("coffee.png").await;
     let first: serde_json::Value = admin("?limit=1").await.json().await.unwrap();
     let cursor = first["next_cursor"].as_str().unwrap();
-    let pattern = regex::Regex::new(upshot::api::openapi::CURSOR_PATTERN).unwrap();
+    let document: serde_json::Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    let parameters = document["paths"]["/api/v1/images"]["get"]["parameters"].as_array().unwrap();
+    let documented = parameters.iter().find(|p| p["name"] == "cursor").unwrap()["schema"]["pattern"].as_str().unwrap();
+    let pattern = regex::Regex::new(documented).unwrap();
     assert!(pattern.is_match(cursor), "{cursor} matches the documented pattern");
     let second: serde_json::Value = admin(&format!("?limit=1&cursor={cursor}")).await.json().await.unwrap();
     assert_ne!(first["items"][0]["id"], second["items"][0]["id"]);
