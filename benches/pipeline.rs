@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ort::session::Session;
 use ort::value::TensorRef;
 use upshot::inference::{classifier, face, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, IngestPolicy, Upload};
+use upshot::ingest::{self, IngestPolicy, Upload};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -50,8 +50,7 @@ fn stages(c: &mut Criterion) {
     };
     let engine = Arc::new(Engine::load(&engine_config).expect("models load"));
     let env = upshot::inference::onnx_runtime(&engine_config.ort_library).unwrap();
-    let policy =
-        IngestPolicy::new(&upshot::config::Settings::default(), ImageFormat::ALL.to_vec(), engine.input_size());
+    let policy = IngestPolicy::new(&upshot::config::ImageSettings::default(), engine.input_size());
     let cat_bytes = fixture("cat-gps-rotated.jpg");
     let cat = image::load_from_memory(&fixture("cat.jpg")).unwrap().to_rgb8();
     let astronaut = image::load_from_memory(&fixture("astronaut.webp")).unwrap().to_rgb8();

@@ -8,6 +8,7 @@
 //! shares one overflow bucket until the crowd thins out. IPv6 clients are counted by their /64, which one
 //! subscriber usually holds whole.
 
+use crate::config::ClientSettings;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -25,24 +26,12 @@ const OVERFLOW_SHARE: u32 = 10;
 /// The clients remembered are swept for forgettable ones at most this often: a sweep walks all of them.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
-pub struct ClientLimitsConfig {
-    /// Intake requests a client may make per minute, sustained.
-    pub requests_per_minute: u32,
-    /// How many it may make at once before the per-minute rate applies.
-    pub burst: u32,
-    pub max_websockets: usize,
-    pub max_websockets_per_client: usize,
-    /// Intake requests one client may have in flight at once.
-    pub max_in_flight_per_client: usize,
-}
-
 pub struct ClientLimits {
     intake: DefaultKeyedRateLimiter<IpAddr>,
     overflow: DefaultDirectRateLimiter,
     websockets: Mutex<OpenWebSockets>,
     in_flight: Arc<ClientCounts>,
-    config: ClientLimitsConfig,
+    config: ClientSettings,
     created: Instant,
     /// Milliseconds after `created` of the last sweep.
     last_sweep_ms: AtomicU64,
@@ -64,19 +53,19 @@ pub enum WebSocketRefusal {
 }
 
 impl ClientLimits {
-    pub fn new(config: ClientLimitsConfig) -> Self {
+    pub fn new(config: ClientSettings) -> Self {
         let quota = |per_minute: u32, burst: u32| {
             let per_minute = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
             Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"))
         };
         ClientLimits {
-            intake: RateLimiter::keyed(quota(config.requests_per_minute, config.burst)),
+            intake: RateLimiter::keyed(quota(config.client_requests_per_minute, config.client_request_burst)),
             overflow: RateLimiter::direct(quota(
-                config.requests_per_minute.saturating_mul(OVERFLOW_SHARE),
-                config.burst.saturating_mul(OVERFLOW_SHARE),
+                config.client_requests_per_minute.saturating_mul(OVERFLOW_SHARE),
+                config.client_request_burst.saturating_mul(OVERFLOW_SHARE),
             )),
             websockets: Mutex::default(),
-            in_flight: Arc::new(ClientCounts::new(config.max_in_flight_per_client)),
+            in_flight: Arc::new(ClientCounts::new(config.max_intake_in_flight_per_client)),
             config,
             created: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
@@ -221,12 +210,13 @@ mod tests {
     use super::*;
 
     fn limits(per_minute: u32, burst: u32) -> Arc<ClientLimits> {
-        Arc::new(ClientLimits::new(ClientLimitsConfig {
-            requests_per_minute: per_minute,
-            burst,
+        Arc::new(ClientLimits::new(ClientSettings {
+            client_requests_per_minute: per_minute,
+            client_request_burst: burst,
             max_websockets: 3,
             max_websockets_per_client: 2,
-            max_in_flight_per_client: 2,
+            max_intake_in_flight_per_client: 2,
+            ..Default::default()
         }))
     }
 

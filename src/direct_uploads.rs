@@ -114,7 +114,7 @@ fn declared_type(pipeline: &Pipeline, declared: Option<String>) -> AppResult<Str
     let Some(declared) = declared.map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()) else {
         return Ok("application/octet-stream".to_owned());
     };
-    let accepted = &pipeline.config.accepted_formats;
+    let accepted = &pipeline.config.settings.images.accepted_formats;
     if declared == "application/octet-stream" || accepted.iter().any(|f| f.content_type() == declared) {
         return Ok(declared);
     }
@@ -134,7 +134,7 @@ pub fn local_signature(pipeline: &Pipeline, id: &str, byte_size: u64, expires: i
 /// `local_url` builds Upshot's own upload URL for a store that cannot sign one.
 pub async fn open(pipeline: &Pipeline, new: NewSession, local_url: &str) -> AppResult<UploadTarget> {
     let settings = &pipeline.config.settings;
-    let max = settings.direct_upload_max_bytes;
+    let max = settings.direct_uploads.direct_upload_max_bytes;
     if new.byte_size == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "`byte_size` is 0: the file is empty."));
     }
@@ -156,7 +156,7 @@ pub async fn open(pipeline: &Pipeline, new: NewSession, local_url: &str) -> AppR
     };
     let content_type = declared_type(pipeline, new.content_type)?;
     let id = ImageId::generate().as_str().to_owned();
-    let ttl = Duration::from_secs(settings.upload_url_ttl_secs);
+    let ttl = Duration::from_secs(settings.direct_uploads.upload_url_ttl_secs);
     let created_at = now();
     let expires_at = created_at + chrono::Duration::from_std(ttl).map_err(AppError::internal)?;
     let row = SessionRow {
@@ -349,7 +349,7 @@ async fn process(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
         }
         other => other?,
     };
-    let max = pipeline.config.settings.direct_upload_max_bytes;
+    let max = pipeline.config.settings.direct_uploads.direct_upload_max_bytes;
     if body.len != session.byte_size as u64 {
         return Err(AppError::new(
             ErrorCode::InvalidRequest,
@@ -381,7 +381,8 @@ async fn process(pipeline: &Pipeline, session: &SessionRow) -> AppResult<Uploade
 /// Removes sessions that finished more than `upload_session_retention_hours` ago (their images stay): a
 /// finished session only answers its completion again, and nothing needs that for long.
 pub async fn purge_finished(pipeline: &Pipeline) -> AppResult<usize> {
-    let retention = chrono::Duration::hours(pipeline.config.settings.upload_session_retention_hours as i64);
+    let retention =
+        chrono::Duration::hours(pipeline.config.settings.direct_uploads.upload_session_retention_hours as i64);
     let before = now() - retention;
     Ok(pipeline.db.run(move |conn| upload_sessions::purge_finished(conn, before, 1000)).await?)
 }
@@ -396,7 +397,7 @@ pub async fn first_delivery(pipeline: &Pipeline, id: &str) -> AppResult<bool> {
 /// Fails the pending sessions whose URL expired `upload_url_ttl_secs` ago or more (their client never
 /// completed them, nor did an event) and removes whatever they had sent. How many were swept.
 pub async fn sweep_expired(pipeline: &Pipeline) -> AppResult<usize> {
-    let ttl = chrono::Duration::seconds(pipeline.config.settings.upload_url_ttl_secs as i64);
+    let ttl = chrono::Duration::seconds(pipeline.config.settings.direct_uploads.upload_url_ttl_secs as i64);
     let before = now() - ttl;
     let ids = pipeline.db.run(move |conn| upload_sessions::expired(conn, before, 100)).await?;
     let mut swept = 0;
@@ -415,7 +416,7 @@ pub async fn sweep_expired(pipeline: &Pipeline) -> AppResult<usize> {
 
 /// Sweeps expired sessions every minute (sooner with a short URL lifetime) until `shutdown` turns true.
 pub async fn run_sweeper(pipeline: Pipeline, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let ttl = Duration::from_secs(pipeline.config.settings.upload_url_ttl_secs);
+    let ttl = Duration::from_secs(pipeline.config.settings.direct_uploads.upload_url_ttl_secs);
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
         tokio::select! {

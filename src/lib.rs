@@ -53,7 +53,7 @@ fn build(
     connections: Arc<connections::ConnectionStats>,
     peers: Arc<connections::Peers>,
 ) -> Rocket<Build> {
-    let static_dir = config.settings.static_dir.clone();
+    let static_dir = config.settings.web.static_dir.clone();
     rocket::custom(figment)
         .manage(connections)
         .manage(peers)
@@ -97,7 +97,7 @@ impl Server {
         let address: std::net::IpAddr = config.figment.extract_inner("address").map_err(|e| e.to_string())?;
         let port: u16 = config.figment.extract_inner("port").map_err(|e| e.to_string())?;
         let public = std::net::SocketAddr::new(address, port);
-        let settings = &config.settings;
+        let settings = &config.settings.connections;
         let limits = connections::Limits {
             header: std::time::Duration::from_secs(settings.header_timeout_secs),
             idle: std::time::Duration::from_secs(settings.idle_timeout_secs),
@@ -105,7 +105,7 @@ impl Server {
             body_grace: std::time::Duration::from_secs(settings.body_grace_secs),
         };
         // Behind proxies every connection comes from one of them: a per-address cap would cap the proxy.
-        let per_client = (settings.trusted_proxy_hops == 0).then_some(settings.max_connections_per_client);
+        let per_client = (config.settings.web.trusted_proxy_hops == 0).then_some(settings.max_connections_per_client);
         let gate = connections::Gate::bind(public, settings.max_connections, per_client, limits)
             .await
             .map_err(|e| format!("cannot listen on {public}: {e}"))?;
@@ -177,23 +177,25 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
         log::info!("removed {swept} upload spool file(s) left by an earlier run");
     }
     let settings = &config.settings;
-    let secret = match &settings.secret_key {
+    let secret = match &settings.keys.secret_key {
         Some(secret) => secret.clone(),
         None => secret_file::load_or_create(&config.secret_key_file())
             .map_err(|e| format!("secret key {}: {e}", config.secret_key_file().display()))?,
     };
-    let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
-    let db = db::Db::open(config.database.clone(), settings.database_pool_size, timeout)
+    let timeout = std::time::Duration::from_secs(settings.database.database_timeout_secs);
+    let db = db::Db::open(config.database.clone(), settings.database.database_pool_size, timeout)
         .await
         .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
-    let store = store::from_config(&config).await.map_err(|e| format!("object store: {e}"))?;
+    let store = store::from_settings(&settings.store, config.local_store_dir())
+        .await
+        .map_err(|e| format!("object store: {e}"))?;
     let engine_config = inference::EngineConfig {
-        models_dir: settings.models_dir.clone(),
-        ort_library: settings.ort_lib.clone(),
-        sessions: config.inference_sessions,
-        threads_per_session: settings.inference_threads,
-        wait: std::time::Duration::from_millis(settings.inference_wait_ms),
-        top_k: settings.top_k,
+        models_dir: settings.inference.models_dir.clone(),
+        ort_library: settings.inference.ort_lib.clone(),
+        sessions: settings.inference.inference_sessions,
+        threads_per_session: settings.inference.inference_threads,
+        wait: std::time::Duration::from_millis(settings.inference.inference_wait_ms),
+        top_k: settings.inference.top_k,
     };
     let engine = tokio::task::spawn_blocking(move || inference::Engine::load(&engine_config))
         .await
@@ -203,13 +205,13 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
         "database: {}; object store: {}; upload limit {}; {} CPU slots; model {} {} in {} sessions",
         db.backend(),
         store.describe(),
-        domain::human_bytes(settings.max_upload_bytes),
-        config.cpu_slots,
+        domain::human_bytes(settings.uploads.max_upload_bytes),
+        settings.uploads.cpu_slots,
         engine.classifier_info().name,
         engine.classifier_info().version,
         engine.sessions(),
     );
-    let notifier = notify::from_config(&config).await.map_err(|e| format!("notifier: {e}"))?;
+    let notifier = notify::from_settings(&settings.notify).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
     let upload_origin = direct_uploads::upload_origin(store.as_ref()).await;
     let pipeline = ingest::Pipeline::new(config, db, store, Signer::new(&secret), engine);
@@ -246,20 +248,20 @@ async fn report_readiness(
 /// of upload events; all stopped by the server's own shutdown.
 fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
     let settings = &state.pipeline.config.settings;
-    let lease = std::time::Duration::from_secs(settings.outbox_lease_secs);
+    let lease = std::time::Duration::from_secs(settings.outbox.outbox_lease_secs);
     let publish_timeout = config::SNS_PUBLISH_TIMEOUT;
     let config = notify::relay::RelayConfig {
         batch: notify::relay::batch_for(lease, publish_timeout, 20),
         lease,
-        poll: std::time::Duration::from_millis(settings.outbox_poll_ms),
-        max_attempts: settings.outbox_max_attempts,
-        retry_horizon: std::time::Duration::from_secs(settings.outbox_retry_horizon_hours * 3600),
+        poll: std::time::Duration::from_millis(settings.outbox.outbox_poll_ms),
+        max_attempts: settings.outbox.outbox_max_attempts,
+        retry_horizon: std::time::Duration::from_secs(settings.outbox.outbox_retry_horizon_hours * 3600),
         publish_timeout,
-        backoff_base: std::time::Duration::from_millis(settings.outbox_backoff_base_ms),
-        backoff_cap: std::time::Duration::from_secs(settings.outbox_backoff_cap_secs),
+        backoff_base: std::time::Duration::from_millis(settings.outbox.outbox_backoff_base_ms),
+        backoff_cap: std::time::Duration::from_secs(settings.outbox.outbox_backoff_cap_secs),
         public_url: state.pipeline.config.public_url().to_owned(),
-        max_per_hour: settings.notify_max_per_hour,
-        digest_every: std::time::Duration::from_secs(settings.notify_digest_secs),
+        max_per_hour: settings.notify.notify_max_per_hour,
+        digest_every: std::time::Duration::from_secs(settings.notify.notify_digest_secs),
     };
     let relay = notify::relay::Relay::new(
         state.pipeline.db.clone(),
@@ -274,10 +276,10 @@ fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
     });
     tokio::spawn(ingest::sweep::run(state.pipeline.clone(), stopped.clone()));
     tokio::spawn(direct_uploads::run_sweeper(state.pipeline.clone(), stopped.clone()));
-    if let Some(queue_url) = settings.upload_queue_url.clone() {
+    if let Some(queue_url) = settings.direct_uploads.upload_queue_url.clone() {
         tokio::spawn(upload_events::run(state.pipeline.clone(), queue_url, stopped.clone()));
     }
-    if let Some(statsd) = settings.statsd_addr {
+    if let Some(statsd) = settings.reconcile.statsd_addr {
         tokio::spawn(report_readiness(state.clone(), statsd, stopped.clone()));
     }
     tokio::spawn(relay.run(stopped));

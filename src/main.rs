@@ -161,9 +161,9 @@ async fn main() -> ExitCode {
             };
             println!("configuration is valid");
             println!("database: {database}");
-            println!("store: {:?}", settings.store);
-            println!("max_upload_bytes: {}", settings.max_upload_bytes);
-            println!("admin routes: {}", if settings.admin_api_key.is_some() { "enabled" } else { "disabled" });
+            println!("store: {:?}", settings.store.kind);
+            println!("max_upload_bytes: {}", settings.uploads.max_upload_bytes);
+            println!("admin routes: {}", if settings.keys.admin_api_key.is_some() { "enabled" } else { "disabled" });
             ExitCode::SUCCESS
         }
     }
@@ -179,9 +179,9 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         }
     };
     let options = upshot::reconcile::Options {
-        grace: std::time::Duration::from_secs(settings.reconcile_grace_secs),
+        grace: std::time::Duration::from_secs(settings.reconcile.reconcile_grace_secs),
         page: 1000,
-        stuck_after: std::time::Duration::from_secs(settings.outbox_degraded_after_secs),
+        stuck_after: std::time::Duration::from_secs(settings.outbox.outbox_degraded_after_secs),
         repair,
         policy,
     };
@@ -205,10 +205,12 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let timeout = std::time::Duration::from_secs(settings.database_timeout_secs);
+    let timeout = std::time::Duration::from_secs(settings.database.database_timeout_secs);
     let checked = async {
         let db = upshot::db::Db::open(config.database.clone(), 2, timeout).await.map_err(|e| e.to_string())?;
-        let store = upshot::store::from_config(&config).await.map_err(|e| e.to_string())?;
+        let store = upshot::store::from_settings(&config.settings.store, config.local_store_dir())
+            .await
+            .map_err(|e| e.to_string())?;
         upshot::reconcile::check(&db, store, &options).await.map_err(|e| e.to_string())
     };
     let report = match checked.await {
@@ -264,7 +266,7 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
         report.elapsed_ms,
         peak_rss_kib().map_or_else(|| "-".to_owned(), |kib| kib.to_string()),
     );
-    if let Some(addr) = settings.statsd_addr {
+    if let Some(addr) = settings.reconcile.statsd_addr {
         if let Err(error) = upshot::metrics::send_statsd(addr, &report.statsd_datagram()) {
             log::warn!("reconcile figures not sent to StatsD at {addr}: {error}");
         }

@@ -41,9 +41,9 @@ impl Dependencies {
 
 impl AppState {
     pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
-        let asset_version = asset_version(&pipeline.config.settings.static_dir);
-        let client_limits = Arc::new(ClientLimits::new(pipeline.config.client_limits()));
-        let spool_kib = (pipeline.config.settings.spool_quota_bytes / 1024) as usize;
+        let asset_version = asset_version(&pipeline.config.settings.web.static_dir);
+        let client_limits = Arc::new(ClientLimits::new(pipeline.config.settings.clients.clone()));
+        let spool_kib = (pipeline.config.settings.uploads.spool_quota_bytes / 1024) as usize;
         let spool_quota = Arc::new(tokio::sync::Semaphore::new(spool_kib));
         AppState { pipeline, notifier, asset_version, direct_upload_origin, client_limits, spool_quota }
     }
@@ -52,7 +52,7 @@ impl AppState {
     /// within `cpu_wait_ms`.
     pub async fn reserve_spool(&self, bytes: u64) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024).max(1) as u32;
-        let wait = Duration::from_millis(self.pipeline.config.settings.cpu_wait_ms);
+        let wait = Duration::from_millis(self.pipeline.config.settings.uploads.cpu_wait_ms);
         match tokio::time::timeout(wait, self.spool_quota.clone().acquire_many_owned(kib)).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(AppError::new(ErrorCode::Busy, "Too many uploads are arriving at once; retry in a moment.")

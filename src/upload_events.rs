@@ -116,7 +116,7 @@ fn is_pending(code: ErrorCode) -> bool {
 
 /// Connects to SQS in the queue's own region (from its URL; the SDK's chain for a URL that names none), with
 /// the endpoint override when set.
-pub async fn client(settings: &crate::config::Settings, queue_url: &str) -> Client {
+pub async fn client(settings: &crate::config::DirectUploadSettings, queue_url: &str) -> Client {
     let shared = crate::aws::shared_config(crate::aws::region_of_queue_url(queue_url)).await;
     let mut config = aws_sdk_sqs::config::Builder::from(&shared);
     if let Some(endpoint) = &settings.sqs_endpoint_url {
@@ -127,7 +127,7 @@ pub async fn client(settings: &crate::config::Settings, queue_url: &str) -> Clie
 
 /// Polls `queue_url` until `shutdown` turns true.
 pub async fn run(pipeline: Pipeline, queue_url: String, mut shutdown: watch::Receiver<bool>) {
-    let sqs = client(&pipeline.config.settings, &queue_url).await;
+    let sqs = client(&pipeline.config.settings.direct_uploads, &queue_url).await;
     log::info!("polling {queue_url} for direct uploads' events");
     while !*shutdown.borrow() {
         let received = tokio::select! {

@@ -55,7 +55,7 @@ async fn classify(
 ) -> AppResult<Json<Value>> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     // Nothing is stored, but the form follows the same rules as an upload's.
-    clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
+    clean_description(form.description, state.pipeline.config.settings.uploads.max_description_chars)?;
     let file = form.file;
     let (bytes, permit) = read_bytes(state, &file).await?;
     Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
@@ -85,7 +85,7 @@ fn stream(
     })?;
     let state = state.inner().clone();
     let settings = &state.pipeline.config.settings;
-    let limit = settings.websocket_max_message_bytes.min(settings.max_upload_bytes) as usize;
+    let limit = settings.clients.websocket_max_message_bytes.min(settings.uploads.max_upload_bytes) as usize;
     let ws = ws.config(rocket_ws::Config {
         max_message_size: Some(limit),
         max_frame_size: Some(limit),

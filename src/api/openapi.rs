@@ -80,8 +80,8 @@ impl utoipa::Modify for AdminKey {
 /// The request bodies whose limits are this server's configuration.
 fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
     let settings = &config.settings;
-    let accepted: Vec<&str> = config.accepted_formats.iter().map(|f| f.content_type()).collect();
-    let max_direct = settings.direct_upload_max_bytes;
+    let accepted: Vec<&str> = config.settings.images.accepted_formats.iter().map(|f| f.content_type()).collect();
+    let max_direct = settings.direct_uploads.direct_upload_max_bytes;
     let mut session_types = accepted.clone();
     session_types.push("application/octet-stream");
     let subscription = |protocol: &str, pattern: &str, endpoint: &str| {
@@ -101,8 +101,8 @@ fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
             "required": ["file"],
             "properties": {
                 "file": { "type": "string", "format": "binary", "minLength": 1,
-                    "description": format!("The image, at most {} bytes; identified by its content, which must be one of: {}. Other bytes are refused with 415 or 422.", settings.max_upload_bytes, accepted.join(", ")) },
-                "description": { "type": "string", "maxLength": settings.max_description_chars },
+                    "description": format!("The image, at most {} bytes; identified by its content, which must be one of: {}. Other bytes are refused with 415 or 422.", settings.uploads.max_upload_bytes, accepted.join(", ")) },
+                "description": { "type": "string", "maxLength": settings.uploads.max_description_chars },
                 "csrf_token": { "type": "string", "description": "Sent by the HTML form; the API ignores it" }
             },
             "additionalProperties": false
@@ -111,7 +111,7 @@ fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
             "type": "object", "required": ["filename", "byte_size"], "additionalProperties": false,
             "properties": {
                 "filename": { "type": "string", "maxLength": MAX_FILENAME_CHARS },
-                "description": { "type": "string", "maxLength": settings.max_description_chars },
+                "description": { "type": "string", "maxLength": settings.uploads.max_description_chars },
                 "byte_size": { "type": "integer", "minimum": 1, "maximum": max_direct,
                     "description": format!("The file's exact size; at most direct_upload_max_bytes = {max_direct}") },
                 "content_type": { "type": "string", "enum": session_types },
@@ -128,7 +128,8 @@ fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
 /// The document, with the limits of this server's configuration and its classifier's labels.
 pub fn document(config: &AppConfig, labels: &[String]) -> Value {
     let mut document = serde_json::to_value(Operations::openapi()).unwrap_or_default();
-    let accepted = config.accepted_formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(", ");
+    let accepted =
+        config.settings.images.accepted_formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(", ");
     let operations = document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
     for operation in operations.flat_map(|path| path.as_object_mut()).flat_map(|path| path.values_mut()) {
         // Every body this API takes is required, and the handlers' modules are not tags a client needs.

@@ -108,8 +108,8 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
     if let Some(backlog) = backlog {
         let oldest_secs = backlog.oldest_unsent.map(|t| (crate::domain::now() - t).num_seconds().max(0));
         // A notification stuck this long means publishing is down: still serving, but worth a look.
-        let stale =
-            oldest_secs.is_some_and(|age| age as u64 > state.pipeline.config.settings.outbox_degraded_after_secs);
+        let stale = oldest_secs
+            .is_some_and(|age| age as u64 > state.pipeline.config.settings.outbox.outbox_degraded_after_secs);
         if stale {
             status = "degraded";
             log::warn!(

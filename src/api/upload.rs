@@ -64,7 +64,7 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     }
     match status.code {
         413 => {
-            let max = state.pipeline.config.settings.max_upload_bytes;
+            let max = state.pipeline.config.settings.uploads.max_upload_bytes;
             AppError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("The upload exceeds the limit of {} (max_upload_bytes = {max}).", human_bytes(max)),
@@ -120,7 +120,8 @@ pub async fn handle(
     }
     let file = form.file;
     let (upload, permit) = read_upload(state, &file).await?;
-    let description = clean_description(form.description, state.pipeline.config.settings.max_description_chars)?;
+    let description =
+        clean_description(form.description, state.pipeline.config.settings.uploads.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
     state.pipeline.metrics.add_upload_bytes(upload.bytes.len() as u64);

@@ -137,8 +137,10 @@ async fn open(
         let message = format!("`filename` is at most {MAX_FILENAME_CHARS} characters.");
         return Err(AppError::new(ErrorCode::InvalidRequest, message));
     }
-    let description =
-        super::upload::clean_description(input.description, state.pipeline.config.settings.max_description_chars)?;
+    let description = super::upload::clean_description(
+        input.description,
+        state.pipeline.config.settings.uploads.max_description_chars,
+    )?;
     let new = NewSession {
         filename: input.filename,
         description,
@@ -181,7 +183,7 @@ async fn receive(
     body: Data<'_>,
 ) -> AppResult<Status> {
     let id = parse_id(id)?;
-    let limit = state.pipeline.config.settings.direct_upload_max_bytes.bytes() + 1.bytes();
+    let limit = state.pipeline.config.settings.direct_uploads.direct_upload_max_bytes.bytes() + 1.bytes();
     let reader = Box::pin(body.open(limit));
     direct_uploads::receive(&state.pipeline, id.as_str(), expires, signature, length.0, reader).await?;
     Ok(Status::Ok)

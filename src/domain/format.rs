@@ -1,14 +1,22 @@
 //! The image formats Upshot accepts, identified by content.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum ImageFormat {
     Jpeg,
     Png,
     Webp,
     Gif,
+}
+
+impl TryFrom<String> for ImageFormat {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        ImageFormat::from_name(&name).ok_or_else(|| format!("unknown format {name:?} (jpeg, png, webp, gif)"))
+    }
 }
 
 impl ImageFormat {

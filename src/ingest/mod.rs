@@ -78,9 +78,9 @@ pub struct IngestPolicy {
 
 impl IngestPolicy {
     /// The policy the settings describe, for models whose preprocessing reduces from `model_input`.
-    pub fn new(settings: &crate::config::Settings, accepted: Vec<ImageFormat>, model_input: WorkingSize) -> Self {
+    pub fn new(settings: &crate::config::ImageSettings, model_input: WorkingSize) -> Self {
         IngestPolicy {
-            accepted,
+            accepted: settings.accepted_formats.clone(),
             limits: ImageLimits {
                 max_width: settings.max_image_width,
                 max_height: settings.max_image_height,
@@ -99,8 +99,8 @@ impl IngestPolicy {
     /// The policy of a server with `config`, its models' input size read from their manifest without loading
     /// them: for tools that must decode as uploads do.
     pub fn of_config(config: &crate::config::AppConfig) -> Result<Self, crate::inference::InferenceError> {
-        let model_input = crate::inference::manifest_input_size(&config.settings.models_dir)?;
-        Ok(IngestPolicy::new(&config.settings, config.accepted_formats.clone(), model_input))
+        let model_input = crate::inference::manifest_input_size(&config.settings.inference.models_dir)?;
+        Ok(IngestPolicy::new(&config.settings.images, model_input))
     }
 }
 

@@ -149,7 +149,7 @@ async fn store_or_share(
     id: &ImageId,
     prepared: &PreparedImage,
 ) -> AppResult<(StoredObjects, bool)> {
-    if pipeline.config.settings.dedup {
+    if pipeline.config.settings.uploads.dedup {
         let sha = prepared.sha256.clone();
         if let Some(shared) = pipeline.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
             return Ok((shared, true));

@@ -38,10 +38,10 @@ pub struct UploadPermit {
 
 impl Pipeline {
     pub fn new(config: AppConfig, db: Db, store: Arc<dyn ObjectStore>, signer: Signer, inference: Engine) -> Self {
-        let settings = &config.settings;
-        let policy = IngestPolicy::new(settings, config.accepted_formats.clone(), inference.input_size());
-        let cpu = Arc::new(Semaphore::new(config.cpu_slots));
-        let upload_budget = Arc::new(Semaphore::new((settings.upload_budget_bytes / 1024) as usize));
+        let uploads = &config.settings.uploads;
+        let policy = IngestPolicy::new(&config.settings.images, inference.input_size());
+        let cpu = Arc::new(Semaphore::new(uploads.cpu_slots));
+        let upload_budget = Arc::new(Semaphore::new((uploads.upload_budget_bytes / 1024) as usize));
         Pipeline {
             config: Arc::new(config),
             db,
@@ -64,7 +64,7 @@ impl Pipeline {
     /// Waits (at most `cpu_wait_ms`) for room for `bytes` of upload in memory; a request that finds none is
     /// told to come back, so memory is bounded by the budget however many clients send at once.
     pub async fn admit_upload(&self, bytes: u64) -> AppResult<UploadPermit> {
-        let budget = self.config.settings.upload_budget_bytes;
+        let budget = self.config.settings.uploads.upload_budget_bytes;
         if bytes > budget {
             // Configuration keeps every accepted size within the budget; this guards the invariant.
             return Err(AppError::new(
@@ -74,7 +74,7 @@ impl Pipeline {
             .with_detail(format!("{bytes} bytes over upload_budget_bytes = {budget}")));
         }
         let kib = bytes.div_ceil(1024).max(1) as u32;
-        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let wait = Duration::from_millis(self.config.settings.uploads.cpu_wait_ms);
         let permit = tokio::time::timeout(wait, self.upload_budget.clone().acquire_many_owned(kib))
             .await
             .map_err(|_| {
@@ -98,7 +98,7 @@ impl Pipeline {
         F: FnOnce(&IngestPolicy) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let wait = Duration::from_millis(self.config.settings.cpu_wait_ms);
+        let wait = Duration::from_millis(self.config.settings.uploads.cpu_wait_ms);
         let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
             .await
             .map_err(|_| {

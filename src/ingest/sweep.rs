@@ -13,7 +13,7 @@ const BATCH: i64 = 100;
 
 /// Sweeps every half grace period (between 1 s and 1 min) until `shutdown` turns true.
 pub async fn run(pipeline: Pipeline, mut shutdown: watch::Receiver<bool>) {
-    let grace = Duration::from_secs(pipeline.config.settings.orphan_grace_secs);
+    let grace = Duration::from_secs(pipeline.config.settings.store.orphan_grace_secs);
     let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
         tokio::select! {

@@ -12,7 +12,7 @@ pub use message::Notification;
 pub use sns::{SnsConfig, SnsNotifier};
 pub use subscriptions::{Subscription, SubscriptionRequest};
 
-use crate::config::{AppConfig, NotifierKind};
+use crate::config::{NotifierKind, NotifySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -71,11 +71,10 @@ impl Notifier for LogNotifier {
     }
 }
 
-pub async fn from_config(config: &AppConfig) -> Result<Arc<dyn Notifier>, String> {
-    Ok(match config.settings.notifier {
+pub async fn from_settings(settings: &NotifySettings) -> Result<Arc<dyn Notifier>, String> {
+    Ok(match settings.notifier {
         NotifierKind::Log => Arc::new(LogNotifier),
         NotifierKind::Sns => {
-            let settings = &config.settings;
             let sns = SnsConfig {
                 topic_arn: settings.sns_topic_arn.clone().ok_or("no SNS topic configured")?,
                 region: settings.sns_region.clone(),

@@ -13,7 +13,7 @@ pub struct SnsNotifier {
     topic_arn: String,
 }
 
-/// Which topic, where, and how long one publish may take; `notify::from_config` builds it from the settings.
+/// Which topic, where, and how long one publish may take; `notify::from_settings` builds it from the settings.
 #[derive(Debug, Clone)]
 pub struct SnsConfig {
     pub topic_arn: String,

@@ -4,6 +4,7 @@
 mod local;
 mod s3;
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use tokio::io::AsyncRead;
 pub use local::LocalStore;
 pub use s3::{S3Config, S3Store};
 
-use crate::config::{AppConfig, Settings, StoreKind};
+use crate::config::{StoreKind, StoreSettings};
 use crate::error::{AppError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,15 +108,16 @@ pub trait ObjectStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-pub async fn from_config(config: &AppConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let store: Arc<dyn ObjectStore> = match config.settings.store {
-        StoreKind::Local => Arc::new(LocalStore::open(config.local_store_dir()).await?),
-        StoreKind::S3 => Arc::new(S3Store::connect(&s3_config(&config.settings)?).await?),
+/// The store the settings name; `local_dir` is the local store's directory.
+pub async fn from_settings(settings: &StoreSettings, local_dir: PathBuf) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let store: Arc<dyn ObjectStore> = match settings.kind {
+        StoreKind::Local => Arc::new(LocalStore::open(local_dir).await?),
+        StoreKind::S3 => Arc::new(S3Store::connect(&s3_config(settings)?).await?),
     };
     Ok(store)
 }
 
-fn s3_config(settings: &Settings) -> Result<S3Config, StoreError> {
+fn s3_config(settings: &StoreSettings) -> Result<S3Config, StoreError> {
     let bucket = settings.s3_bucket.clone().ok_or_else(|| StoreError::Backend("no bucket configured".into()))?;
     let prefix = match settings.s3_prefix.trim_matches('/') {
         "" => String::new(),

@@ -19,7 +19,7 @@ fn backend<E: std::error::Error>(action: &str, key: &str, error: E) -> StoreErro
     StoreError::Backend(format!("S3 {action} {key}: {}", DisplayErrorContext(error)))
 }
 
-/// Where S3 is and how long a call may take; `store::from_config` builds it from the settings.
+/// Where S3 is and how long a call may take; `store::from_settings` builds it from the settings.
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub bucket: String,

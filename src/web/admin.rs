@@ -41,7 +41,7 @@ fn session_value(state: &AppState, admin_key: &str, expires: i64) -> String {
 }
 
 fn session_is_valid(state: &AppState, value: &str) -> bool {
-    let Some(admin_key) = state.pipeline.config.settings.admin_api_key.as_deref() else { return false };
+    let Some(admin_key) = state.pipeline.config.settings.keys.admin_api_key.as_deref() else { return false };
     let Some((expires, _)) = value.split_once('.') else { return false };
     let Ok(expiry) = expires.parse::<i64>() else { return false };
     expiry > chrono::Utc::now().timestamp()
@@ -101,7 +101,7 @@ fn login_template(state: &AppState, csrf: &str, error: Option<&AppError>) -> Tem
 
 #[get("/admin/login")]
 fn login_page(state: &State<AppState>, csrf: CsrfToken) -> Result<Template, PageError> {
-    if state.pipeline.config.settings.admin_api_key.is_none() {
+    if state.pipeline.config.settings.keys.admin_api_key.is_none() {
         return Err(
             AppError::new(ErrorCode::Forbidden, "Admin pages are disabled: no admin API key is configured.").into()
         );
@@ -136,7 +136,7 @@ fn login(
 
 fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
-    let Some(expected) = state.pipeline.config.settings.admin_api_key.as_deref() else {
+    let Some(expected) = state.pipeline.config.settings.keys.admin_api_key.as_deref() else {
         return Err(AppError::new(ErrorCode::Forbidden, "Admin pages are disabled."));
     };
     if !constant_time_eq(form.api_key.trim().as_bytes(), expected.as_bytes()) {

@@ -47,19 +47,21 @@ pub(crate) fn cookies_secure(state: &AppState) -> bool {
 }
 
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
-    let formats = &state.pipeline.config.accepted_formats;
+    let settings = &state.pipeline.config.settings;
+    let (uploads, direct) = (&settings.uploads, &settings.direct_uploads);
+    let formats = &settings.images.accepted_formats;
     let error = error.map(|e| context! { code: e.code.as_str(), message: &e.message });
     Template::render(
         "index",
         context! {
-            max_upload_human: human_bytes(state.pipeline.config.settings.max_upload_bytes),
-            max_upload_bytes: state.pipeline.config.settings.max_upload_bytes,
-            direct_max_human: human_bytes(state.pipeline.config.settings.direct_upload_max_bytes),
-            direct_max_bytes: state.pipeline.config.settings.direct_upload_max_bytes,
-            direct_always: state.pipeline.config.settings.direct_uploads_always,
+            max_upload_human: human_bytes(uploads.max_upload_bytes),
+            max_upload_bytes: uploads.max_upload_bytes,
+            direct_max_human: human_bytes(direct.direct_upload_max_bytes),
+            direct_max_bytes: direct.direct_upload_max_bytes,
+            direct_always: direct.direct_uploads_always,
             accepted_formats: formats.iter().map(|f| f.label()).collect::<Vec<_>>(),
             accept_attr: formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(","),
-            max_description_chars: state.pipeline.config.settings.max_description_chars,
+            max_description_chars: uploads.max_description_chars,
             notice,
             error,
             csrf_token: &csrf.0,

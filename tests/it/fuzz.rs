@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use upshot::error::AppError;
 use upshot::imaging::WorkingSize;
-use upshot::ingest::{self, ImageFormat, IngestPolicy, Upload};
+use upshot::ingest::{self, IngestPolicy, Upload};
 
 use crate::helpers::fixture;
 
@@ -17,7 +17,7 @@ const SEEDS: [&str; 6] =
 
 fn policy() -> IngestPolicy {
     // Smaller limits than the defaults, so that huge declared sizes meet them.
-    let settings = upshot::config::Settings {
+    let settings = upshot::config::ImageSettings {
         max_image_width: 4_000,
         max_image_height: 4_000,
         max_image_pixels: 4_000_000,
@@ -25,7 +25,7 @@ fn policy() -> IngestPolicy {
         max_animation_pixels: 40_000_000,
         ..Default::default()
     };
-    IngestPolicy::new(&settings, ImageFormat::ALL.to_vec(), WorkingSize { min_short_side: 256, min_long_side: 128 })
+    IngestPolicy::new(&settings, WorkingSize { min_short_side: 256, min_long_side: 128 })
 }
 
 #[derive(Debug, Clone)]

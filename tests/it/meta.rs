@@ -15,35 +15,91 @@ fn repo_file(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
 }
 
-fn setting_keys() -> Vec<String> {
-    let defaults = serde_json::to_value(Settings::default()).unwrap();
-    defaults.as_object().unwrap().keys().cloned().collect()
+/// Each section of the settings with its keys and their defaults, as the code has them.
+fn setting_sections() -> Vec<(&'static str, serde_json::Map<String, serde_json::Value>)> {
+    fn to<T: serde::Serialize>(section: &T) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::to_value(section).unwrap().as_object().unwrap().clone()
+    }
+    let d = Settings::default();
+    vec![
+        ("database", to(&d.database)),
+        ("store", to(&d.store)),
+        ("reconcile", to(&d.reconcile)),
+        ("keys", to(&d.keys)),
+        ("uploads", to(&d.uploads)),
+        ("images", to(&d.images)),
+        ("direct_uploads", to(&d.direct_uploads)),
+        ("inference", to(&d.inference)),
+        ("notify", to(&d.notify)),
+        ("outbox", to(&d.outbox)),
+        ("web", to(&d.web)),
+        ("connections", to(&d.connections)),
+        ("clients", to(&d.clients)),
+    ]
+}
+
+/// README.md's configuration tables: section name, then each row's key and default cell.
+fn documented_sections(readme: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in readme.lines() {
+        if let Some(heading) = line.strip_prefix("#### ") {
+            let name = heading.rsplit('`').nth(1).unwrap_or_default();
+            sections.push((name.to_owned(), Vec::new()));
+        } else if let (Some(row), Some((_, rows))) = (line.strip_prefix("| `"), sections.last_mut()) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            if let (Some(key), Some(default)) = (cells[0].strip_suffix('`'), cells.get(2)) {
+                rows.push((key.to_owned(), default.to_string()));
+            }
+        }
+    }
+    sections
 }
 
 #[test]
 fn documented_configuration_matches_the_settings() {
     let readme = repo_file("README.md");
-    for key in setting_keys() {
-        assert!(readme.contains(&format!("`{key}`")), "README.md does not document `{key}`");
+    let all: serde_json::Map<_, _> = serde_json::to_value(Settings::default()).unwrap().as_object().unwrap().clone();
+    let code = setting_sections();
+    let in_sections: BTreeSet<&String> = code.iter().flat_map(|(_, keys)| keys.keys()).collect();
+    let flat: BTreeSet<&String> = all.keys().filter(|k| *k != "data_dir").collect();
+    assert_eq!(in_sections, flat, "every setting but data_dir belongs to one section listed here");
+    for key in all.keys() {
         let env = format!("UPSHOT_{}", key.to_uppercase());
         assert!(readme.contains(&env), "README.md does not name {env}");
     }
-    // Every value Rocket.toml sets is a real key, and the file's [default] equals the defaults in code.
-    let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
-    let file: toml_like::Table = Figment::from(Toml::file(&rocket_toml)).extract_inner("default").unwrap();
-    let defaults = serde_json::to_value(Settings::default()).unwrap();
-    let rocket_keys = ["address", "port", "keep_alive", "ip_header", "template_dir", "shutdown"];
-    for (key, value) in &file {
-        if rocket_keys.contains(&key.as_str()) {
-            continue;
+    // The README's tables hold each section's keys, in its own table, with the defaults the code has.
+    let documented = documented_sections(&readme);
+    for (section, keys) in &code {
+        let Some((_, rows)) = documented.iter().find(|(name, _)| name == section) else {
+            panic!("README.md has no table for the `{section}` section")
+        };
+        let listed: BTreeSet<&String> = rows.iter().map(|(key, _)| key).collect();
+        assert_eq!(listed, keys.keys().collect(), "README.md's `{section}` table lists other keys than the code");
+        for (key, cell) in rows {
+            let default = &keys[key];
+            let shown = match default {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            if let Some(literal) = cell.strip_prefix('`').and_then(|c| c.split('`').next()) {
+                if !default.is_null() {
+                    assert_eq!(literal, shown, "README.md gives `{key}` the default {literal}, the code {shown}");
+                }
+            } else {
+                assert!(
+                    default.is_null() || shown.is_empty(),
+                    "README.md does not give `{key}` its default {shown} as a literal"
+                );
+            }
         }
-        assert_eq!(Some(value), defaults.get(key), "Rocket.toml [default] {key} differs from the code");
     }
-}
-
-/// figment's values as JSON, to compare with the serialized defaults.
-mod toml_like {
-    pub type Table = serde_json::Map<String, serde_json::Value>;
+    // Rocket.toml sets only what differs from the code's defaults: its [default] table holds Rocket's keys.
+    let rocket_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Rocket.toml");
+    let file: serde_json::Map<String, serde_json::Value> =
+        Figment::from(Toml::file(&rocket_toml)).extract_inner("default").unwrap();
+    for key in file.keys() {
+        assert!(!all.contains_key(key), "Rocket.toml [default] repeats the default of `{key}`: it lives in the code");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use image::RgbImage;
 use serde_json::Value;
 use upshot::inference::{Analysis, Engine, EngineConfig};
-use upshot::ingest::{self, ImageFormat, IngestError, IngestPolicy, Upload};
+use upshot::ingest::{self, IngestError, IngestPolicy, Upload};
 
 use crate::helpers::{fixture, spawn, Stack, TestApp};
 
@@ -32,7 +32,7 @@ fn engine() -> &'static Engine {
 }
 
 fn policy() -> IngestPolicy {
-    IngestPolicy::new(&upshot::config::Settings::default(), ImageFormat::ALL.to_vec(), engine().input_size())
+    IngestPolicy::new(&upshot::config::ImageSettings::default(), engine().input_size())
 }
 
 /// `source` enlarged to `width`×`height` and compressed as a camera would (4:2:0) at `quality`.

@@ -47,7 +47,7 @@ async fn links_follow_the_port_the_server_listens_on_when_public_url_is_unset() 
     let (figment, _, _) = base_figment(Stack::Embedded, data_dir.path()).await;
     // Rocket.toml's [default] leaves public_url unset; port 0 is whatever the system gives.
     let mut config = AppConfig::from_figment(figment.merge(("port", 0))).unwrap();
-    config.settings.public_url = None;
+    config.settings.web.public_url = None;
     let server = upshot::Server::bind(config).await.unwrap();
     let listening = server.local_addr().unwrap();
     let shutdown = server.shutdown();
