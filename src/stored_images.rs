@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::db::image_rows::{self, ImageRecord, ImageStatus};
 use crate::domain::{ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::inference::{Face, FaceDetails, ModelInfo, Prediction};
+use crate::inference::{Face, ModelInfo, Prediction};
 use crate::ingest::Pipeline;
 use crate::store::ObjectBody;
 
@@ -51,7 +51,7 @@ pub struct ImageView {
 impl From<&ImageRecord> for ImageView {
     fn from(record: &ImageRecord) -> Self {
         let id = &record.id;
-        let details: FaceDetails = serde_json::from_str(&record.analysis).unwrap_or_default();
+        let details = &record.analysis;
         let model = match (&record.model_name, &record.model_version, &record.model_sha256) {
             (Some(name), Some(version), Some(sha256)) => {
                 Some(ModelInfo { name: name.clone(), version: version.clone(), sha256: sha256.clone() })
@@ -74,12 +74,12 @@ impl From<&ImageRecord> for ImageView {
             byte_size: record.byte_size,
             sha256: record.sha256.clone(),
             thumbnail_content_type: record.thumbnail_content_type.clone(),
-            predictions: serde_json::from_str(&record.predictions).unwrap_or_default(),
+            predictions: record.predictions.to_vec(),
             model,
             inference_ms: record.inference_ms,
-            faces: details.faces,
-            selfie: details.selfie.filter(|s| !s.is_null()),
-            selfie_reason: details.selfie_reason,
+            faces: details.faces.clone(),
+            selfie: details.selfie.clone().filter(|s| !s.is_null()),
+            selfie_reason: details.selfie_reason.clone(),
             created_at: record.created_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }

@@ -4,11 +4,13 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::json::Json;
 use super::outbox::OutboxRow;
 use super::schema::{images, outbox};
 pub use super::status::ImageStatus;
 use super::{DbConnection, DbError};
 use crate::domain::ImageId;
+use crate::inference::{FaceDetails, Prediction};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = images)]
@@ -26,7 +28,8 @@ pub struct ImageRecord {
     pub original_key: String,
     pub thumbnail_key: String,
     pub thumbnail_content_type: String,
-    pub predictions: String,
+    /// The classifier's top labels, most probable first.
+    pub predictions: Json<Vec<Prediction>>,
     pub model_name: Option<String>,
     pub model_version: Option<String>,
     pub status: ImageStatus,
@@ -35,8 +38,8 @@ pub struct ImageRecord {
     pub created_at: NaiveDateTime,
     pub model_sha256: Option<String>,
     pub inference_ms: Option<f64>,
-    /// JSON: faces, the selfie analysis (or why there is none), the face model.
-    pub analysis: String,
+    /// The faces, the selfie analysis (or why there is none), the face model.
+    pub analysis: Json<FaceDetails>,
     pub top_label: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 
 mod ids;
 pub mod image_rows;
+pub mod json;
 pub mod outbox;
 pub mod pending;
 pub mod reconcile_runs;

@@ -9,6 +9,7 @@ use image::RgbImage;
 
 use super::{prepare, Pipeline, PreparedImage, Upload, UploadPermit};
 use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
+use crate::db::json::Json;
 use crate::db::outbox::{self, OutboxRow};
 use crate::domain::event::{self, ImageUploaded};
 use crate::domain::{now, IdempotencyKey, ImageId, Signer};
@@ -259,7 +260,7 @@ fn new_record(
         original_key: objects.original_key.clone(),
         thumbnail_key: objects.thumbnail_key.clone(),
         thumbnail_content_type: objects.thumbnail_content_type.clone(),
-        predictions: serde_json::to_string(&analysis.predictions).expect("predictions serialize"),
+        predictions: Json::new(analysis.predictions.clone()),
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),
         status: image_rows::ImageStatus::Stored,
@@ -268,7 +269,7 @@ fn new_record(
         created_at: now(),
         model_sha256: Some(analysis.model.sha256.clone()),
         inference_ms: Some(analysis.inference_ms),
-        analysis: serde_json::to_string(&FaceDetails::from(analysis)).expect("face details serialize"),
+        analysis: Json::new(FaceDetails::from(analysis)),
         top_label: analysis.predictions.first().map(|p| p.label.clone()),
     }
 }
