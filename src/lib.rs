@@ -2,12 +2,12 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod app;
 pub mod aws;
 pub mod client_limits;
 pub mod config;
 pub mod connections;
 pub mod db;
-pub mod direct_uploads;
 pub mod domain;
 pub mod error;
 pub mod imaging;
@@ -20,9 +20,7 @@ pub mod responses;
 pub mod secret_file;
 pub mod state;
 pub mod store;
-pub mod stored_images;
 pub mod telemetry;
-pub mod upload_events;
 pub mod web;
 
 use std::sync::Arc;
@@ -213,9 +211,9 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     );
     let notifier = notify::from_settings(&settings.notify).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
-    let upload_origin = direct_uploads::upload_origin(store.as_ref()).await;
-    let pipeline = ingest::Pipeline::new(config, db, store, Signer::new(&secret), engine);
-    Ok(AppState::new(pipeline, notifier, upload_origin))
+    let upload_origin = app::direct_uploads::upload_origin(store.as_ref()).await;
+    let app = app::App::new(config, db, store, Signer::new(&secret), engine);
+    Ok(AppState::new(app, notifier, upload_origin))
 }
 
 /// Every `READINESS_REPORT_PERIOD`, the readiness checks' outcome as the StatsD gauge `upshot_ready` (1 or 0):
@@ -247,7 +245,7 @@ async fn report_readiness(
 /// The background work: the relay that publishes the outbox, the sweepers, and (when configured) the poller
 /// of upload events; all stopped by the server's own shutdown.
 fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
-    let settings = &state.pipeline.config.settings;
+    let settings = &state.app.config.settings;
     let lease = std::time::Duration::from_secs(settings.outbox.outbox_lease_secs);
     let publish_timeout = config::SNS_PUBLISH_TIMEOUT;
     let config = notify::relay::RelayConfig {
@@ -259,25 +257,21 @@ fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
         publish_timeout,
         backoff_base: std::time::Duration::from_millis(settings.outbox.outbox_backoff_base_ms),
         backoff_cap: std::time::Duration::from_secs(settings.outbox.outbox_backoff_cap_secs),
-        public_url: state.pipeline.config.public_url().to_owned(),
+        public_url: state.app.config.public_url().to_owned(),
         max_per_hour: settings.notify.notify_max_per_hour,
         digest_every: std::time::Duration::from_secs(settings.notify.notify_digest_secs),
     };
-    let relay = notify::relay::Relay::new(
-        state.pipeline.db.clone(),
-        state.notifier.clone(),
-        config,
-        state.pipeline.outbox_wake.clone(),
-    );
+    let relay =
+        notify::relay::Relay::new(state.app.db.clone(), state.notifier.clone(), config, state.app.outbox_wake.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
-    tokio::spawn(ingest::sweep::run(state.pipeline.clone(), stopped.clone()));
-    tokio::spawn(direct_uploads::run_sweeper(state.pipeline.clone(), stopped.clone()));
+    tokio::spawn(app::sweep::run(state.app.clone(), stopped.clone()));
+    tokio::spawn(app::direct_uploads::run_sweeper(state.app.clone(), stopped.clone()));
     if let Some(queue_url) = settings.direct_uploads.upload_queue_url.clone() {
-        tokio::spawn(upload_events::run(state.pipeline.clone(), queue_url, stopped.clone()));
+        tokio::spawn(app::upload_events::run(state.app.clone(), queue_url, stopped.clone()));
     }
     if let Some(statsd) = settings.reconcile.statsd_addr {
         tokio::spawn(report_readiness(state.clone(), statsd, stopped.clone()));

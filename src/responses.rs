@@ -97,11 +97,8 @@ fn catcher_message(status: Status, req: &Request<'_>) -> String {
         404 => "There is nothing at this address.".to_owned(),
         405 => "This method is not allowed here.".to_owned(),
         413 => {
-            let limit = req
-                .rocket()
-                .state::<AppState>()
-                .map(|s| s.pipeline.config.settings.uploads.max_upload_bytes)
-                .unwrap_or(0);
+            let limit =
+                req.rocket().state::<AppState>().map(|s| s.app.config.settings.uploads.max_upload_bytes).unwrap_or(0);
             format!("The request is larger than the upload limit of {}.", crate::domain::human_bytes(limit))
         }
         415 => "Send the image as multipart/form-data with a `file` field.".to_owned(),

@@ -1,17 +1,17 @@
-//! What every request handler shares: the upload pipeline and what it works with (configuration, database,
+//! What every request handler shares: the upload app and what it works with (configuration, database,
 //! object store, models, budgets), the notifier, and the static assets' fingerprint.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::App;
 use crate::client_limits::ClientLimits;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::ingest::Pipeline;
 use crate::notify::Notifier;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pipeline: Pipeline,
+    pub app: App,
     pub notifier: Arc<dyn Notifier>,
     /// Fingerprint of the static assets, for cache-busting URLs.
     pub asset_version: String,
@@ -40,19 +40,19 @@ impl Dependencies {
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
-        let asset_version = asset_version(&pipeline.config.settings.web.static_dir);
-        let client_limits = Arc::new(ClientLimits::new(pipeline.config.settings.clients.clone()));
-        let spool_kib = (pipeline.config.settings.uploads.spool_quota_bytes / 1024) as usize;
+    pub fn new(app: App, notifier: Arc<dyn Notifier>, direct_upload_origin: Option<String>) -> Self {
+        let asset_version = asset_version(&app.config.settings.web.static_dir);
+        let client_limits = Arc::new(ClientLimits::new(app.config.settings.clients.clone()));
+        let spool_kib = (app.config.settings.uploads.spool_quota_bytes / 1024) as usize;
         let spool_quota = Arc::new(tokio::sync::Semaphore::new(spool_kib));
-        AppState { pipeline, notifier, asset_version, direct_upload_origin, client_limits, spool_quota }
+        AppState { app, notifier, asset_version, direct_upload_origin, client_limits, spool_quota }
     }
 
     /// Room for `bytes` of spooled body, held until the permit is dropped; 503 `BUSY` when none frees up
     /// within `cpu_wait_ms`.
     pub async fn reserve_spool(&self, bytes: u64) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024).max(1) as u32;
-        let wait = Duration::from_millis(self.pipeline.config.settings.uploads.cpu_wait_ms);
+        let wait = Duration::from_millis(self.app.config.settings.uploads.cpu_wait_ms);
         match tokio::time::timeout(wait, self.spool_quota.clone().acquire_many_owned(kib)).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(AppError::new(ErrorCode::Busy, "Too many uploads are arriving at once; retry in a moment.")
@@ -67,7 +67,7 @@ impl AppState {
 
     /// Asks the database and the object store at once, each bounded by `CHECK_TIMEOUT`.
     pub async fn dependencies(&self) -> Dependencies {
-        let (database, store) = tokio::join!(check(self.pipeline.db.ping()), check(self.pipeline.store.health()));
+        let (database, store) = tokio::join!(check(self.app.db.ping()), check(self.app.store.health()));
         Dependencies { database, store }
     }
 }

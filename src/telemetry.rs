@@ -65,14 +65,9 @@ impl Fairing for RequestLog {
         // The route's template, not the raw path: raw paths and queries may carry tokens.
         let route = req.route().map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
         let state = req.rocket().state::<crate::state::AppState>();
-        let hops = state.map_or(0, |s| s.pipeline.config.settings.web.trusted_proxy_hops);
+        let hops = state.map_or(0, |s| s.app.config.settings.web.trusted_proxy_hops);
         if let Some(state) = state {
-            state.pipeline.metrics.observe_request(
-                req.method().as_str(),
-                &route,
-                res.status().code,
-                elapsed.as_secs_f64(),
-            );
+            state.app.metrics.observe_request(req.method().as_str(), &route, res.status().code, elapsed.as_secs_f64());
         }
         let client = client_ip(req, hops).map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         log::info!(

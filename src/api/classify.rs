@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 use super::doc::UploadErrors;
 use super::guards::{ClientAddress, IntakeAllowance, SpoolReservation};
 use super::upload::{clean_description, form_error, read_bytes, UploadData};
+use crate::app::UploadPermit;
 use crate::client_limits::WebSocketRefusal;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Analysis;
 use crate::ingest;
-use crate::ingest::UploadPermit;
 use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
@@ -32,14 +32,14 @@ fn analysis_body(analysis: &Analysis) -> Value {
 /// bytes are decoded.
 async fn analyse_bytes(state: &AppState, bytes: Vec<u8>, permit: UploadPermit) -> AppResult<Analysis> {
     let image = state
-        .pipeline
+        .app
         .run_cpu(move |policy| {
             let image = ingest::decode_upright(&bytes, policy).map_err(AppError::from);
             drop((bytes, permit));
             image
         })
         .await?;
-    ingest::analyse(&state.pipeline, Arc::new(image)).await
+    state.app.analyse(Arc::new(image)).await
 }
 
 /// Classify an image and analyse faces; nothing is stored
@@ -55,7 +55,7 @@ async fn classify(
 ) -> AppResult<Json<Value>> {
     let form = data.map_err(|errors| form_error(&errors, state))?.into_inner().into_inner();
     // Nothing is stored, but the form follows the same rules as an upload's.
-    clean_description(form.description, state.pipeline.config.settings.uploads.max_description_chars)?;
+    clean_description(form.description, state.app.config.settings.uploads.max_description_chars)?;
     let file = form.file;
     let (bytes, permit) = read_bytes(state, &file).await?;
     Ok(Json(analysis_body(&analyse_bytes(state, bytes, permit).await?)))
@@ -84,7 +84,7 @@ fn stream(
         }
     })?;
     let state = state.inner().clone();
-    let settings = &state.pipeline.config.settings;
+    let settings = &state.app.config.settings;
     let limit = settings.clients.websocket_max_message_bytes.min(settings.uploads.max_upload_bytes) as usize;
     let ws = ws.config(rocket_ws::Config {
         max_message_size: Some(limit),
@@ -119,7 +119,7 @@ fn stream(
 }
 
 async fn admitted_analysis(state: &AppState, frame: Vec<u8>) -> AppResult<Analysis> {
-    let permit = state.pipeline.admit_upload(frame.len() as u64).await?;
+    let permit = state.app.admit_upload(frame.len() as u64).await?;
     analyse_bytes(state, frame, permit).await
 }
 

@@ -51,7 +51,7 @@ impl Credentials {
 
     /// Admin routes: 403 while no admin key is configured, 401 without the right one.
     pub fn require_admin(&self, state: &AppState) -> AppResult<()> {
-        if state.pipeline.config.settings.keys.admin_api_key.is_none() {
+        if state.app.config.settings.keys.admin_api_key.is_none() {
             return Err(AppError::new(
                 ErrorCode::Forbidden,
                 "Admin routes are disabled: no admin API key is configured.",
@@ -83,8 +83,7 @@ impl<'r> FromRequest<'r> for Credentials {
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(|token| token.trim().to_owned());
         let delete_token = req.headers().get_one("X-Delete-Token").map(|t| t.trim().to_owned());
-        let admin_key =
-            req.rocket().state::<AppState>().and_then(|s| s.pipeline.config.settings.keys.admin_api_key.clone());
+        let admin_key = req.rocket().state::<AppState>().and_then(|s| s.app.config.settings.keys.admin_api_key.clone());
         Outcome::Success(Credentials { bearer, delete_token, admin_key })
     }
 }
@@ -97,7 +96,7 @@ impl<'r> FromRequest<'r> for ClientAddress {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let hops = req.rocket().state::<AppState>().map_or(0, |s| s.pipeline.config.settings.web.trusted_proxy_hops);
+        let hops = req.rocket().state::<AppState>().map_or(0, |s| s.app.config.settings.web.trusted_proxy_hops);
         let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
         Outcome::Success(ClientAddress(crate::telemetry::client_ip(req, hops).unwrap_or(unknown)))
     }
@@ -146,7 +145,7 @@ impl<'r> FromRequest<'r> for SpoolReservation {
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         let Some(state) = req.rocket().state::<AppState>() else { return Outcome::Success(SpoolReservation) };
-        let form_limit = state.pipeline.config.settings.uploads.max_upload_bytes + crate::config::FORM_OVERHEAD_BYTES;
+        let form_limit = state.app.config.settings.uploads.max_upload_bytes + crate::config::FORM_OVERHEAD_BYTES;
         let declared = req.headers().get_one("Content-Length").and_then(|v| v.parse::<u64>().ok());
         match state.reserve_spool(declared.unwrap_or(form_limit).min(form_limit)).await {
             Ok(room) => {

@@ -9,11 +9,11 @@ use rocket::{delete, get, post, routes, Route, State};
 use super::doc::{errors, IdParam, StoredImage, StoredThumbnail, UploadErrors};
 use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance, SpoolReservation};
 use super::upload::{self, UploadData};
+use crate::app::images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
+use crate::app::Uploaded;
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::ingest::Uploaded;
 use crate::state::AppState;
-use crate::stored_images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
 
 pub fn routes() -> Vec<Route> {
     routes![create, show, file, thumbnail, remove, list]
@@ -72,7 +72,7 @@ impl Created {
         let id = uploaded.id();
         let body = UploadedImage {
             image: ImageView::from(&uploaded.record),
-            delete_token: (!uploaded.replayed).then(|| state.pipeline.signer.delete_token(&id)),
+            delete_token: (!uploaded.replayed).then(|| state.app.signer.delete_token(&id)),
             deduplicated: uploaded.deduplicated,
         };
         Created { body, location: format!("/api/v1/images/{id}"), replayed: uploaded.replayed }
@@ -121,7 +121,7 @@ fn parse_id(raw: &str) -> AppResult<ImageId> {
     responses((status = 200, description = "The image", body = ImageView), ImageErrors))]
 #[get("/images/<id>")]
 async fn show(state: &State<AppState>, id: &str) -> AppResult<Json<ImageView>> {
-    let record = stored_images::find(&state.pipeline, &parse_id(id)?).await?;
+    let record = state.app.image(&parse_id(id)?).await?;
     Ok(Json(ImageView::from(&record)))
 }
 
@@ -165,7 +165,7 @@ impl<'r> rocket::request::FromRequest<'r> for IfNoneMatch {
 }
 
 async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNoneMatch) -> AppResult<ObjectResponse> {
-    let object = stored_images::open(&state.pipeline, &parse_id(id)?, variant).await?;
+    let object = state.app.image_object(&parse_id(id)?, variant).await?;
     let not_modified = if_none_match.0.is_some_and(|tags| tags.split(',').any(|t| t.trim() == object.etag));
     // A deleted photo must stop showing: the original is revalidated on every view (a 304 with the ETag); a
     // thumbnail, shown in lists, may stay in a browser's cache for five minutes at most.
@@ -220,7 +220,7 @@ async fn remove(state: &State<AppState>, id: &str, credentials: Credentials) -> 
         })?;
         DeleteAuthority::Token(token)
     };
-    stored_images::delete(&state.pipeline, &id, authority).await?;
+    state.app.delete_image(&id, authority).await?;
     Ok(Status::NoContent)
 }
 
@@ -252,13 +252,11 @@ async fn list(
     };
     let before = match cursor[..] {
         [] => None,
-        [raw] => Some(stored_images::decode_cursor(raw)?),
+        [raw] => Some(images::decode_cursor(raw)?),
         _ => return Err(AppError::new(ErrorCode::BadRequest, "Give `cursor` once.")),
     };
-    let records =
-        state.pipeline.db.run(move |conn| crate::db::image_rows::list_page(conn, before, None, limit)).await?;
-    let next_cursor =
-        (records.len() as i64 == limit).then(|| records.last().map(stored_images::encode_cursor)).flatten();
+    let records = state.app.db.run(move |conn| crate::db::image_rows::list_page(conn, before, None, limit)).await?;
+    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<ImageView> = records.iter().map(ImageView::from).collect();
     Ok(Json(ImagePage { items, next_cursor }))
 }

@@ -12,14 +12,14 @@ use utoipa::OpenApi;
 use super::image_routes::UploadedImage;
 use super::upload_sessions::MAX_FILENAME_CHARS;
 use super::{classify, compat, image_routes, ops, subscriptions, upload_sessions};
+use crate::app::direct_uploads::{SessionView, UploadTarget};
+use crate::app::images::ImageView;
 use crate::config::AppConfig;
-use crate::direct_uploads::{SessionView, UploadTarget};
 use crate::error::ErrorBody;
 use crate::inference::Analysis;
 use crate::notify::subscriptions::{E164_PATTERN, EMAIL_PATTERN, MAX_LABELS};
 use crate::notify::Subscription;
 use crate::state::AppState;
-use crate::stored_images::ImageView;
 
 pub fn routes() -> Vec<Route> {
     routes![openapi_json]
@@ -30,7 +30,7 @@ pub fn routes() -> Vec<Route> {
     responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
 #[get("/openapi.json")]
 fn openapi_json(state: &State<AppState>) -> Json<Value> {
-    Json(document(&state.pipeline.config, state.pipeline.inference.labels()))
+    Json(document(&state.app.config, state.app.inference.labels()))
 }
 
 #[derive(OpenApi)]

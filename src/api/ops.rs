@@ -50,12 +50,12 @@ async fn metrics(
     state: &State<AppState>,
     connections: &State<std::sync::Arc<crate::connections::ConnectionStats>>,
 ) -> (rocket::http::ContentType, String) {
-    let backlog = state.pipeline.db.run(crate::db::outbox::backlog).await.ok();
-    let reconcile = state.pipeline.db.run(crate::db::reconcile_runs::latest).await.ok().flatten();
+    let backlog = state.app.db.run(crate::db::outbox::backlog).await.ok();
+    let reconcile = state.app.db.run(crate::db::reconcile_runs::latest).await.ok().flatten();
     let gauges = crate::metrics::Gauges {
-        cpu_slots_free: state.pipeline.cpu_slots_free(),
-        upload_budget_free_bytes: state.pipeline.upload_budget_free(),
-        inference_sessions_idle: state.pipeline.inference.idle_sessions(),
+        cpu_slots_free: state.app.cpu_slots_free(),
+        upload_budget_free_bytes: state.app.upload_budget_free(),
+        inference_sessions_idle: state.app.inference.idle_sessions(),
         outbox_unsent: backlog.map(|b| b.unsent),
         outbox_failed: backlog.map(|b| b.failed),
         outbox_oldest_unsent_secs: backlog
@@ -65,7 +65,7 @@ async fn metrics(
         reconcile,
     };
     let text_format = rocket::http::ContentType::new("text", "plain").with_params([("version", "0.0.4")]);
-    (text_format, state.pipeline.metrics.render(&gauges))
+    (text_format, state.app.metrics.render(&gauges))
 }
 
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", summary = "Liveness",
@@ -81,7 +81,7 @@ fn healthz() -> Json<Up> {
 #[get("/readyz")]
 async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -> (Status, Json<Value>) {
     let Dependencies { database, store } = state.dependencies().await;
-    let backlog = state.pipeline.db.run(crate::db::outbox::backlog).await.ok();
+    let backlog = state.app.db.run(crate::db::outbox::backlog).await.ok();
     let mut failing = Vec::new();
     let mut report = |name: &'static str, result: &Result<(), String>| match result {
         Ok(()) => json!({ "status": "ok" }),
@@ -91,7 +91,7 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
             json!({ "status": "failed" })
         }
     };
-    let engine = &state.pipeline.inference;
+    let engine = &state.app.inference;
     let checks = json!({
         "database": report("database", &database),
         "store": report("store", &store),
@@ -108,8 +108,8 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
     if let Some(backlog) = backlog {
         let oldest_secs = backlog.oldest_unsent.map(|t| (crate::domain::now() - t).num_seconds().max(0));
         // A notification stuck this long means publishing is down: still serving, but worth a look.
-        let stale = oldest_secs
-            .is_some_and(|age| age as u64 > state.pipeline.config.settings.outbox.outbox_degraded_after_secs);
+        let stale =
+            oldest_secs.is_some_and(|age| age as u64 > state.app.config.settings.outbox.outbox_degraded_after_secs);
         if stale {
             status = "degraded";
             log::warn!(

@@ -74,7 +74,7 @@ async fn create(
         )
         .with_detail(e)
     })?;
-    let request = SubscriptionRequest::validate(input.into_inner(), state.pipeline.inference.labels())
+    let request = SubscriptionRequest::validate(input.into_inner(), state.app.inference.labels())
         .map_err(|reason| AppError::new(ErrorCode::InvalidRequest, reason))?;
     let subscription = state.notifier.subscribe(&request).await?;
     Ok((Status::Created, Json(subscription)))

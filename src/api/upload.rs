@@ -4,11 +4,11 @@ use rocket::form::{self, Form};
 use rocket::fs::TempFile;
 use rocket::FromForm;
 
+use crate::app::{UploadMeta, UploadPermit, Uploaded};
 use crate::domain::display_filename;
 use crate::domain::human_bytes;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::ingest::UploadPermit;
-use crate::ingest::{self, Upload, UploadMeta, Uploaded};
+use crate::ingest::Upload;
 use crate::state::AppState;
 
 #[derive(FromForm)]
@@ -64,7 +64,7 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
     }
     match status.code {
         413 => {
-            let max = state.pipeline.config.settings.uploads.max_upload_bytes;
+            let max = state.app.config.settings.uploads.max_upload_bytes;
             AppError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("The upload exceeds the limit of {} (max_upload_bytes = {max}).", human_bytes(max)),
@@ -85,7 +85,7 @@ async fn open_spooled<'f>(
     if file.len() == 0 {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
-    let permit = state.pipeline.admit_upload(file.len()).await?;
+    let permit = state.app.admit_upload(file.len()).await?;
     Ok((file.open().await.map_err(AppError::internal)?, permit))
 }
 
@@ -120,13 +120,11 @@ pub async fn handle(
     }
     let file = form.file;
     let (upload, permit) = read_upload(state, &file).await?;
-    let description =
-        clean_description(form.description, state.pipeline.config.settings.uploads.max_description_chars)?;
+    let description = clean_description(form.description, state.app.config.settings.uploads.max_description_chars)?;
     let original_filename =
         file.raw_name().and_then(|name| display_filename(name.dangerous_unsafe_unsanitized_raw().as_str()));
-    state.pipeline.metrics.add_upload_bytes(upload.bytes.len() as u64);
-    ingest::ingest(&state.pipeline, upload, permit, UploadMeta { original_filename, description, idempotency_key })
-        .await
+    state.app.metrics.add_upload_bytes(upload.bytes.len() as u64);
+    state.app.accept(upload, permit, UploadMeta { original_filename, description, idempotency_key }).await
 }
 
 pub fn clean_description(raw: Option<String>, max_chars: usize) -> AppResult<Option<String>> {

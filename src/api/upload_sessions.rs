@@ -11,7 +11,7 @@ use super::doc::{errors, FileBytes, IdParam, TOO_MANY_REQUESTS};
 use super::guards::IntakeAllowance;
 use super::image_routes::Created;
 use super::image_routes::UploadedImage;
-use crate::direct_uploads::{self, NewSession, SessionView, UploadTarget};
+use crate::app::direct_uploads::{self, NewSession, SessionView, UploadTarget};
 use crate::domain::ImageId;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::state::AppState;
@@ -137,10 +137,8 @@ async fn open(
         let message = format!("`filename` is at most {MAX_FILENAME_CHARS} characters.");
         return Err(AppError::new(ErrorCode::InvalidRequest, message));
     }
-    let description = super::upload::clean_description(
-        input.description,
-        state.pipeline.config.settings.uploads.max_description_chars,
-    )?;
+    let description =
+        super::upload::clean_description(input.description, state.app.config.settings.uploads.max_description_chars)?;
     let new = NewSession {
         filename: input.filename,
         description,
@@ -148,8 +146,8 @@ async fn open(
         content_type: input.content_type,
         sha256: input.sha256,
     };
-    let public_url = state.pipeline.config.public_url().to_owned();
-    Ok(Opened(direct_uploads::open(&state.pipeline, new, &public_url).await?))
+    let public_url = state.app.config.public_url().to_owned();
+    Ok(Opened(direct_uploads::open(&state.app, new, &public_url).await?))
 }
 
 /// The request's `Content-Length`, when it sent one.
@@ -183,9 +181,9 @@ async fn receive(
     body: Data<'_>,
 ) -> AppResult<Status> {
     let id = parse_id(id)?;
-    let limit = state.pipeline.config.settings.direct_uploads.direct_upload_max_bytes.bytes() + 1.bytes();
+    let limit = state.app.config.settings.direct_uploads.direct_upload_max_bytes.bytes() + 1.bytes();
     let reader = Box::pin(body.open(limit));
-    direct_uploads::receive(&state.pipeline, id.as_str(), expires, signature, length.0, reader).await?;
+    direct_uploads::receive(&state.app, id.as_str(), expires, signature, length.0, reader).await?;
     Ok(Status::Ok)
 }
 
@@ -197,8 +195,8 @@ async fn receive(
 #[post("/uploads/<id>/complete")]
 async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -> AppResult<Created> {
     let id = parse_id(id)?;
-    let mut uploaded = direct_uploads::complete(&state.pipeline, id.as_str()).await?;
-    uploaded.replayed = !direct_uploads::first_delivery(&state.pipeline, id.as_str()).await?;
+    let mut uploaded = direct_uploads::complete(&state.app, id.as_str()).await?;
+    uploaded.replayed = !direct_uploads::first_delivery(&state.app, id.as_str()).await?;
     Ok(Created::new(state, &uploaded))
 }
 
@@ -208,7 +206,7 @@ async fn complete(_intake: IntakeAllowance, state: &State<AppState>, id: &str) -
         body = SessionView), NotFoundErrors))]
 #[get("/uploads/<id>")]
 async fn status(state: &State<AppState>, id: &str) -> AppResult<Json<SessionView>> {
-    Ok(Json(direct_uploads::status(&state.pipeline, parse_id(id)?.as_str()).await?))
+    Ok(Json(direct_uploads::status(&state.app, parse_id(id)?.as_str()).await?))
 }
 
 #[cfg(test)]

@@ -1,13 +1,9 @@
-//! The upload pipeline. Here, the CPU-bound half (`prepare`): identify by content, check limits, strip
-//! metadata, decode, thumbnail. Then `persist`: store the objects and write the row with its outbox message,
-//! removing whatever was written when a later step fails.
+//! The CPU-bound half of an upload (`prepare`): identify by content, check limits, strip metadata, decode,
+//! thumbnail. The application core (`app`) runs it, then stores what it made.
 
 mod jpeg;
-mod persist;
-mod pipeline;
 mod pixels;
 pub mod sanitize;
-pub mod sweep;
 mod thumbnail;
 pub mod validate;
 
@@ -19,8 +15,6 @@ use image::RgbImage;
 use crate::imaging::WorkingSize;
 
 pub use crate::domain::format::{self, ImageFormat};
-pub use persist::{analyse, ingest, UploadMeta, Uploaded};
-pub use pipeline::{Pipeline, UploadPermit};
 pub use validate::ImageLimits;
 
 use crate::domain::sha256_hex;

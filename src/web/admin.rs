@@ -13,12 +13,12 @@ use rocket_dyn_templates::{context, Template};
 use super::csrf::{self, CsrfToken};
 use super::page_image;
 use crate::api::guards::ClientAddress;
+use crate::app::images::{self, DeleteAuthority};
 use crate::db::image_rows;
 use crate::domain::{constant_time_eq, ImageId};
 use crate::error::{AppError, ErrorCode};
 use crate::responses::{FormRefusal, PageError};
 use crate::state::AppState;
-use crate::stored_images::{self, DeleteAuthority};
 
 pub fn routes() -> Vec<Route> {
     routes![login_page, login, gallery, gallery_login, delete, logout]
@@ -34,14 +34,11 @@ const LOST_LISTED: i64 = 50;
 /// and a fingerprint of the admin key, so that changing the key ends every session.
 fn session_value(state: &AppState, admin_key: &str, expires: i64) -> String {
     let key_fingerprint = &crate::domain::sha256_hex(admin_key.as_bytes())[..16];
-    format!(
-        "{expires}.{}",
-        state.pipeline.signer.sign(&format!("admin session until {expires} for key {key_fingerprint}"))
-    )
+    format!("{expires}.{}", state.app.signer.sign(&format!("admin session until {expires} for key {key_fingerprint}")))
 }
 
 fn session_is_valid(state: &AppState, value: &str) -> bool {
-    let Some(admin_key) = state.pipeline.config.settings.keys.admin_api_key.as_deref() else { return false };
+    let Some(admin_key) = state.app.config.settings.keys.admin_api_key.as_deref() else { return false };
     let Some((expires, _)) = value.split_once('.') else { return false };
     let Ok(expiry) = expires.parse::<i64>() else { return false };
     expiry > chrono::Utc::now().timestamp()
@@ -101,7 +98,7 @@ fn login_template(state: &AppState, csrf: &str, error: Option<&AppError>) -> Tem
 
 #[get("/admin/login")]
 fn login_page(state: &State<AppState>, csrf: CsrfToken) -> Result<Template, PageError> {
-    if state.pipeline.config.settings.keys.admin_api_key.is_none() {
+    if state.app.config.settings.keys.admin_api_key.is_none() {
         return Err(
             AppError::new(ErrorCode::Forbidden, "Admin pages are disabled: no admin API key is configured.").into()
         );
@@ -136,7 +133,7 @@ fn login(
 
 fn try_login(state: &AppState, form: &LoginForm, cookies: &CookieJar<'_>) -> Result<Redirect, AppError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
-    let Some(expected) = state.pipeline.config.settings.keys.admin_api_key.as_deref() else {
+    let Some(expected) = state.app.config.settings.keys.admin_api_key.as_deref() else {
         return Err(AppError::new(ErrorCode::Forbidden, "Admin pages are disabled."));
     };
     if !constant_time_eq(form.api_key.trim().as_bytes(), expected.as_bytes()) {
@@ -162,13 +159,13 @@ async fn gallery(
     cursor: Option<&str>,
     label: Option<&str>,
 ) -> Result<Template, PageError> {
-    let before = cursor.filter(|c| !c.is_empty()).map(stored_images::decode_cursor).transpose()?;
+    let before = cursor.filter(|c| !c.is_empty()).map(images::decode_cursor).transpose()?;
     let label = label.map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned);
     let filter = label.clone();
     // Lost images head the first page, so whoever looks at the gallery sees them until they are deleted.
     let first_page = before.is_none() && label.is_none();
     let (records, lost, lost_count) = state
-        .pipeline
+        .app
         .db
         .run(move |conn| {
             let records = image_rows::list_page(conn, before, filter, PAGE_SIZE)?;
@@ -180,8 +177,7 @@ async fn gallery(
         .await
         .map_err(AppError::from)?;
     let lost: Vec<_> = lost.iter().map(page_image).collect();
-    let next_cursor =
-        (records.len() as i64 == PAGE_SIZE).then(|| records.last().map(stored_images::encode_cursor)).flatten();
+    let next_cursor = (records.len() as i64 == PAGE_SIZE).then(|| records.last().map(images::encode_cursor)).flatten();
     let items: Vec<_> = records.iter().map(page_image).collect();
     Ok(Template::render(
         "admin_gallery",
@@ -212,7 +208,7 @@ async fn delete(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    stored_images::delete(&state.pipeline, &id, DeleteAuthority::Admin).await?;
+    state.app.delete_image(&id, DeleteAuthority::Admin).await?;
     Ok(Redirect::to("/admin/images"))
 }
 

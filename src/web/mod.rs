@@ -15,13 +15,13 @@ use serde_json::Value;
 
 use crate::api::guards::{IntakeAllowance, SpoolReservation};
 use crate::api::upload::{self, UploadData};
+use crate::app::images::{DeleteAuthority, ImageView};
 use crate::db::image_rows::ImageRecord;
 use crate::domain::human_bytes;
 use crate::domain::ImageId;
 use crate::error::AppError;
 use crate::responses::{FormRefusal, PageError};
 use crate::state::AppState;
-use crate::stored_images::{self, DeleteAuthority, ImageView};
 use csrf::CsrfToken;
 
 pub fn routes() -> Vec<Route> {
@@ -43,11 +43,11 @@ pub fn page_image(record: &ImageRecord) -> Value {
 
 /// Cookies are `Secure` when people reach Upshot over https, so a browser never sends them in the clear.
 pub(crate) fn cookies_secure(state: &AppState) -> bool {
-    state.pipeline.config.public_url().starts_with("https://")
+    state.app.config.public_url().starts_with("https://")
 }
 
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
-    let settings = &state.pipeline.config.settings;
+    let settings = &state.app.config.settings;
     let (uploads, direct) = (&settings.uploads, &settings.direct_uploads);
     let formats = &settings.images.accepted_formats;
     let error = error.map(|e| context! { code: e.code.as_str(), message: &e.message });
@@ -90,7 +90,7 @@ async fn upload_form(
     match upload::handle(state, data, None, Some(&check_form_token)).await {
         Ok(uploaded) => {
             let id = uploaded.id();
-            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.pipeline.signer.delete_token(&id)))
+            let cookie = Cookie::build((DELETE_TOKEN_COOKIE, state.app.signer.delete_token(&id)))
                 .path(format!("/images/{id}"))
                 .http_only(true)
                 .secure(cookies_secure(state))
@@ -114,13 +114,13 @@ async fn image_page(
     csrf: CsrfToken,
 ) -> Result<Template, PageError> {
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    let record = stored_images::find(&state.pipeline, &id).await?;
+    let record = state.app.image(&id).await?;
     let delete_token = cookies.get(DELETE_TOKEN_COOKIE).map(|c| c.value().to_owned());
     if delete_token.is_some() {
         cookies.remove(Cookie::build(DELETE_TOKEN_COOKIE).path(format!("/images/{id}")));
     }
     let just_uploaded = delete_token.is_some();
-    let page_url = format!("{}/images/{id}", state.pipeline.config.public_url());
+    let page_url = format!("{}/images/{id}", state.app.config.public_url());
     Ok(Template::render(
         "image",
         context! {
@@ -149,6 +149,6 @@ async fn delete_form(
 ) -> Result<Redirect, PageError> {
     csrf::verify(cookies, form.csrf_token.as_deref())?;
     let id = ImageId::parse(id).ok_or_else(AppError::not_found)?;
-    stored_images::delete(&state.pipeline, &id, DeleteAuthority::Token(&form.delete_token)).await?;
+    state.app.delete_image(&id, DeleteAuthority::Token(&form.delete_token)).await?;
     Ok(Redirect::to("/?deleted=true"))
 }

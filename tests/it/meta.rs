@@ -291,5 +291,9 @@ fn top_level_modules_depend_one_way() {
         "error.rs is pure data: {:?}",
         references.get("error")
     );
-    assert!(!reaches("ingest").contains("state"), "ingest takes its dependencies explicitly, not the server state");
+    assert!(!reaches("ingest").contains("app"), "ingest is the CPU half: it knows nothing of the app core");
+    let core = reaches("app");
+    for adapter in ["state", "api", "web", "responses", "telemetry", "connections"] {
+        assert!(!core.contains(adapter), "the app core knows nothing of HTTP, yet reaches {adapter}");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use image::RgbImage;
 
-use super::{prepare, Pipeline, PreparedImage, Upload, UploadPermit};
+use super::{App, UploadPermit};
 use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
 use crate::db::json::Json;
 use crate::db::outbox::{self, OutboxRow};
@@ -15,6 +15,7 @@ use crate::domain::event::{self, ImageUploaded};
 use crate::domain::{now, IdempotencyKey, ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Analysis, FaceDetails};
+use crate::ingest::{prepare, PreparedImage, Upload};
 
 /// What the client sent besides the bytes.
 #[derive(Debug, Clone, Default)]
@@ -39,35 +40,32 @@ impl Uploaded {
     }
 }
 
-/// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
-/// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
-/// upload budget until its bytes are stored.
-pub async fn ingest(
-    pipeline: &Pipeline,
-    upload: Upload,
-    permit: UploadPermit,
-    meta: UploadMeta,
-) -> AppResult<Uploaded> {
-    if let Some(key) = &meta.idempotency_key {
-        if let Some(done) = replay(pipeline, key, upload.sha256.clone()).await? {
-            return Ok(done);
+impl App {
+    /// Runs a whole upload: replay check, CPU work under the CPU semaphore, then `persist` in its own task so a
+    /// client that hangs up mid-way cannot leave objects without a row. `permit` holds the upload's room in the
+    /// upload budget until its bytes are stored.
+    pub async fn accept(&self, upload: Upload, permit: UploadPermit, meta: UploadMeta) -> AppResult<Uploaded> {
+        if let Some(key) = &meta.idempotency_key {
+            if let Some(done) = replay(self, key, upload.sha256.clone()).await? {
+                return Ok(done);
+            }
         }
+        let prepared = self.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
+        let app = self.clone();
+        tokio::spawn(async move {
+            let stored = persist(&app, prepared, meta).await;
+            drop(permit);
+            stored
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
     }
-    let prepared = pipeline.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
-    let pipeline = pipeline.clone();
-    tokio::spawn(async move {
-        let stored = persist(&pipeline, prepared, meta).await;
-        drop(permit);
-        stored
-    })
-    .await
-    .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
-async fn replay(pipeline: &Pipeline, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
+async fn replay(app: &App, key: &IdempotencyKey, source_sha256: String) -> AppResult<Option<Uploaded>> {
     let key = key.as_str().to_owned();
-    let Some(record) = pipeline.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
+    let Some(record) = app.db.run(move |conn| image_rows::find_by_idempotency_key(conn, &key)).await? else {
         return Ok(None);
     };
     if record.source_sha256 != source_sha256 {
@@ -83,31 +81,30 @@ async fn replay(pipeline: &Pipeline, key: &IdempotencyKey, source_sha256: String
 }
 
 /// The models run while the objects are stored; the row and its outbox message are written once both are done.
-async fn persist(pipeline: &Pipeline, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
+async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let id = ImageId::generate();
-    let (analysis, stored) =
-        tokio::join!(analyse(pipeline, prepared.pixels.clone()), store_or_share(pipeline, &id, &prepared));
+    let (analysis, stored) = tokio::join!(app.analyse(prepared.pixels.clone()), store_or_share(app, &id, &prepared));
     let (mut objects, mut deduplicated) = stored?;
     let analysis = match analysis {
         Ok(analysis) => analysis,
         Err(error) => {
-            remove_objects(pipeline, deduplicated, &objects).await;
+            remove_objects(app, deduplicated, &objects).await;
             return Err(error);
         }
     };
     loop {
-        let record = new_record(pipeline, &id, &prepared, &analysis, &meta, &objects);
+        let record = new_record(app, &id, &prepared, &analysis, &meta, &objects);
         let message = outbox_message(&record, &analysis);
         let (row, msg) = (record.clone(), message.clone());
-        let outcome = pipeline.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        let outcome = app.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
         match outcome {
             Ok(InsertOutcome::Inserted) => {
-                pipeline.outbox_wake.notify_one();
+                app.outbox_wake.notify_one();
                 return Ok(Uploaded { record, deduplicated, replayed: false });
             }
             // The objects we meant to share were deleted meanwhile: store our own and try again.
             Ok(InsertOutcome::SharedObjectsGone) => {
-                objects = store_objects(pipeline, &id, &prepared).await?;
+                objects = store_objects(app, &id, &prepared).await?;
                 deduplicated = false;
             }
             // Too slow: the sweeper took this upload's objects as those of a dead upload, and removes them.
@@ -117,46 +114,44 @@ async fn persist(pipeline: &Pipeline, prepared: PreparedImage, meta: UploadMeta)
                     .retry_after(2));
             }
             Ok(InsertOutcome::IdempotencyKeyTaken) => {
-                remove_objects(pipeline, deduplicated, &objects).await;
+                remove_objects(app, deduplicated, &objects).await;
                 let key = meta.idempotency_key.as_ref().expect("only keyed inserts collide");
-                return replay(pipeline, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
+                return replay(app, key, prepared.source_sha256.clone()).await?.ok_or_else(AppError::not_found);
             }
             // The connection broke: the commit may have landed all the same, so the objects go only once the
             // database, back again, says that no row points at them.
             Err(error) if error.is_unavailable() => {
                 if !deduplicated {
-                    tokio::spawn(remove_unless_committed(pipeline.clone(), id.clone(), objects));
+                    tokio::spawn(remove_unless_committed(app.clone(), id.clone(), objects));
                 }
                 return Err(error.into());
             }
             Err(error) => {
-                remove_objects(pipeline, deduplicated, &objects).await;
+                remove_objects(app, deduplicated, &objects).await;
                 return Err(error.into());
             }
         }
     }
 }
 
-/// Runs the models on an upright working image and records the inference time.
-pub async fn analyse(pipeline: &Pipeline, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
-    let analysis = pipeline.inference.analyse(pixels).await?;
-    pipeline.metrics.observe_inference(analysis.inference_ms);
-    Ok(analysis)
+impl App {
+    /// Runs the models on an upright working image and records the inference time.
+    pub async fn analyse(&self, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+        let analysis = self.inference.analyse(pixels).await?;
+        self.metrics.observe_inference(analysis.inference_ms);
+        Ok(analysis)
+    }
 }
 
 /// The objects of identical bytes stored earlier (with dedup on), else this upload's own; and whether shared.
-async fn store_or_share(
-    pipeline: &Pipeline,
-    id: &ImageId,
-    prepared: &PreparedImage,
-) -> AppResult<(StoredObjects, bool)> {
-    if pipeline.config.settings.uploads.dedup {
+async fn store_or_share(app: &App, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
+    if app.config.settings.uploads.dedup {
         let sha = prepared.sha256.clone();
-        if let Some(shared) = pipeline.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
+        if let Some(shared) = app.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
             return Ok((shared, true));
         }
     }
-    Ok((store_objects(pipeline, id, prepared).await?, false))
+    Ok((store_objects(app, id, prepared).await?, false))
 }
 
 /// How long an upload whose commit went unanswered waits for the database before leaving its objects to the
@@ -164,17 +159,17 @@ async fn store_or_share(
 /// row's transaction clears their pending entries.
 const UNANSWERED_COMMIT_PATIENCE: Duration = Duration::from_secs(600);
 
-async fn remove_unless_committed(pipeline: Pipeline, id: ImageId, objects: StoredObjects) {
+async fn remove_unless_committed(app: App, id: ImageId, objects: StoredObjects) {
     let deadline = tokio::time::Instant::now() + UNANSWERED_COMMIT_PATIENCE;
     let mut pause = Duration::from_millis(500);
     loop {
         let row_id = id.to_string();
-        match pipeline.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
+        match app.db.run(move |conn| image_rows::find_any(conn, &row_id)).await {
             Ok(Some(_)) => {
                 log::info!("upload {id}: its commit landed before the database connection broke; objects kept");
                 return;
             }
-            Ok(None) => return remove_objects(&pipeline, false, &objects).await,
+            Ok(None) => return remove_objects(&app, false, &objects).await,
             Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
@@ -194,18 +189,17 @@ async fn remove_unless_committed(pipeline: Pipeline, id: ImageId, objects: Store
 
 /// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
 /// committed, the sweeper removes them after `orphan_grace_secs`.
-async fn store_objects(pipeline: &Pipeline, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
+async fn store_objects(app: &App, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
     let original_key = format!("images/{id}/original.{}", prepared.format.extension());
     let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
     let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
-    pipeline
-        .db
+    app.db
         .run(move |conn| crate::db::pending::record(conn, &row_id, &[keys[0].as_str(), keys[1].as_str()], now()))
         .await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
     let (original, thumbnail) = tokio::join!(
-        pipeline.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
-        pipeline.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+        app.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
+        app.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
     );
     // Whichever of the two was written goes again when the other failed.
     match (original, thumbnail) {
@@ -213,33 +207,33 @@ async fn store_objects(pipeline: &Pipeline, id: &ImageId, prepared: &PreparedIma
             Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
         }
         (Err(error), Ok(())) => {
-            delete_logged(pipeline, &thumbnail_key).await;
+            delete_logged(app, &thumbnail_key).await;
             Err(error.into())
         }
         (Ok(()), Err(error)) => {
-            delete_logged(pipeline, &original_key).await;
+            delete_logged(app, &original_key).await;
             Err(error.into())
         }
         (Err(error), Err(_)) => Err(error.into()),
     }
 }
 
-async fn remove_objects(pipeline: &Pipeline, shared: bool, objects: &StoredObjects) {
+async fn remove_objects(app: &App, shared: bool, objects: &StoredObjects) {
     if !shared {
-        delete_logged(pipeline, &objects.original_key).await;
-        delete_logged(pipeline, &objects.thumbnail_key).await;
+        delete_logged(app, &objects.original_key).await;
+        delete_logged(app, &objects.thumbnail_key).await;
     }
 }
 
 /// Best-effort cleanup; a failure is logged with the key so `upshot` operators can find the orphan.
-pub(crate) async fn delete_logged(pipeline: &Pipeline, key: &str) {
-    if let Err(error) = pipeline.store.delete(key).await {
+pub(crate) async fn delete_logged(app: &App, key: &str) {
+    if let Err(error) = app.store.delete(key).await {
         log::error!("could not remove object {key} after a failed upload: {error}");
     }
 }
 
 fn new_record(
-    pipeline: &Pipeline,
+    app: &App,
     id: &ImageId,
     prepared: &PreparedImage,
     analysis: &Analysis,
@@ -264,7 +258,7 @@ fn new_record(
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),
         status: image_rows::ImageStatus::Stored,
-        delete_token_hash: Signer::hash_token(&pipeline.signer.delete_token(id)),
+        delete_token_hash: Signer::hash_token(&app.signer.delete_token(id)),
         idempotency_key: meta.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
         created_at: now(),
         model_sha256: Some(analysis.model.sha256.clone()),

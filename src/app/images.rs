@@ -3,11 +3,11 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::App;
 use crate::db::image_rows::{self, ImageRecord, ImageStatus};
 use crate::domain::{ImageId, Signer};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::{Face, ModelInfo, Prediction};
-use crate::ingest::Pipeline;
 use crate::store::ObjectBody;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -85,14 +85,16 @@ impl From<&ImageRecord> for ImageView {
     }
 }
 
-/// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
-pub async fn find(pipeline: &Pipeline, id: &ImageId) -> AppResult<ImageRecord> {
-    let id = id.to_string();
-    let record = pipeline.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
-    match record.status {
-        ImageStatus::Stored => Ok(record),
-        ImageStatus::Missing => Err(AppError::image_missing()),
-        _ => Err(AppError::not_found()),
+impl App {
+    /// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
+    pub async fn image(&self, id: &ImageId) -> AppResult<ImageRecord> {
+        let id = id.to_string();
+        let record = self.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
+        match record.status {
+            ImageStatus::Stored => Ok(record),
+            ImageStatus::Missing => Err(AppError::image_missing()),
+            _ => Err(AppError::not_found()),
+        }
     }
 }
 
@@ -108,15 +110,17 @@ pub struct ImageObject {
     pub etag: String,
 }
 
-pub async fn open(pipeline: &Pipeline, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
-    let record = find(pipeline, id).await?;
-    let (key, content_type) = match variant {
-        Variant::Original => (&record.original_key, record.content_type.clone()),
-        Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
-    };
-    let body = pipeline.store.get(key).await?;
-    let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
-    Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
+impl App {
+    pub async fn image_object(&self, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
+        let record = self.image(id).await?;
+        let (key, content_type) = match variant {
+            Variant::Original => (&record.original_key, record.content_type.clone()),
+            Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
+        };
+        let body = self.store.get(key).await?;
+        let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
+        Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
+    }
 }
 
 /// Who asks for a delete.
@@ -125,29 +129,31 @@ pub enum DeleteAuthority<'a> {
     Admin,
 }
 
-/// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
-/// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
-pub async fn delete(pipeline: &Pipeline, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
-    let record = {
-        let id = id.to_string();
-        pipeline.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
-    };
-    if let DeleteAuthority::Token(token) = authority {
-        if !Signer::token_matches(token, &record.delete_token_hash) {
-            return Err(AppError::new(ErrorCode::Forbidden, "The delete token does not match this image."));
+impl App {
+    /// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
+    /// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
+    pub async fn delete_image(&self, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {
+        let record = {
+            let id = id.to_string();
+            self.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?
+        };
+        if let DeleteAuthority::Token(token) = authority {
+            if !Signer::token_matches(token, &record.delete_token_hash) {
+                return Err(AppError::new(ErrorCode::Forbidden, "The delete token does not match this image."));
+            }
         }
+        let row_id = id.to_string();
+        let Some(plan) = self.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
+            return Err(AppError::not_found());
+        };
+        if !plan.objects_shared {
+            self.store.delete(&plan.record.original_key).await?;
+            self.store.delete(&plan.record.thumbnail_key).await?;
+        }
+        let row_id = id.to_string();
+        self.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
+        Ok(())
     }
-    let row_id = id.to_string();
-    let Some(plan) = pipeline.db.run(move |conn| image_rows::begin_delete(conn, &row_id)).await? else {
-        return Err(AppError::not_found());
-    };
-    if !plan.objects_shared {
-        pipeline.store.delete(&plan.record.original_key).await?;
-        pipeline.store.delete(&plan.record.thumbnail_key).await?;
-    }
-    let row_id = id.to_string();
-    pipeline.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;
-    Ok(())
 }
 
 /// Cursors are opaque to clients: base64url of `<created_at in ms>:<id>`.

@@ -12,10 +12,10 @@ use aws_sdk_sqs::Client;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::direct_uploads;
+use super::App;
+use crate::app::direct_uploads;
 use crate::domain::ImageId;
 use crate::error::ErrorCode;
-use crate::ingest::Pipeline;
 
 /// Long polling: an idle queue costs one request per 20 s per instance.
 const WAIT: i32 = 20;
@@ -82,7 +82,7 @@ enum Handled {
     Again,
 }
 
-async fn handle(pipeline: &Pipeline, body: &str) -> Handled {
+async fn handle(app: &App, body: &str) -> Handled {
     let ids = match sessions_named(body) {
         Ok(ids) => ids,
         Err(reason) => {
@@ -92,7 +92,7 @@ async fn handle(pipeline: &Pipeline, body: &str) -> Handled {
     };
     let mut handled = Handled::Done;
     for id in ids {
-        match direct_uploads::complete(pipeline, &id).await {
+        match direct_uploads::complete(app, &id).await {
             Ok(uploaded) => log::info!("direct upload {id} stored as image {} from its event", uploaded.record.id),
             Err(error) if error.code == ErrorCode::NotFound => {
                 log::warn!("upload event for {id}, which is no session (expired and swept, or never opened)");
@@ -126,8 +126,8 @@ pub async fn client(settings: &crate::config::DirectUploadSettings, queue_url: &
 }
 
 /// Polls `queue_url` until `shutdown` turns true.
-pub async fn run(pipeline: Pipeline, queue_url: String, mut shutdown: watch::Receiver<bool>) {
-    let sqs = client(&pipeline.config.settings.direct_uploads, &queue_url).await;
+pub async fn run(app: App, queue_url: String, mut shutdown: watch::Receiver<bool>) {
+    let sqs = client(&app.config.settings.direct_uploads, &queue_url).await;
     log::info!("polling {queue_url} for direct uploads' events");
     while !*shutdown.borrow() {
         let received = tokio::select! {
@@ -144,7 +144,7 @@ pub async fn run(pipeline: Pipeline, queue_url: String, mut shutdown: watch::Rec
         };
         for message in messages {
             let body = message.body().unwrap_or_default();
-            if handle(&pipeline, body).await == Handled::Done {
+            if handle(&app, body).await == Handled::Done {
                 let Some(receipt) = message.receipt_handle() else { continue };
                 if let Err(error) = sqs.delete_message().queue_url(&queue_url).receipt_handle(receipt).send().await {
                     // Received again later: its session answers as finished, and it is deleted then.

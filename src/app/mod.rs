@@ -1,22 +1,37 @@
-//! What the upload pipeline works with, passed to it explicitly: configuration, database, object store,
-//! models, metrics, and the CPU and upload budgets that bound its work.
+//! The application core: what Upshot does, whatever asked. The HTTP adapters (`api`, `web`) and the
+//! background work (the bucket-event poller, the sweepers) call it; it calls the infrastructure below it.
+//! - uploads: the form, the API, a completed direct upload and a bucket event all enter by `App::accept`;
+//! - images: reads, files and deletes of stored images (`App::image`, `App::image_object`, `App::delete_image`);
+//! - direct uploads: sessions, their signed URLs, completion and the poller of the bucket's events;
+//! - sweeps: objects of uploads that died before their row, and expired sessions.
+//!
+//! `App` holds what that work needs: configuration, database, object store, models, metrics, and the CPU and
+//! upload budgets that bound it.
+
+pub mod direct_uploads;
+pub mod images;
+pub mod sweep;
+pub mod upload_events;
+mod uploads;
+
+pub use uploads::{UploadMeta, Uploaded};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::IngestPolicy;
 use crate::config::AppConfig;
 use crate::db::Db;
 use crate::domain::Signer;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Engine;
+use crate::ingest::IngestPolicy;
 use crate::metrics::Metrics;
 use crate::store::ObjectStore;
 
 #[derive(Clone)]
-pub struct Pipeline {
+pub struct App {
     pub config: Arc<AppConfig>,
     pub db: Db,
     pub store: Arc<dyn ObjectStore>,
@@ -36,13 +51,13 @@ pub struct UploadPermit {
     _room: OwnedSemaphorePermit,
 }
 
-impl Pipeline {
+impl App {
     pub fn new(config: AppConfig, db: Db, store: Arc<dyn ObjectStore>, signer: Signer, inference: Engine) -> Self {
         let uploads = &config.settings.uploads;
         let policy = IngestPolicy::new(&config.settings.images, inference.input_size());
         let cpu = Arc::new(Semaphore::new(uploads.cpu_slots));
         let upload_budget = Arc::new(Semaphore::new((uploads.upload_budget_bytes / 1024) as usize));
-        Pipeline {
+        App {
             config: Arc::new(config),
             db,
             store,
