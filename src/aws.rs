@@ -1,16 +1,23 @@
-//! The AWS SDK's shared configuration, loaded one way for every client (S3, SNS, SQS): the SDK's chain for
-//! credentials and region, with the region a resource names when it names one (a topic's ARN, a queue's URL),
-//! so that a client never talks to another region than its resource's.
+//! The AWS SDK's configuration, loaded once per server and shared by every client (S3, SNS, SQS), so that
+//! they share one credentials cache; each client takes the region its resource names when it names one (a
+//! topic's ARN, a queue's URL, a setting), so that it never talks to another region than its resource's.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
-/// The SDK's configuration with `region` when given, else the SDK's chain (environment, profile, instance).
-pub async fn shared_config(region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = region {
-        loader = loader.region(Region::new(region.to_owned()));
+/// One server's SDK configuration (credentials and region from the SDK's chain: environment, profile,
+/// instance role), loaded by the first client that needs it; a server without AWS never loads it.
+#[derive(Debug, Default)]
+pub struct SharedConfig(tokio::sync::OnceCell<SdkConfig>);
+
+impl SharedConfig {
+    pub async fn get(&self) -> &SdkConfig {
+        self.0.get_or_init(|| aws_config::load_defaults(BehaviorVersion::latest())).await
     }
-    loader.load().await
+}
+
+/// `region` when given, else the shared configuration's.
+pub fn region_or_shared(region: Option<&str>, shared: &SdkConfig) -> Option<Region> {
+    region.map(|r| Region::new(r.to_owned())).or_else(|| shared.region().cloned())
 }
 
 /// The region of an ARN (`arn:aws:sns:eu-west-1:123456789012:topic`), when it names one.

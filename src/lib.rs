@@ -184,7 +184,8 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     let db = db::Db::open(config.database.clone(), settings.database.database_pool_size, timeout)
         .await
         .map_err(|e| format!("database ({}): {e}", config.database.backend_name()))?;
-    let store = store::from_settings(&settings.store, config.local_store_dir())
+    let aws = Arc::new(aws::SharedConfig::default());
+    let store = store::from_settings(&settings.store, config.local_store_dir(), &aws)
         .await
         .map_err(|e| format!("object store: {e}"))?;
     let engine_config = inference::EngineConfig {
@@ -209,10 +210,10 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
         engine.classifier_info().version,
         engine.sessions(),
     );
-    let notifier = notify::from_settings(&settings.notify).await.map_err(|e| format!("notifier: {e}"))?;
+    let notifier = notify::from_settings(&settings.notify, &aws).await.map_err(|e| format!("notifier: {e}"))?;
     log::info!("notifications: {}", notifier.describe());
     let upload_origin = app::direct_uploads::upload_origin(store.as_ref()).await;
-    let app = app::App::new(config, db, store, Signer::new(&secret), engine);
+    let app = app::App::new(config, db, store, aws, Signer::new(&secret), engine);
     Ok(AppState::new(app, notifier, upload_origin))
 }
 

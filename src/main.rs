@@ -208,7 +208,7 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
     let timeout = std::time::Duration::from_secs(settings.database.database_timeout_secs);
     let checked = async {
         let db = upshot::db::Db::open(config.database.clone(), 2, timeout).await.map_err(|e| e.to_string())?;
-        let store = upshot::store::from_settings(&config.settings.store, config.local_store_dir())
+        let store = upshot::store::from_settings(&config.settings.store, config.local_store_dir(), &Default::default())
             .await
             .map_err(|e| e.to_string())?;
         upshot::reconcile::check(&db, store, &options).await.map_err(|e| e.to_string())

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::aws::SharedConfig;
 use crate::config::AppConfig;
 use crate::db::Db;
 use crate::domain::Signer;
@@ -35,6 +36,8 @@ pub struct App {
     pub config: Arc<AppConfig>,
     pub db: Db,
     pub store: Arc<dyn ObjectStore>,
+    /// The AWS SDK's configuration, shared by the S3, SNS and SQS clients.
+    pub aws: Arc<SharedConfig>,
     pub signer: Signer,
     pub policy: Arc<IngestPolicy>,
     pub inference: Arc<Engine>,
@@ -52,7 +55,14 @@ pub struct UploadPermit {
 }
 
 impl App {
-    pub fn new(config: AppConfig, db: Db, store: Arc<dyn ObjectStore>, signer: Signer, inference: Engine) -> Self {
+    pub fn new(
+        config: AppConfig,
+        db: Db,
+        store: Arc<dyn ObjectStore>,
+        aws: Arc<SharedConfig>,
+        signer: Signer,
+        inference: Engine,
+    ) -> Self {
         let uploads = &config.settings.uploads;
         let policy = IngestPolicy::new(&config.settings.images, inference.input_size());
         let cpu = Arc::new(Semaphore::new(uploads.cpu_slots));
@@ -61,6 +71,7 @@ impl App {
             config: Arc::new(config),
             db,
             store,
+            aws,
             signer,
             policy: Arc::new(policy),
             inference: Arc::new(inference),

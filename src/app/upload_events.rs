@@ -116,9 +116,13 @@ fn is_pending(code: ErrorCode) -> bool {
 
 /// Connects to SQS in the queue's own region (from its URL; the SDK's chain for a URL that names none), with
 /// the endpoint override when set.
-pub async fn client(settings: &crate::config::DirectUploadSettings, queue_url: &str) -> Client {
-    let shared = crate::aws::shared_config(crate::aws::region_of_queue_url(queue_url)).await;
-    let mut config = aws_sdk_sqs::config::Builder::from(&shared);
+pub fn client(
+    settings: &crate::config::DirectUploadSettings,
+    queue_url: &str,
+    shared: &aws_config::SdkConfig,
+) -> Client {
+    let region = crate::aws::region_of_queue_url(queue_url);
+    let mut config = aws_sdk_sqs::config::Builder::from(shared).region(crate::aws::region_or_shared(region, shared));
     if let Some(endpoint) = &settings.sqs_endpoint_url {
         config = config.endpoint_url(endpoint);
     }
@@ -127,7 +131,7 @@ pub async fn client(settings: &crate::config::DirectUploadSettings, queue_url: &
 
 /// Polls `queue_url` until `shutdown` turns true.
 pub async fn run(app: App, queue_url: String, mut shutdown: watch::Receiver<bool>) {
-    let sqs = client(&app.config.settings.direct_uploads, &queue_url).await;
+    let sqs = client(&app.config.settings.direct_uploads, &queue_url, app.aws.get().await);
     log::info!("polling {queue_url} for direct uploads' events");
     while !*shutdown.borrow() {
         let received = tokio::select! {

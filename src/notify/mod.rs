@@ -71,7 +71,10 @@ impl Notifier for LogNotifier {
     }
 }
 
-pub async fn from_settings(settings: &NotifySettings) -> Result<Arc<dyn Notifier>, String> {
+pub async fn from_settings(
+    settings: &NotifySettings,
+    aws: &crate::aws::SharedConfig,
+) -> Result<Arc<dyn Notifier>, String> {
     Ok(match settings.notifier {
         NotifierKind::Log => Arc::new(LogNotifier),
         NotifierKind::Sns => {
@@ -81,7 +84,7 @@ pub async fn from_settings(settings: &NotifySettings) -> Result<Arc<dyn Notifier
                 endpoint_url: settings.sns_endpoint_url.clone(),
                 publish_timeout: crate::config::SNS_PUBLISH_TIMEOUT,
             };
-            Arc::new(SnsNotifier::connect(&sns).await?)
+            Arc::new(SnsNotifier::connect(&sns, aws.get().await).await?)
         }
     })
 }

@@ -25,17 +25,17 @@ pub struct SnsConfig {
 }
 
 impl SnsNotifier {
-    pub async fn connect(settings: &SnsConfig) -> Result<Self, String> {
+    pub async fn connect(settings: &SnsConfig, shared: &aws_config::SdkConfig) -> Result<Self, String> {
         let topic_arn = settings.topic_arn.clone();
         let region = settings.region.as_deref().or(crate::aws::region_of_arn(&topic_arn));
-        let shared = crate::aws::shared_config(region).await;
         // One try per publish, bounded in time: the relay owns retries, with its own backoff, so a dead
         // endpoint costs seconds, not the SDK's retry budget per message.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(3))
             .operation_timeout(settings.publish_timeout)
             .build();
-        let mut config = aws_sdk_sns::config::Builder::from(&shared)
+        let mut config = aws_sdk_sns::config::Builder::from(shared)
+            .region(crate::aws::region_or_shared(region, shared))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
             .timeout_config(timeouts);
         if let Some(endpoint) = &settings.endpoint_url {

@@ -109,10 +109,14 @@ pub trait ObjectStore: Send + Sync {
 }
 
 /// The store the settings name; `local_dir` is the local store's directory.
-pub async fn from_settings(settings: &StoreSettings, local_dir: PathBuf) -> Result<Arc<dyn ObjectStore>, StoreError> {
+pub async fn from_settings(
+    settings: &StoreSettings,
+    local_dir: PathBuf,
+    aws: &crate::aws::SharedConfig,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let store: Arc<dyn ObjectStore> = match settings.kind {
         StoreKind::Local => Arc::new(LocalStore::open(local_dir).await?),
-        StoreKind::S3 => Arc::new(S3Store::connect(&s3_config(settings)?).await?),
+        StoreKind::S3 => Arc::new(S3Store::connect(&s3_config(settings)?, aws.get().await).await?),
     };
     Ok(store)
 }

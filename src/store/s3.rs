@@ -35,9 +35,8 @@ pub struct S3Config {
 }
 
 impl S3Store {
-    pub async fn connect(settings: &S3Config) -> Result<Self, StoreError> {
+    pub async fn connect(settings: &S3Config, shared: &aws_config::SdkConfig) -> Result<Self, StoreError> {
         let bucket = settings.bucket.clone();
-        let shared = crate::aws::shared_config(settings.region.as_deref()).await;
         // An S3 that hangs (a brownout, a black-holed route) must cost a request a bounded wait, then a 503,
         // not hold it and its buffered body until the client gives up.
         let limit = settings.timeout;
@@ -46,7 +45,8 @@ impl S3Store {
             .operation_attempt_timeout(limit)
             .operation_timeout(limit)
             .build();
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        let mut config = aws_sdk_s3::config::Builder::from(shared)
+            .region(crate::aws::region_or_shared(settings.region.as_deref(), shared))
             .force_path_style(settings.force_path_style)
             .timeout_config(timeouts);
         if let Some(endpoint) = &settings.endpoint_url {

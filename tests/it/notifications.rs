@@ -161,7 +161,8 @@ async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: 
         endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
         publish_timeout: upshot::config::SNS_PUBLISH_TIMEOUT,
     };
-    let notifier: Arc<dyn Notifier> = Arc::new(SnsNotifier::connect(&sns).await.unwrap());
+    let notifier: Arc<dyn Notifier> =
+        Arc::new(SnsNotifier::connect(&sns, upshot::aws::SharedConfig::default().get().await).await.unwrap());
     let config = RelayConfig {
         batch: 5,
         lease,

@@ -21,14 +21,17 @@ async fn store_of(app: &TestApp) -> Arc<dyn ObjectStore> {
     match &app.bucket {
         None => Arc::new(LocalStore::open(app.data_dir.path().join("objects")).await.unwrap()),
         Some(bucket) => Arc::new(
-            S3Store::connect(&S3Config {
-                bucket: bucket.clone(),
-                prefix: "uploads/".to_owned(),
-                region: None,
-                endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
-                force_path_style: true,
-                timeout: Duration::from_secs(20),
-            })
+            S3Store::connect(
+                &S3Config {
+                    bucket: bucket.clone(),
+                    prefix: "uploads/".to_owned(),
+                    region: None,
+                    endpoint_url: Some(std::env::var("UPSHOT_TEST_AWS_ENDPOINT").unwrap()),
+                    force_path_style: true,
+                    timeout: Duration::from_secs(20),
+                },
+                upshot::aws::SharedConfig::default().get().await,
+            )
             .await
             .unwrap(),
         ),
