@@ -335,6 +335,7 @@ pub struct ClientSettings {
 }
 
 /// The longest one SNS publish may take; the outbox relay's leases are sized from it.
+/// (`validate` asks `outbox_lease_secs` for at least twice it, 30 s, in its message.)
 pub const SNS_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Which database a URL points at.
@@ -474,18 +475,106 @@ impl AppConfig {
 
 /// Refuses settings that cannot work, naming the key to change.
 fn validate(settings: &Settings, database: &DatabaseUrl) -> Result<(), ConfigError> {
-    let Settings { store, keys, uploads, images, direct_uploads, inference, notify, outbox, web, .. } = settings;
-    let (connections, clients) = (&settings.connections, &settings.clients);
-    let check = |ok: bool, key: &'static str, reason: &str| if ok { Ok(()) } else { Err(invalid(key, reason)) };
-    check(settings.database.database_pool_size > 0, "database_pool_size", "must be at least 1")?;
-    check(settings.database.database_timeout_secs > 0, "database_timeout_secs", "must be at least 1")?;
-    check(store.s3_timeout_secs > 0, "s3_timeout_secs", "must be at least 1")?;
-    // An upload still storing its objects must not look dead: its S3 calls alone may take this long.
-    check(
-        store.orphan_grace_secs >= 2 * store.s3_timeout_secs,
-        "orphan_grace_secs",
-        "must be at least twice s3_timeout_secs",
-    )?;
+    let Settings { database: db, store, keys, uploads, images, direct_uploads: direct, inference, notify, .. } =
+        settings;
+    let (outbox, connections, clients) = (&settings.outbox, &settings.connections, &settings.clients);
+    let max_upload = uploads.max_upload_bytes;
+    let below_4_tib = |bytes: u64| bytes / 1024 <= u64::from(u32::MAX);
+    let publish_timeout = SNS_PUBLISH_TIMEOUT.as_secs();
+    // What must hold, the key to change when it does not, and why.
+    let rules: [(bool, &'static str, &str); 24] = [
+        (db.database_pool_size > 0, "database_pool_size", "must be at least 1"),
+        (db.database_timeout_secs > 0, "database_timeout_secs", "must be at least 1"),
+        (store.s3_timeout_secs > 0, "s3_timeout_secs", "must be at least 1"),
+        // An upload still storing its objects must not look dead: its S3 calls alone may take this long.
+        (
+            store.orphan_grace_secs >= 2 * store.s3_timeout_secs,
+            "orphan_grace_secs",
+            "must be at least twice s3_timeout_secs",
+        ),
+        (
+            !store.s3_prefix.starts_with('/') && !store.s3_prefix.contains(".."),
+            "s3_prefix",
+            "must be relative, without `..`",
+        ),
+        (
+            keys.admin_api_key.as_ref().is_none_or(|key| key.len() >= 16),
+            "admin_api_key",
+            "must be at least 16 characters",
+        ),
+        (keys.secret_key.as_ref().is_none_or(|key| key.len() >= 32), "secret_key", "must be at least 32 characters"),
+        (
+            keys.secret_key.is_some() || !matches!(database, DatabaseUrl::Postgres(_)),
+            "secret_key",
+            "required with PostgreSQL so that every instance derives the same delete tokens",
+        ),
+        (max_upload >= 1024, "max_upload_bytes", "must be at least 1024"),
+        (
+            uploads.upload_budget_bytes >= max_upload,
+            "upload_budget_bytes",
+            "must hold the largest upload (max_upload_bytes)",
+        ),
+        (below_4_tib(uploads.upload_budget_bytes), "upload_budget_bytes", "must be below 4 TiB"),
+        (
+            uploads.spool_quota_bytes >= max_upload + FORM_OVERHEAD_BYTES && below_4_tib(uploads.spool_quota_bytes),
+            "spool_quota_bytes",
+            "must hold one whole form (max_upload_bytes + 1 MiB), below 4 TiB",
+        ),
+        (direct.direct_upload_max_bytes >= max_upload, "direct_upload_max_bytes", "must be at least max_upload_bytes"),
+        // A completed direct upload is read into memory whole, under the same budget as the form's.
+        (
+            direct.direct_upload_max_bytes <= uploads.upload_budget_bytes,
+            "direct_upload_max_bytes",
+            "must be at most upload_budget_bytes: a completed direct upload is held in memory",
+        ),
+        (
+            (60..=7 * 24 * 3600).contains(&direct.upload_url_ttl_secs),
+            "upload_url_ttl_secs",
+            "must be between 60 s and 7 days (S3's longest)",
+        ),
+        (
+            images.max_image_width > 0 && images.max_image_height > 0 && images.max_image_pixels > 0,
+            "max_image_pixels",
+            "image limits must be positive",
+        ),
+        (images.max_frames > 0 && images.max_animation_pixels > 0, "max_frames", "animation limits must be positive"),
+        ((16..=2048).contains(&images.thumbnail_size), "thumbnail_size", "must be between 16 and 2048"),
+        (!images.accepted_formats.is_empty(), "accepted_formats", "must name at least one format"),
+        (
+            outbox.outbox_max_attempts >= 0 && outbox.outbox_retry_horizon_hours > 0 && outbox.outbox_poll_ms > 0,
+            "outbox_retry_horizon_hours",
+            "outbox attempts, horizon and poll interval must be positive",
+        ),
+        // A claim must outlast the publishes it covers, or another relay takes it over and publishes again.
+        (
+            outbox.outbox_lease_secs >= 2 * publish_timeout,
+            "outbox_lease_secs",
+            "must be at least 30: two SNS publish timeouts",
+        ),
+        ((1..=20).contains(&inference.top_k), "top_k", "must be between 1 and 20"),
+        (inference.inference_threads > 0, "inference_threads", "must be at least 1"),
+        (
+            connections.max_connections > 0
+                && connections.max_connections_per_client > 0
+                && connections.header_timeout_secs > 0
+                && connections.idle_timeout_secs > 0
+                && connections.body_grace_secs > 0,
+            "max_connections",
+            "connection limits and timeouts must be at least 1",
+        ),
+    ];
+    let client_rules = [
+        (clients.client_requests_per_minute > 0 && clients.client_request_burst > 0, "client_requests_per_minute"),
+        (clients.max_intake_in_flight_per_client > 0, "max_intake_in_flight_per_client"),
+        (clients.max_websockets > 0 && clients.max_websockets_per_client > 0, "max_websockets"),
+        (clients.websocket_max_message_bytes > 0, "websocket_max_message_bytes"),
+    ];
+    if let Some((_, key, reason)) = rules.iter().find(|(holds, ..)| !holds) {
+        return Err(invalid(key, *reason));
+    }
+    if let Some((_, key)) = client_rules.iter().find(|(holds, _)| !holds) {
+        return Err(invalid(key, "per-client limits must be at least 1"));
+    }
     if store.kind == StoreKind::S3 {
         match store.s3_bucket.as_deref() {
             None | Some("") => return Err(invalid("s3_bucket", "required when store = \"s3\"")),
@@ -495,64 +584,6 @@ fn validate(settings: &Settings, database: &DatabaseUrl) -> Result<(), ConfigErr
             Some(_) => {}
         }
     }
-    check(
-        !store.s3_prefix.starts_with('/') && !store.s3_prefix.contains(".."),
-        "s3_prefix",
-        "must be relative and must not contain `..`",
-    )?;
-    check(
-        keys.admin_api_key.as_ref().is_none_or(|key| key.len() >= 16),
-        "admin_api_key",
-        "must be at least 16 characters",
-    )?;
-    match &keys.secret_key {
-        Some(key) if key.len() < 32 => return Err(invalid("secret_key", "must be at least 32 characters")),
-        None if matches!(database, DatabaseUrl::Postgres(_)) => {
-            return Err(invalid(
-                "secret_key",
-                "required with PostgreSQL so that every instance derives the same delete tokens",
-            ))
-        }
-        _ => {}
-    }
-    let max_upload = uploads.max_upload_bytes;
-    check(max_upload >= 1024, "max_upload_bytes", "must be at least 1024")?;
-    check(
-        uploads.upload_budget_bytes >= max_upload,
-        "upload_budget_bytes",
-        "must be at least max_upload_bytes, so that the largest upload fits",
-    )?;
-    check(uploads.upload_budget_bytes / 1024 <= u64::from(u32::MAX), "upload_budget_bytes", "must be below 4 TiB")?;
-    check(
-        uploads.spool_quota_bytes >= max_upload + FORM_OVERHEAD_BYTES
-            && uploads.spool_quota_bytes / 1024 <= u64::from(u32::MAX),
-        "spool_quota_bytes",
-        "must hold one whole form (max_upload_bytes + 1 MiB), below 4 TiB",
-    )?;
-    check(
-        direct_uploads.direct_upload_max_bytes >= max_upload,
-        "direct_upload_max_bytes",
-        "must be at least max_upload_bytes",
-    )?;
-    // A completed direct upload is read into memory whole, under the same budget as the form's.
-    check(
-        direct_uploads.direct_upload_max_bytes <= uploads.upload_budget_bytes,
-        "direct_upload_max_bytes",
-        "must be at most upload_budget_bytes: a completed direct upload is held in memory",
-    )?;
-    check(
-        (60..=7 * 24 * 3600).contains(&direct_uploads.upload_url_ttl_secs),
-        "upload_url_ttl_secs",
-        "must be between 60 s and 7 days (S3's longest)",
-    )?;
-    check(
-        images.max_image_width > 0 && images.max_image_height > 0 && images.max_image_pixels > 0,
-        "max_image_pixels",
-        "image limits must be positive",
-    )?;
-    check(images.max_frames > 0 && images.max_animation_pixels > 0, "max_frames", "animation limits must be positive")?;
-    check((16..=2048).contains(&images.thumbnail_size), "thumbnail_size", "must be between 16 and 2048")?;
-    check(!images.accepted_formats.is_empty(), "accepted_formats", "must name at least one format")?;
     if notify.notifier == NotifierKind::Sns {
         match notify.sns_topic_arn.as_deref() {
             Some(arn) if arn.starts_with("arn:") && arn.split(':').count() == 6 => {}
@@ -560,52 +591,13 @@ fn validate(settings: &Settings, database: &DatabaseUrl) -> Result<(), ConfigErr
             None => return Err(invalid("sns_topic_arn", "required when notifier = \"sns\"")),
         }
     }
-    match web.public_url.as_deref() {
-        Some("") => {
-            return Err(invalid("public_url", "required: the address people reach Upshot at, for links and cookies"))
-        }
+    match settings.web.public_url.as_deref() {
+        Some("") => Err(invalid("public_url", "required: the address people reach Upshot at, for links and cookies")),
         Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-            return Err(invalid("public_url", "must start with http:// or https://"));
+            Err(invalid("public_url", "must start with http:// or https://"))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    check(
-        outbox.outbox_max_attempts >= 0 && outbox.outbox_retry_horizon_hours > 0 && outbox.outbox_poll_ms > 0,
-        "outbox_retry_horizon_hours",
-        "outbox attempts, horizon and poll interval must be positive",
-    )?;
-    // A claim must outlast the publishes it covers, or another relay takes it over and publishes again.
-    let publish = SNS_PUBLISH_TIMEOUT.as_secs();
-    if outbox.outbox_lease_secs < 2 * publish {
-        return Err(invalid(
-            "outbox_lease_secs",
-            format!("must be at least {} (two SNS publish timeouts)", 2 * publish),
-        ));
-    }
-    check((1..=20).contains(&inference.top_k), "top_k", "must be between 1 and 20")?;
-    check(inference.inference_threads > 0, "inference_threads", "must be at least 1")?;
-    check(
-        connections.max_connections > 0 && connections.max_connections_per_client > 0,
-        "max_connections",
-        "must be at least 1, as max_connections_per_client",
-    )?;
-    check(
-        connections.header_timeout_secs > 0 && connections.idle_timeout_secs > 0 && connections.body_grace_secs > 0,
-        "header_timeout_secs",
-        "connection timeouts must be at least 1 second",
-    )?;
-    check(
-        clients.client_requests_per_minute > 0 && clients.client_request_burst > 0,
-        "client_requests_per_minute",
-        "the rate and the burst must be at least 1",
-    )?;
-    check(clients.max_intake_in_flight_per_client > 0, "max_intake_in_flight_per_client", "must be at least 1")?;
-    check(
-        clients.max_websockets > 0 && clients.max_websockets_per_client > 0,
-        "max_websockets",
-        "must be at least 1, as max_websockets_per_client",
-    )?;
-    check(clients.websocket_max_message_bytes > 0, "websocket_max_message_bytes", "must be at least 1")
 }
 
 fn valid_bucket_name(name: &str) -> bool {

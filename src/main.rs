@@ -91,68 +91,45 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match Cli::parse().command.unwrap_or(Command::Serve) {
-        Command::Serve => match upshot::Server::bind(config).await {
-            Ok(server) => match server.run().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    log::error!("server stopped: {error}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(error) => {
-                log::error!("start-up failed: {error}");
-                ExitCode::FAILURE
-            }
-        },
+    match run(Cli::parse().command.unwrap_or(Command::Serve), config).await {
+        Ok(code) => code,
+        Err(error) => {
+            log::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; an error is logged by `main` and exits 1.
+async fn run(command: Command, config: AppConfig) -> Result<ExitCode, String> {
+    let database = config.database.clone();
+    match command {
+        Command::Serve => {
+            let server = upshot::Server::bind(config).await.map_err(|e| format!("start-up failed: {e}"))?;
+            server.run().await.map_err(|e| format!("server stopped: {e}"))?;
+        }
         Command::Migrate => {
-            let database = config.database.clone();
             let app_role = match app_role_from_env() {
                 Ok(role) => role,
                 Err(error) => {
                     log::error!("{error}");
-                    return ExitCode::from(2);
+                    return Ok(ExitCode::from(2));
                 }
             };
-            let migrated = tokio::task::spawn_blocking(move || {
+            let applied = blocking(move || {
                 let applied = upshot::db::migrate(&database)?;
                 if let Some((role, password)) = &app_role {
                     upshot::db::provision_app_role(&database, role, password)?;
                     log::info!("role {role} may read and write the tables, and change nothing else");
                 }
                 Ok::<_, upshot::db::DbError>(applied)
-            });
-            match migrated.await {
-                Ok(Ok(applied)) => {
-                    log::info!("{applied} migration(s) applied to the {} database", config.database.backend_name());
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(error)) => {
-                    log::error!("migration failed: {error}");
-                    ExitCode::FAILURE
-                }
-                Err(error) => {
-                    log::error!("migration task failed: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            })
+            .await
+            .map_err(|e| format!("migration failed: {e}"))?;
+            log::info!("{applied} migration(s) applied to the {} database", config.database.backend_name());
         }
-        Command::Outbox { command } => {
-            let database = config.database.clone();
-            let result = tokio::task::spawn_blocking(move || outbox_command(&database, command)).await;
-            match result {
-                Ok(Ok(())) => ExitCode::SUCCESS,
-                Ok(Err(error)) => {
-                    log::error!("{error}");
-                    ExitCode::FAILURE
-                }
-                Err(error) => {
-                    log::error!("outbox task failed: {error}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Reconcile { json, repair } => reconcile(config, json, repair).await,
+        Command::Outbox { command } => blocking(move || outbox_command(&database, command)).await?,
+        Command::Reconcile { json, repair } => return reconcile(config, json, repair).await,
         Command::CheckConfig => {
             let settings = &config.settings;
             let database = match &config.database {
@@ -164,62 +141,50 @@ async fn main() -> ExitCode {
             println!("store: {:?}", settings.store.kind);
             println!("max_upload_bytes: {}", settings.uploads.max_upload_bytes);
             println!("admin routes: {}", if settings.keys.admin_api_key.is_some() { "enabled" } else { "disabled" });
-            ExitCode::SUCCESS
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs blocking work (the database's synchronous calls) off the async threads.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(error) => Err(format!("task failed: {error}")),
     }
 }
 
-async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
+async fn reconcile(config: AppConfig, json: bool, repair: bool) -> Result<ExitCode, String> {
     let settings = &config.settings;
-    let policy = match upshot::ingest::IngestPolicy::of_config(&config) {
-        Ok(policy) => std::sync::Arc::new(policy),
-        Err(error) => {
-            log::error!("reconcile could not run: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let policy =
+        upshot::ingest::IngestPolicy::of_config(&config).map_err(|e| format!("reconcile could not run: {e}"))?;
     let options = upshot::reconcile::Options {
         grace: std::time::Duration::from_secs(settings.reconcile.reconcile_grace_secs),
         page: 1000,
         stuck_after: std::time::Duration::from_secs(settings.outbox.outbox_degraded_after_secs),
         repair,
-        policy,
+        policy: std::sync::Arc::new(policy),
     };
     let database = config.database.clone();
-    let lock =
-        tokio::task::spawn_blocking(move || upshot::db::try_fleet_lock(&database, upshot::reconcile::FLEET_LOCK_ID))
-            .await;
-    let _lock = match lock {
-        Ok(Ok(Some(lock))) => lock,
-        Ok(Ok(None)) => {
-            println!("another reconcile is running (it holds the lock); nothing done");
-            log::info!("reconcile: skipped, another run holds the lock");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Err(error)) => {
-            log::error!("reconcile could not run: database: {error}");
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            log::error!("reconcile could not run: {error}");
-            return ExitCode::FAILURE;
-        }
+    let lock = blocking(move || upshot::db::try_fleet_lock(&database, upshot::reconcile::FLEET_LOCK_ID))
+        .await
+        .map_err(|e| format!("reconcile could not run: database: {e}"))?;
+    let Some(_lock) = lock else {
+        println!("another reconcile is running (it holds the lock); nothing done");
+        log::info!("reconcile: skipped, another run holds the lock");
+        return Ok(ExitCode::SUCCESS);
     };
     let timeout = std::time::Duration::from_secs(settings.database.database_timeout_secs);
     let checked = async {
         let db = upshot::db::Db::open(config.database.clone(), 2, timeout).await.map_err(|e| e.to_string())?;
-        let store = upshot::store::from_settings(&config.settings.store, config.local_store_dir(), &Default::default())
+        let store = upshot::store::from_settings(&settings.store, config.local_store_dir(), &Default::default())
             .await
             .map_err(|e| e.to_string())?;
         upshot::reconcile::check(&db, store, &options).await.map_err(|e| e.to_string())
     };
-    let report = match checked.await {
-        Ok(report) => report,
-        Err(error) => {
-            log::error!("reconcile could not run: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let report = checked.await.map_err(|e| format!("reconcile could not run: {e}"))?;
     if json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
@@ -271,11 +236,7 @@ async fn reconcile(config: AppConfig, json: bool, repair: bool) -> ExitCode {
             log::warn!("reconcile figures not sent to StatsD at {addr}: {error}");
         }
     }
-    if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    }
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 /// This process's peak resident memory (VmHWM), where /proc says it.
