@@ -3,13 +3,15 @@
 # cluster and moto on 127.0.0.1, as the test suite starts them), dedup off, and measures with closed-loop
 # clients (scripts/loadgen.py):
 #   - the photo mix of ../shared/bench/images (in name order, in turn) at concurrency 1, 4 and 16;
-#   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, and a 12 MP phone photo held
-#     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS);
+#   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, a 12 MP phone photo held
+#     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS), and the same photo stored upright;
 #   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY;
 #   - a burst of 50 concurrent 15 MB uploads while 500 idle connections are held open, with one ordinary
 #     upload (the 451x300 JPEG) sent meanwhile and timed.
 # Per run: uploads/s, p50/p99 latency, the service's CPU ms per upload (from /proc, excluding the database
-# and the endpoint) and its peak RSS (VmHWM). Bounded in time and count; loopback only.
+# and the endpoint), its peak RSS (VmHWM), and the floor: the two models' own CPU time per upload in the same
+# window (`upshot_inference_cpu_seconds`, measured on their thread) with the ratio of the CPU per upload to
+# it. Bounded in time and count; loopback only.
 #
 #   scripts/load-bench.sh                      # about 3 minutes after the build
 # Environment: LOAD_SECONDS (15) and LOAD_WARMUP (3) per level, SINGLE_SECONDS (8) per single photo,
@@ -70,7 +72,9 @@ start_server
 load --label mix --images "$images" --levels 1,4,16 --warmup "$warmup" --seconds "$seconds"
 load --label "4000x3000 JPEG" --file "$images/astronaut_4000x3000.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
 load --label "451x300 JPEG" --file "$images/chelsea.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
-load --label "12 MP upright phone photo" --file "$state/photos/phone-upright.jpg" --levels 1 --warmup 1 \
+load --label "12 MP phone photo, EXIF orientation 6" --file "$state/photos/phone-upright.jpg" --levels 1 \
+    --warmup 1 --seconds "$single_seconds"
+load --label "the same photo stored upright" --file "$state/photos/phone-plain.jpg" --levels 1 --warmup 1 \
     --seconds "$single_seconds"
 start_server
 load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients 32
@@ -82,16 +86,19 @@ stop_server
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print("| run | concurrency | uploads/s | p50 ms | p99 ms | CPU ms/upload | peak RSS MB | errors |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| run | concurrency | uploads/s | p50 ms | p99 ms | CPU ms/upload | models' CPU ms/upload | CPU / models "
+      "| peak RSS MB | errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     if "outcomes" in r:
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))
         if "probe_status" in r:
             outcomes += f"; ordinary upload meanwhile: {r['probe_status']} in {r['probe_ms']:.0f} ms"
-        print(f"| {r['label']} | {r['clients']} | | | | | {r['peak_rss_mb']:.0f} | {outcomes} |")
+        print(f"| {r['label']} | {r['clients']} | | | | | | | {r['peak_rss_mb']:.0f} | {outcomes} |")
         continue
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"
+    models = r["models_cpu_ms_per_upload"]
     print(f"| {r['label']} | {r['clients']} | {r['uploads_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
-          f"| {r['cpu_ms_per_upload']:.1f} | {r['peak_rss_mb']:.0f} | {errors} |")
+          f"| {r['cpu_ms_per_upload']:.1f} | {models:.1f} | {r['cpu_ms_per_upload'] / models:.2f} "
+          f"| {r['peak_rss_mb']:.0f} | {errors} |")
 PY

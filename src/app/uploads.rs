@@ -138,7 +138,7 @@ impl App {
     /// Runs the models on an upright working image and records the inference time.
     pub async fn analyse(&self, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
         let analysis = self.inference.analyse(pixels).await?;
-        self.metrics.observe_inference(analysis.inference_ms);
+        self.metrics.observe_inference(analysis.inference_ms, analysis.models_cpu_ms);
         Ok(analysis)
     }
 }

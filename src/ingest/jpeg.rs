@@ -1,11 +1,10 @@
 //! JPEG with libjpeg-turbo: decoding at the DCT scale (1/8, 1/4, 1/2) that still covers the working size,
-//! lossless orientation in the DCT domain (as `jpegtran` does it), and thumbnail encoding. Every
+//! and thumbnail encoding. Every
 //! entropy-coded scan is decoded at any scale, and libjpeg's warnings (a truncated file, corrupt data) count
 //! as errors, so a damaged file is refused however small it is decoded.
 
-use image::metadata::Orientation;
 use image::RgbImage;
-use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp, Transform, TransformOp};
+use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
 
 use super::IngestError;
 use crate::imaging::WorkingSize;
@@ -59,48 +58,6 @@ pub fn decode_scaled(data: &[u8], needs: WorkingSize) -> Result<RgbImage, Ingest
     };
     decompressor.decompress(data, image.as_deref_mut()).map_err(corrupt)?;
     Ok(RgbImage::from_raw(scaled.width as u32, scaled.height as u32, image.pixels).expect("decoded to its size"))
-}
-
-fn transform_for(orientation: Orientation) -> TransformOp {
-    match orientation {
-        Orientation::NoTransforms => TransformOp::None,
-        Orientation::FlipHorizontal => TransformOp::Hflip,
-        Orientation::Rotate180 => TransformOp::Rot180,
-        Orientation::FlipVertical => TransformOp::Vflip,
-        Orientation::Rotate90FlipH => TransformOp::Transpose,
-        Orientation::Rotate90 => TransformOp::Rot90,
-        Orientation::Rotate270FlipH => TransformOp::Transverse,
-        Orientation::Rotate270 => TransformOp::Rot270,
-    }
-}
-
-/// How much of an edge a lossless turn may trim before re-encoding is the better trade.
-const MAX_TRIMMED_FRACTION: f64 = 0.01;
-
-/// Turns the JPEG upright in the DCT domain: no pixel is decoded or compressed again. Markers are kept (the
-/// caller strips metadata). When a side that moves is not a whole number of MCU blocks (16 pixels for 4:2:0),
-/// its partial blocks cannot move losslessly and are trimmed, as `jpegtran -trim` does; `None` when that
-/// would cut more than 1 % of a side (small images), where decoding and re-encoding is the better trade.
-pub fn orient_losslessly(data: &[u8], orientation: Orientation) -> Result<Option<Vec<u8>>, IngestError> {
-    let mut transformer = turbojpeg::Transformer::new().map_err(corrupt)?;
-    let mut transform = Transform::op(transform_for(orientation));
-    transform.perfect = true;
-    if let Ok(upright) = transformer.transform_to_vec(&transform, data) {
-        return Ok(Some(upright));
-    }
-    transform.perfect = false;
-    transform.trim = true;
-    let upright = transformer.transform_to_vec(&transform, data).map_err(corrupt)?;
-    let (width, height) = dimensions(data)?;
-    let (turned_width, turned_height) = dimensions(&upright)?;
-    let (expected_width, expected_height) = match orientation {
-        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH => {
-            (height, width)
-        }
-        _ => (width, height),
-    };
-    let kept = |turned: u32, expected: u32| f64::from(turned) >= f64::from(expected) * (1.0 - MAX_TRIMMED_FRACTION);
-    Ok((kept(turned_width, expected_width) && kept(turned_height, expected_height)).then_some(upright))
 }
 
 /// A baseline JPEG of the pixels, 4:2:0, for thumbnails.

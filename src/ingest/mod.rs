@@ -130,7 +130,7 @@ impl Upload {
     }
 }
 
-/// A validated upload, ready to store: metadata stripped, upright, thumbnail made.
+/// A validated upload, ready to store: metadata stripped, its size and working image upright, thumbnail made.
 pub struct PreparedImage {
     pub format: ImageFormat,
     pub original: Bytes,
@@ -147,11 +147,11 @@ pub struct PreparedImage {
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
 pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
     let (format, header) = identify(&upload.bytes, policy)?;
-    let stripped = sanitize::strip_metadata(&upload.bytes, format)?;
+    let stripped = sanitize::strip_metadata(&upload.bytes, format, header.orientation)?;
     let frames = sanitize::frame_count(&stripped, format)?;
     policy.limits.check_animation(frames, header.width, header.height)?;
-    // Decoding the stored bytes (or, for a JPEG turned upright, every scan of them), not the upload, proves
-    // that what we store is a valid image.
+    // Decoding the stored bytes (every scan of them, at any scale), not the upload, proves that what we store
+    // is a valid image.
     let upright = pixels::for_storage(stripped, format, header.orientation, policy)?;
     let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
     // Bytes that had nothing to strip or turn are stored as they came: their digest is already known.
@@ -169,11 +169,11 @@ pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, 
     })
 }
 
-/// The thumbnail of an image as stored (upright, metadata stripped), made as the upload made it: for a
-/// consistency repair whose thumbnail object is gone.
+/// The thumbnail of an image as stored (metadata stripped; a JPEG with the orientation it keeps), made as the
+/// upload made it: for a consistency repair whose thumbnail object is gone.
 pub fn thumbnail_of_stored(original: &[u8], policy: &IngestPolicy) -> Result<(Bytes, ImageFormat), IngestError> {
-    let (format, _) = identify(original, policy)?;
-    let upright = pixels::for_storage(original.to_vec(), format, image::metadata::Orientation::NoTransforms, policy)?;
+    let (format, header) = identify(original, policy)?;
+    let upright = pixels::for_storage(original.to_vec(), format, header.orientation, policy)?;
     let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
     Ok((thumb.bytes.into(), thumb.format))
 }

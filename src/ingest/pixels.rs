@@ -1,7 +1,8 @@
-//! From sanitized bytes to what is stored and what the models see: the upright original and one small working
-//! image. A JPEG is decoded at a DCT scale and turned upright losslessly, so a phone photo is never decoded at
-//! full size nor compressed again; other formats are decoded in full once, then downscaled, and their full
-//! bitmap is dropped before any I/O.
+//! From sanitized bytes to what is stored and what the models see: the original and one small, upright
+//! working image. A JPEG is stored as it came (its orientation kept as its only EXIF tag, which browsers and
+//! viewers follow) and decoded once, at the DCT scale that covers the working size, so a phone photo is never
+//! decoded at full size nor compressed again; other formats are decoded in full once, turned upright (and then
+//! encoded again), downscaled, and their full bitmap is dropped before any I/O.
 
 use image::metadata::Orientation;
 use image::{DynamicImage, GenericImageView, RgbImage};
@@ -11,8 +12,9 @@ use crate::imaging::{self, WorkingSize};
 
 /// What `for_storage` makes of an upload.
 pub struct Upright {
-    /// The bytes to store: upright, metadata already stripped.
+    /// The bytes to store, metadata already stripped: upright, or a JPEG that says how to turn it upright.
     pub original: Vec<u8>,
+    /// The size as people see it: upright.
     pub width: u32,
     pub height: u32,
     /// The working image, upright: RGB, or RGBA when the format has an alpha channel.
@@ -33,25 +35,19 @@ pub fn for_storage(
     if !uses_libjpeg(format, &stripped)? {
         return decoded_in_full(stripped, format, orientation, policy);
     }
-    if orientation == Orientation::NoTransforms {
-        let working = jpeg::decode_scaled(&stripped, policy.working)?;
-        let (width, height) = jpeg::dimensions(&stripped)?;
-        return Ok(Upright { original: stripped, width, height, working: DynamicImage::ImageRgb8(working) });
-    }
-    // The lossless turn and the scaled decode both read every scan of the same bytes; on two threads they
-    // cost one request half the time.
-    let (upright, working) = std::thread::scope(|scope| {
-        let turn = scope.spawn(|| jpeg::orient_losslessly(&stripped, orientation));
-        let working = jpeg::decode_scaled(&stripped, policy.working);
-        (turn.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), working)
-    });
-    let Some(original) = upright? else {
-        return decoded_in_full(stripped, format, orientation, policy);
-    };
-    let mut working = DynamicImage::ImageRgb8(working?);
+    let mut working = DynamicImage::ImageRgb8(jpeg::decode_scaled(&stripped, policy.working)?);
     working.apply_orientation(orientation);
-    let (width, height) = jpeg::dimensions(&original)?;
-    Ok(Upright { original, width, height, working })
+    let (width, height) = jpeg::dimensions(&stripped)?;
+    let (width, height) = if turns_sideways(orientation) { (height, width) } else { (width, height) };
+    Ok(Upright { original: stripped, width, height, working })
+}
+
+/// Whether turning by `orientation` swaps width and height.
+fn turns_sideways(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    )
 }
 
 /// Decodes every pixel, applies the orientation and, when it had to, re-encodes in the upload's format.

@@ -1,6 +1,10 @@
 //! Removes private metadata (EXIF with GPS and camera serials, XMP, IPTC, comments, text chunks) by
 //! rewriting the container, not the pixels: the stored image decodes to exactly the uploaded pixels.
-//! Bytes after the image's end marker (polyglot payloads) are dropped too.
+//! Bytes after the image's end marker (polyglot payloads) are dropped too. A JPEG keeps one fact of its EXIF,
+//! the orientation, in an EXIF segment written anew that holds nothing else: viewers and browsers turn the
+//! photo upright from it, so it is stored as the camera wrote it, not decoded and compressed again.
+
+use image::metadata::Orientation;
 
 use super::ImageFormat;
 
@@ -10,9 +14,11 @@ pub struct MalformedImage(pub &'static str);
 
 type Result<T> = std::result::Result<T, MalformedImage>;
 
-pub fn strip_metadata(data: &[u8], format: ImageFormat) -> Result<Vec<u8>> {
+/// The bytes without their metadata; a JPEG held other than upright (`orientation`) says so in a new EXIF
+/// segment of that tag alone. The other formats' orientation is applied to their pixels by the caller.
+pub fn strip_metadata(data: &[u8], format: ImageFormat, orientation: Orientation) -> Result<Vec<u8>> {
     match format {
-        ImageFormat::Jpeg => strip_jpeg(data),
+        ImageFormat::Jpeg => strip_jpeg(data, orientation),
         ImageFormat::Png => strip_png(data),
         ImageFormat::Webp => strip_webp(data),
         ImageFormat::Gif => strip_gif(data),
@@ -28,14 +34,31 @@ fn byte(data: &[u8], at: usize) -> Result<u8> {
     data.get(at).copied().ok_or(MalformedImage("the file is truncated"))
 }
 
+/// An APP1 segment whose EXIF holds the Orientation tag (0x0112) alone: a big-endian TIFF header, then one
+/// directory of one entry (a SHORT) and no next directory.
+pub fn orientation_segment(orientation: Orientation) -> [u8; 36] {
+    let mut segment = [0u8; 36];
+    segment[..4].copy_from_slice(&[0xFF, 0xE1, 0x00, 34]);
+    segment[4..10].copy_from_slice(b"Exif\0\0");
+    segment[10..18].copy_from_slice(b"MM\0\x2A\0\0\0\x08");
+    segment[18..20].copy_from_slice(&1u16.to_be_bytes());
+    segment[20..28].copy_from_slice(&[0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01]);
+    segment[28..30].copy_from_slice(&u16::from(orientation.to_exif()).to_be_bytes());
+    segment
+}
+
 /// JPEG keeps what decoding needs (tables, frame and scan headers, JFIF, ICC profile, Adobe colour
-/// transform) and drops APP1 (EXIF, XMP), APP3–APP13 (IPTC among them), APP15 and comments.
-fn strip_jpeg(data: &[u8]) -> Result<Vec<u8>> {
+/// transform) and drops APP1 (EXIF, XMP), APP3–APP13 (IPTC among them), APP15 and comments; the orientation,
+/// when there is one to keep, goes in a segment of its own right after the start of the image.
+fn strip_jpeg(data: &[u8], orientation: Orientation) -> Result<Vec<u8>> {
     if !data.starts_with(&[0xFF, 0xD8]) {
         return Err(MalformedImage("not a JPEG stream"));
     }
     let mut out = Vec::with_capacity(data.len());
     out.extend_from_slice(&[0xFF, 0xD8]);
+    if orientation != Orientation::NoTransforms {
+        out.extend_from_slice(&orientation_segment(orientation));
+    }
     let mut i = 2;
     loop {
         if byte(data, i)? != 0xFF {
@@ -285,11 +308,29 @@ mod tests {
         jpeg.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
         jpeg.extend_from_slice(&[0xFF, 0xD9]);
         jpeg.extend_from_slice(b"PK\x03\x04 zip payload");
-        let out = strip_jpeg(&jpeg).unwrap();
+        let out = strip_jpeg(&jpeg, Orientation::NoTransforms).unwrap();
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("Exif") && !text.contains("secret") && !text.contains("PK"));
         assert!(text.contains("JFIF"));
         assert!(out.ends_with(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xD9]));
+
+        // Held sideways, it keeps its orientation and nothing else of its EXIF; stripping again changes nothing.
+        let out = strip_jpeg(&jpeg, Orientation::Rotate90).unwrap();
+        assert_eq!(out[2..38], orientation_segment(Orientation::Rotate90));
+        assert!(!String::from_utf8_lossy(&out).contains("GPS-here"));
+        assert_eq!(strip_jpeg(&out, Orientation::Rotate90).unwrap(), out);
+    }
+
+    #[test]
+    fn the_orientation_segment_reads_back_as_that_orientation() {
+        use image::ImageDecoder;
+        let cat = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cat.jpg")).unwrap();
+        for exif in 2..=8 {
+            let orientation = Orientation::from_exif(exif).unwrap();
+            let held = strip_jpeg(&cat, orientation).unwrap();
+            let mut decoder = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(&held)).unwrap();
+            assert_eq!(decoder.orientation().unwrap(), orientation);
+        }
     }
 
     #[test]
@@ -316,7 +357,7 @@ mod tests {
 
     #[test]
     fn truncated_streams_are_rejected() {
-        assert!(strip_jpeg(&[0xFF, 0xD8, 0xFF, 0xE0, 0x00]).is_err());
+        assert!(strip_jpeg(&[0xFF, 0xD8, 0xFF, 0xE0, 0x00], Orientation::NoTransforms).is_err());
         assert!(strip_png(PNG_SIGNATURE).is_err());
         assert!(strip_gif(b"GIF89a\x01\x00\x01\x00\x00\x00\x00").is_err());
         assert!(strip_webp(b"RIFF\xff\x00\x00\x00WEBPVP8 ").is_err());

@@ -41,9 +41,9 @@ pub fn make(working: &DynamicImage, original: (u32, u32), max_side: u32) -> Resu
     }
 }
 
-/// Re-encodes pixels in their upload format, for non-JPEG images whose orientation had to be applied (and
-/// CMYK JPEGs, which cannot be turned losslessly here). Lossless formats stay lossless; JPEG is re-encoded
-/// at a high quality.
+/// Re-encodes pixels in their upload format, for images whose orientation had to be applied to their pixels:
+/// PNG, WebP and GIF (whose EXIF is not kept), and CMYK JPEGs (decoded by the general decoder). Lossless
+/// formats stay lossless; JPEG is re-encoded at a high quality.
 pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, IngestError> {
     let mut bytes = Vec::new();
     match format {

@@ -106,3 +106,58 @@ test('a hostile filename and description are shown as text, never run', async ()
   assert.deepEqual(problems, [], 'no alert dialog, no errors');
   await context.close();
 });
+
+// The mean difference, 0..255, between two images drawn at the same small size: the stored photo as the
+// browser shows it, and the thumbnail the service made from the upright pixels.
+async function shownLike(page, a, b) {
+  return page.evaluate(async ([a, b]) => {
+    const load = (src) => new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = reject;
+      img.src = src;
+    });
+    const pixels = (img, turned) => {
+      const canvas = Object.assign(document.createElement('canvas'), { width: 24, height: 36 });
+      const ctx = canvas.getContext('2d');
+      if (turned) {
+        ctx.translate(24, 36);
+        ctx.rotate(Math.PI);
+      }
+      ctx.drawImage(img, 0, 0, 24, 36);
+      return ctx.getImageData(0, 0, 24, 36).data;
+    };
+    const [first, second] = await Promise.all([load(a), load(b)]);
+    const difference = (x, y) => x.reduce((sum, v, i) => sum + Math.abs(v - y[i]), 0) / x.length;
+    return {
+      natural: [first.naturalWidth, first.naturalHeight],
+      same: difference(pixels(first, false), pixels(second, false)),
+      turned: difference(pixels(first, true), pixels(second, false)),
+    };
+  }, [a, b]);
+}
+
+test('a phone photo stored sideways shows upright, on its page and at its file URL', async () => {
+  // 451x300 as stored, EXIF orientation 6: upright it is 300 wide and 451 high.
+  const image = await apiUpload('cat-gps-rotated.jpg');
+  assert.deepEqual([image.width, image.height], [300, 451]);
+  const { context, page, problems } = await newPage(browser);
+  await page.goto(image.urls.page);
+  const natural = await page.$eval('.main-image', (el) => [el.naturalWidth, el.naturalHeight]);
+  assert.deepEqual(natural, [300, 451], 'the page shows the photo upright');
+  const shown = await page.locator('.main-image').boundingBox();
+  assert.ok(shown.height > shown.width, JSON.stringify(shown));
+  // Upright, not merely portrait: the photo as shown looks like its thumbnail, and unlike it turned over.
+  const compared = await shownLike(page, image.urls.file, image.urls.thumbnail);
+  assert.deepEqual(compared.natural, [300, 451]);
+  assert.ok(compared.same < 12 && compared.turned > 2 * compared.same, JSON.stringify(compared));
+  await screenshot(page, 'result-phone-photo.png');
+  assert.deepEqual(problems, []);
+
+  // Opened on its own, the file shows upright too. (The file's own CSP, default-src 'none', refuses the
+  // inline styles of Chromium's image viewer, as it should: those reports are not the page's.)
+  await page.goto(url(image.urls.file));
+  const alone = await page.$eval('img', (el) => [el.naturalWidth, el.naturalHeight]);
+  assert.deepEqual(alone, [300, 451], 'the file URL shows the photo upright');
+  await context.close();
+});
