@@ -7,6 +7,7 @@ pub mod guards;
 mod image_routes;
 pub mod openapi;
 mod ops;
+mod spooled;
 mod subscriptions;
 pub mod upload;
 mod upload_sessions;

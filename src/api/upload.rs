@@ -1,9 +1,9 @@
 //! The multipart upload form shared by the API, the compatibility route and the HTML form.
 
 use rocket::form::{self, Form};
-use rocket::fs::TempFile;
 use rocket::FromForm;
 
+use super::spooled::SpooledFile;
 use crate::app::{UploadMeta, UploadPermit, Uploaded};
 use crate::domain::display_filename;
 use crate::domain::human_bytes;
@@ -13,7 +13,7 @@ use crate::state::AppState;
 
 #[derive(FromForm)]
 pub struct UploadForm<'r> {
-    pub file: TempFile<'r>,
+    pub file: SpooledFile<'r>,
     pub description: Option<String>,
     /// Only the HTML form sends it; the JSON API uses no cookies and ignores it.
     pub csrf_token: Option<String>,
@@ -80,9 +80,9 @@ pub fn form_error(errors: &form::Errors<'_>, state: &AppState) -> AppError {
 /// room for them; an empty file is a missing one.
 async fn open_spooled<'f>(
     state: &AppState,
-    file: &'f TempFile<'_>,
+    file: &'f SpooledFile<'_>,
 ) -> AppResult<(impl tokio::io::AsyncRead + Unpin + 'f, UploadPermit)> {
-    if file.len() == 0 {
+    if file.is_empty() {
         return Err(AppError::new(ErrorCode::MissingFile, "The uploaded file is empty."));
     }
     let permit = state.app.admit_upload(file.len()).await?;
@@ -90,13 +90,13 @@ async fn open_spooled<'f>(
 }
 
 /// The uploaded file as an upload to store: read and hashed in one pass.
-pub async fn read_upload(state: &AppState, file: &TempFile<'_>) -> AppResult<(Upload, UploadPermit)> {
+pub async fn read_upload(state: &AppState, file: &SpooledFile<'_>) -> AppResult<(Upload, UploadPermit)> {
     let (spooled, permit) = open_spooled(state, file).await?;
     Ok((Upload::read(spooled, file.len()).await.map_err(AppError::internal)?, permit))
 }
 
 /// The uploaded file's bytes, for work that stores nothing and needs no digest.
-pub async fn read_bytes(state: &AppState, file: &TempFile<'_>) -> AppResult<(Vec<u8>, UploadPermit)> {
+pub async fn read_bytes(state: &AppState, file: &SpooledFile<'_>) -> AppResult<(Vec<u8>, UploadPermit)> {
     use tokio::io::AsyncReadExt;
     let (mut spooled, permit) = open_spooled(state, file).await?;
     let mut bytes = Vec::with_capacity(file.len() as usize);

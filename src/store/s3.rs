@@ -95,6 +95,10 @@ impl ObjectStore for S3Store {
             .key(&full)
             .content_type(content_type)
             .body(ByteStream::from(body))
+            // The SDK's CRC32 of the body (its default checksum, which S3 verifies) guards the bytes; signing
+            // them as well would hash every byte again with SHA-256. The request itself stays signed.
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| backend("put", &full, e))?;
