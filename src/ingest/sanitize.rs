@@ -96,16 +96,15 @@ fn strip_jpeg(data: &[u8], orientation: Orientation) -> Result<Vec<u8>> {
         }
         i += len;
         if marker == 0xDA {
-            // Entropy-coded data runs to the next marker that is not a stuffed byte or a restart marker.
+            // Entropy-coded data runs to the next marker that is not a stuffed byte or a restart marker; memchr
+            // finds each 0xFF a machine word or a vector at a time.
             let start = i;
             loop {
-                if byte(data, i)? == 0xFF {
-                    match byte(data, i + 1)? {
-                        0x00 | 0xD0..=0xD7 => i += 2,
-                        _ => break,
-                    }
-                } else {
-                    i += 1;
+                i += memchr::memchr(0xFF, data.get(i..).unwrap_or_default())
+                    .ok_or(MalformedImage("the file is truncated"))?;
+                match byte(data, i + 1)? {
+                    0x00 | 0xD0..=0xD7 => i += 2,
+                    _ => break,
                 }
             }
             out.extend_from_slice(&data[start..i]);
