@@ -97,8 +97,9 @@ for r in rows:
         print(f"| {r['label']} | {r['clients']} | | | | | | | {r['peak_rss_mb']:.0f} | {outcomes} |")
         continue
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"
+    # A binary that does not export the models' CPU time (an older one, measured for comparison) has no floor.
     models = r["models_cpu_ms_per_upload"]
+    floor = f"{models:.1f} | {r['cpu_ms_per_upload'] / models:.2f}" if models > 0 else "– | –"
     print(f"| {r['label']} | {r['clients']} | {r['uploads_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
-          f"| {r['cpu_ms_per_upload']:.1f} | {models:.1f} | {r['cpu_ms_per_upload'] / models:.2f} "
-          f"| {r['peak_rss_mb']:.0f} | {errors} |")
+          f"| {r['cpu_ms_per_upload']:.1f} | {floor} | {r['peak_rss_mb']:.0f} | {errors} |")
 PY

@@ -1,5 +1,5 @@
 //! An uploaded file, spooled to disk under the spool directory as Rocket's `TempFile` is, but written in
-//! large pieces: `TempFile` writes each 8 KiB of the body as its own blocking task (a 12 MP photo took some
+//! larger pieces: `TempFile` writes each 8 KiB of the body as its own blocking task (a 12 MP photo took some
 //! 900 writes and twice as many thread wake-ups), this one in `SPOOL_WRITE`-sized writes.
 
 use rocket::data::Limits;
@@ -7,8 +7,10 @@ use rocket::form::{self, DataField, FromFormField, ValueField};
 use rocket::fs::FileName;
 use tokio::io::AsyncWriteExt;
 
-/// How much of the body is written to the spool file at once.
-const SPOOL_WRITE: usize = 1 << 20;
+/// How much of the body is written to the spool file at once: few writes, and a buffer small enough that many
+/// bodies arriving at once hold little memory (it is held, with the file's own copy of a write in flight, per
+/// body being received).
+const SPOOL_WRITE: usize = 256 << 10;
 
 /// The file field of an upload form; the spool file is removed when this is dropped.
 pub struct SpooledFile<'r> {
