@@ -59,7 +59,7 @@ fn stages(c: &mut Criterion) {
     let mut group = c.benchmark_group("stages");
     group.sample_size(30).measurement_time(Duration::from_secs(4));
     group.bench_function("decode jpeg 451x300", |b| b.iter(|| image::load_from_memory(black_box(&cat_bytes)).unwrap()));
-    group.bench_function("prepare jpeg (strip, decode, orient, thumbnail, sha256)", |b| {
+    group.bench_function("prepare jpeg (strip, keep the orientation, decode, thumbnail, sha256)", |b| {
         b.iter(|| ingest::prepare(&Upload::new(black_box(&cat_bytes).clone()), &policy).unwrap())
     });
 
