@@ -85,19 +85,6 @@ impl From<&ImageRecord> for ImageView {
     }
 }
 
-impl App {
-    /// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
-    pub async fn image(&self, id: &ImageId) -> AppResult<ImageRecord> {
-        let id = id.to_string();
-        let record = self.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
-        match record.status {
-            ImageStatus::Stored => Ok(record),
-            ImageStatus::Missing => Err(AppError::image_missing()),
-            _ => Err(AppError::not_found()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Original,
@@ -110,7 +97,24 @@ pub struct ImageObject {
     pub etag: String,
 }
 
+/// Who asks for a delete.
+pub enum DeleteAuthority<'a> {
+    Token(&'a str),
+    Admin,
+}
+
 impl App {
+    /// A stored image. One whose original was found gone (`upshot reconcile --repair`) answers 410.
+    pub async fn image(&self, id: &ImageId) -> AppResult<ImageRecord> {
+        let id = id.to_string();
+        let record = self.db.run(move |conn| image_rows::find_any(conn, &id)).await?.ok_or_else(AppError::not_found)?;
+        match record.status {
+            ImageStatus::Stored => Ok(record),
+            ImageStatus::Missing => Err(AppError::image_missing()),
+            _ => Err(AppError::not_found()),
+        }
+    }
+
     pub async fn image_object(&self, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
         let record = self.image(id).await?;
         let (key, content_type) = match variant {
@@ -121,15 +125,7 @@ impl App {
         let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
         Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
     }
-}
 
-/// Who asks for a delete.
-pub enum DeleteAuthority<'a> {
-    Token(&'a str),
-    Admin,
-}
-
-impl App {
     /// Removes the row and, unless other rows share them, the objects. The row is marked first and removed
     /// last, so a failure half-way leaves a hidden row that a retried delete finishes, never an orphan object.
     pub async fn delete_image(&self, id: &ImageId, authority: DeleteAuthority<'_>) -> AppResult<()> {

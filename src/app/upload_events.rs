@@ -12,8 +12,7 @@ use aws_sdk_sqs::Client;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::App;
-use crate::app::direct_uploads;
+use super::{direct_uploads, App};
 use crate::domain::ImageId;
 use crate::error::ErrorCode;
 

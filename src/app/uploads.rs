@@ -60,6 +60,13 @@ impl App {
         .await
         .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
     }
+
+    /// Runs the models on an upright working image and records the inference time.
+    pub async fn analyse(&self, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
+        let analysis = self.inference.analyse(pixels).await?;
+        self.metrics.observe_inference(analysis.inference_ms, analysis.models_cpu_ms);
+        Ok(analysis)
+    }
 }
 
 /// The earlier result for this `Idempotency-Key`, when the same bytes were sent with it.
@@ -131,15 +138,6 @@ async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppRes
                 return Err(error.into());
             }
         }
-    }
-}
-
-impl App {
-    /// Runs the models on an upright working image and records the inference time.
-    pub async fn analyse(&self, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
-        let analysis = self.inference.analyse(pixels).await?;
-        self.metrics.observe_inference(analysis.inference_ms, analysis.models_cpu_ms);
-        Ok(analysis)
     }
 }
 
