@@ -371,6 +371,8 @@ if [ "$failed" -gt 0 ]; then
     inside tail -n 60 /opt/codedeploy-agent/deployment-logs/codedeploy-agent-deployments.log 2>/dev/null || true
     echo "--- journal of upshot.service (last 40 lines)"
     inside journalctl -u upshot.service -o cat --no-pager 2>/dev/null | tail -n 40 || true
+    echo "--- journal of upshot-reconcile.service (last 40 lines)"
+    inside journalctl -u upshot-reconcile.service --no-pager 2>/dev/null | tail -n 40 || true
 fi
 echo "rehearsal: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
