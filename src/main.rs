@@ -86,6 +86,10 @@ fn return_large_buffers_to_the_os() {}
 #[rocket::main]
 async fn main() -> ExitCode {
     return_large_buffers_to_the_os();
+    // The built-in libpq starts OpenSSL itself, and OpenSSL then frees its state at exit while a pool thread
+    // may still be closing a TLS connection to the database: a SIGSEGV after the work is done (seen from
+    // `upshot reconcile` under systemd). Started here first, OpenSSL leaves that cleanup to the OS.
+    openssl_sys::init();
     upshot::telemetry::init_logging();
     let config = match load_config() {
         Ok(config) => config,
