@@ -250,7 +250,7 @@ fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
     let lease = std::time::Duration::from_secs(settings.outbox.outbox_lease_secs);
     let publish_timeout = config::SNS_PUBLISH_TIMEOUT;
     let config = notify::relay::RelayConfig {
-        batch: notify::relay::batch_for(lease, publish_timeout, 20),
+        batch: notify::relay::batch_for(lease, publish_timeout, 100),
         lease,
         poll: std::time::Duration::from_millis(settings.outbox.outbox_poll_ms),
         max_attempts: settings.outbox.outbox_max_attempts,

@@ -60,35 +60,29 @@ pub fn claim_due(
     })
 }
 
-/// Settles a claimed row; false when the claim was lost (the lease ran out and another relay took it).
-fn settle(
+/// The row as this relay claimed it: `attempts` doubles as the claim's token, so a row claimed again since
+/// (its lease ran out) no longer matches.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn still_claimed<'a>(row: &'a OutboxRow) -> _ {
+    let id: &'a str = &row.id;
+    let processing: OutboxStatus = OutboxStatus::Processing;
+    let attempts: i32 = row.attempts;
+    outbox::table.filter(outbox::id.eq(id)).filter(outbox::status.eq(processing)).filter(outbox::attempts.eq(attempts))
+}
+
+/// Gives a claimed row back as `status`, due at `available_at`; false when the claim was lost (the lease ran out
+/// and another relay took it).
+fn settle_unsent(
     conn: &mut DbConnection,
     row: &OutboxRow,
     status: OutboxStatus,
     available_at: NaiveDateTime,
-    error: Option<&str>,
-    published_at: Option<NaiveDateTime>,
-    attempts: i32,
+    error: &str,
 ) -> Result<bool, DbError> {
-    let changed = diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(&row.id))
-            .filter(outbox::status.eq(OutboxStatus::Processing))
-            .filter(outbox::attempts.eq(row.attempts)),
-    )
-    .set((
-        outbox::status.eq(status),
-        outbox::available_at.eq(available_at),
-        outbox::last_error.eq(error),
-        outbox::published_at.eq(published_at),
-        outbox::attempts.eq(attempts),
-    ))
-    .execute(conn)?;
+    let changed = diesel::update(still_claimed(row))
+        .set((outbox::status.eq(status), outbox::available_at.eq(available_at), outbox::last_error.eq(Some(error))))
+        .execute(conn)?;
     Ok(changed == 1)
-}
-
-pub fn mark_sent(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
-    settle(conn, row, OutboxStatus::Sent, now, row.last_error.as_deref(), Some(now), row.attempts)
 }
 
 pub fn mark_retry(
@@ -97,36 +91,32 @@ pub fn mark_retry(
     next_attempt: NaiveDateTime,
     error: &str,
 ) -> Result<bool, DbError> {
-    settle(conn, row, OutboxStatus::Pending, next_attempt, Some(error), None, row.attempts)
+    settle_unsent(conn, row, OutboxStatus::Pending, next_attempt, error)
 }
 
 pub fn mark_failed(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime, error: &str) -> Result<bool, DbError> {
-    settle(conn, row, OutboxStatus::Failed, now, Some(error), None, row.attempts)
+    settle_unsent(conn, row, OutboxStatus::Failed, now, error)
 }
 
-/// Settles claimed rows published together in digest `digest_id`; how many were still this relay's.
-pub fn mark_digested(
+/// Settles claimed rows as published, in one transaction: each alone, or together in digest `digest_id`.
+/// Returns how many were still this relay's.
+pub fn mark_sent(
     conn: &mut DbConnection,
     rows: &[OutboxRow],
-    digest_id: &str,
     now: NaiveDateTime,
+    digest_id: Option<&str>,
 ) -> Result<usize, DbError> {
     conn.transaction(|conn| {
         let mut settled = 0;
         for row in rows {
-            settled += diesel::update(
-                outbox::table
-                    .filter(outbox::id.eq(&row.id))
-                    .filter(outbox::status.eq(OutboxStatus::Processing))
-                    .filter(outbox::attempts.eq(row.attempts)),
-            )
-            .set((
-                outbox::status.eq(OutboxStatus::Sent),
-                outbox::available_at.eq(now),
-                outbox::published_at.eq(Some(now)),
-                outbox::digest_id.eq(Some(digest_id)),
-            ))
-            .execute(conn)?;
+            settled += diesel::update(still_claimed(row))
+                .set((
+                    outbox::status.eq(OutboxStatus::Sent),
+                    outbox::available_at.eq(now),
+                    outbox::published_at.eq(Some(now)),
+                    outbox::digest_id.eq(digest_id),
+                ))
+                .execute(conn)?;
         }
         Ok(settled)
     })
@@ -150,9 +140,22 @@ pub fn last_digest_at(conn: &mut DbConnection) -> Result<Option<NaiveDateTime>, 
         .first(conn)?)
 }
 
-/// Gives back a claimed row that was not tried (shutdown): due at once, the claim not counted.
-pub fn release(conn: &mut DbConnection, row: &OutboxRow, now: NaiveDateTime) -> Result<bool, DbError> {
-    settle(conn, row, OutboxStatus::Pending, now, row.last_error.as_deref(), None, row.attempts - 1)
+/// Gives claimed rows back unpublished and due now, their claim undone (`attempts` as before it), in one
+/// transaction; how many were still this relay's.
+pub fn release(conn: &mut DbConnection, rows: &[OutboxRow], now: NaiveDateTime) -> Result<usize, DbError> {
+    conn.transaction(|conn| {
+        let mut released = 0;
+        for row in rows {
+            released += diesel::update(still_claimed(row))
+                .set((
+                    outbox::status.eq(OutboxStatus::Pending),
+                    outbox::available_at.eq(now),
+                    outbox::attempts.eq(row.attempts - 1),
+                ))
+                .execute(conn)?;
+        }
+        Ok(released)
+    })
 }
 
 /// `upshot outbox retry`: parked rows (all, or one) become due again with a fresh attempt budget.

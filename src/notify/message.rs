@@ -26,15 +26,16 @@ pub struct Notification {
 impl Notification {
     /// The per-protocol bodies for SNS's `MessageStructure=json`.
     pub fn structured_body(&self) -> String {
+        let machine = self.machine_body();
         json!({
             "default": self.email,
             "email": self.email,
             "email-json": self.email,
             "sms": self.sms,
-            "sqs": self.machine_body(),
-            "lambda": self.machine_body(),
-            "http": self.machine_body(),
-            "https": self.machine_body(),
+            "sqs": machine,
+            "lambda": machine,
+            "http": machine,
+            "https": machine,
         })
         .to_string()
     }

@@ -14,7 +14,7 @@ pub use subscriptions::{Subscription, SubscriptionRequest};
 
 use crate::config::{NotifierKind, NotifySettings};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NotifyError {
     /// Worth retrying: the endpoint was unreachable, throttled or failing.
     #[error("publishing failed: {0}")]
@@ -29,6 +29,14 @@ pub enum NotifyError {
 #[rocket::async_trait]
 pub trait Notifier: Send + Sync {
     async fn publish(&self, notification: &Notification) -> Result<(), NotifyError>;
+    /// Publishes several, in as few requests as the notifier allows; one outcome per notification, in order.
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), NotifyError>> {
+        let mut outcomes = Vec::with_capacity(notifications.len());
+        for notification in notifications {
+            outcomes.push(self.publish(notification).await);
+        }
+        outcomes
+    }
     async fn subscribe(&self, request: &SubscriptionRequest) -> Result<Subscription, NotifyError>;
     async fn subscriptions(&self) -> Result<Vec<Subscription>, NotifyError>;
     async fn unsubscribe(&self, id: &str) -> Result<(), NotifyError>;

@@ -1,6 +1,6 @@
 //! The outbox relay: one task per instance that publishes committed notifications. It wakes when an upload
-//! commits (and on a slow poll, for rows from other instances and for retries), claims due rows, publishes,
-//! and settles each: sent, retried later with exponential backoff and jitter, or parked as `failed` after
+//! commits (and on a slow poll, for rows from other instances and for retries), claims due rows, publishes
+//! them ten to a request, and settles each: sent, retried later with exponential backoff and jitter, or parked as `failed` after
 //! the last attempt. Publishing is at least once: a crash between publish and settle publishes again.
 //!
 //! Every subscriber gets what the topic gets, so the topic's messages are what is limited: at most
@@ -48,10 +48,11 @@ pub struct Relay {
     failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// How many claimed messages one relay can publish within half its lease, at most `limit`.
+/// How many claimed messages one relay can publish within half its lease, at most `limit`: each request of
+/// `PUBLISH_CHUNK` messages may take up to `publish_timeout`.
 pub fn batch_for(lease: Duration, publish_timeout: Duration, limit: i64) -> i64 {
-    let fits = lease.as_secs_f64() / (2.0 * publish_timeout.as_secs_f64().max(0.001));
-    (fits.floor() as i64).clamp(1, limit)
+    let requests = (lease.as_secs_f64() / (2.0 * publish_timeout.as_secs_f64().max(0.001))).floor() as i64;
+    (requests.max(1) * PUBLISH_CHUNK as i64).min(limit).max(1)
 }
 
 /// What one pass over the outbox did.
@@ -76,6 +77,9 @@ pub fn backoff(attempts: i32, base: Duration, cap: Duration) -> Duration {
 /// The most uploads one digest sums up; more wait for the next.
 const DIGEST_MAX: i64 = 1000;
 
+/// Claimed rows published together: SNS's PublishBatch takes 10 messages per request.
+const PUBLISH_CHUNK: usize = 10;
+
 /// How often a publish outcome is offered again to a database that could not take it.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
@@ -88,7 +92,7 @@ impl Relay {
         Relay { db, notifier, config, wake, failing: Arc::default() }
     }
 
-    /// Runs until `shutdown` turns true; a pass under way finishes the message it is publishing and gives
+    /// Runs until `shutdown` turns true; a pass under way finishes the request it is publishing and gives
     /// the rest of its claim back.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         log::info!("outbox relay started, publishing to {}", self.notifier.describe());
@@ -127,67 +131,100 @@ impl Relay {
         let claimed =
             self.db.run(move |conn| outbox::claim_due(conn, crate::domain::now(), later(lease), batch)).await?;
         let mut report = PassReport { claimed: claimed.len(), ..PassReport::default() };
-        for row in claimed {
-            if *shutdown.borrow() {
-                let now = crate::domain::now();
-                self.db.run(move |conn| outbox::release(conn, &row, now)).await?;
-                report.released += 1;
-                continue;
-            }
+        let mut claimed = claimed.into_iter().peekable();
+        while claimed.peek().is_some() {
+            let chunk: Vec<OutboxRow> = claimed.by_ref().take(PUBLISH_CHUNK).collect();
             // A claim about to run out is given back unpublished: past its lease, another relay may publish it.
-            let deadline =
-                row.available_at - chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
-            if crate::domain::now() >= deadline {
-                self.db.run(move |conn| outbox::release(conn, &row, crate::domain::now())).await?;
-                report.released += 1;
+            let publish_timeout = chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
+            let deadline = chunk.iter().map(|row| row.available_at).min().unwrap_or_default() - publish_timeout;
+            if *shutdown.borrow() || crate::domain::now() >= deadline {
+                report.released += chunk.len();
+                let now = crate::domain::now();
+                self.db.run(move |conn| outbox::release(conn, &chunk, now)).await?;
                 continue;
             }
-            match self.publish(&row).await {
-                Ok(()) => {
-                    if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        log::info!("notifications: publishing works again; delayed messages are going out");
-                    }
-                    self.settle(row, shutdown, |conn, row| outbox::mark_sent(conn, row, crate::domain::now())).await?;
-                    report.sent += 1;
-                }
-                Err(error) => {
-                    let permanent = matches!(error, NotifyError::Permanent(_));
-                    let text = error.to_string();
-                    let age = (crate::domain::now() - row.created_at).to_std().unwrap_or_default();
-                    let out_of_attempts = self.config.max_attempts > 0 && row.attempts >= self.config.max_attempts;
-                    if permanent || out_of_attempts || age >= self.config.retry_horizon {
-                        log::error!(
-                            "outbox message {} for image {} parked as failed after {} attempt(s): {text}",
-                            row.id,
-                            row.image_id,
-                            row.attempts
-                        );
-                        let park =
-                            move |conn: &mut _, row: &_| outbox::mark_failed(conn, row, crate::domain::now(), &text);
-                        self.settle(row, shutdown, park).await?;
-                        report.failed += 1;
-                    } else {
-                        let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
-                        if !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                            log::warn!(
-                                "notifications: publishing fails ({text}); retrying with backoff for up to {} h",
-                                self.config.retry_horizon.as_secs() / 3600
-                            );
-                        }
-                        log::debug!(
-                            "outbox message {} attempt {} failed, next in {:.1} s: {text}",
-                            row.id,
-                            row.attempts,
-                            delay.as_secs_f64()
-                        );
-                        let retry = move |conn: &mut _, row: &_| outbox::mark_retry(conn, row, later(delay), &text);
-                        self.settle(row, shutdown, retry).await?;
-                        report.retried += 1;
-                    }
-                }
-            }
+            self.publish_chunk(chunk, shutdown, &mut report).await?;
         }
         Ok(report)
+    }
+
+    /// Publishes claimed rows together, then settles them: those sent in one transaction, the others one by
+    /// one, retried later or parked.
+    async fn publish_chunk(
+        &self,
+        chunk: Vec<OutboxRow>,
+        shutdown: &watch::Receiver<bool>,
+        report: &mut PassReport,
+    ) -> Result<(), DbError> {
+        let mut outcomes: Vec<Result<(), NotifyError>> = Vec::with_capacity(chunk.len());
+        let mut notifications = Vec::with_capacity(chunk.len());
+        for row in &chunk {
+            match serde_json::from_str::<ImageUploaded>(&row.payload) {
+                Ok(event) => {
+                    notifications.push(message::for_upload(&row.id, &event, &self.config.public_url));
+                    outcomes.push(Ok(()));
+                }
+                Err(error) => outcomes.push(Err(NotifyError::Permanent(format!("unreadable payload: {error}")))),
+            }
+        }
+        let mut published = self.notifier.publish_all(&notifications).await.into_iter();
+        for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+            *outcome = published.next().unwrap_or_else(|| Err(NotifyError::Transient("not published".to_owned())));
+        }
+
+        let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+        for (row, outcome) in chunk.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => sent.push(row),
+                Err(error) => unsent.push((row, error)),
+            }
+        }
+        if !sent.is_empty() {
+            if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                log::info!("notifications: publishing works again; delayed messages are going out");
+            }
+            report.sent += sent.len();
+            self.settle(sent, shutdown, |conn, rows| outbox::mark_sent(conn, rows, crate::domain::now(), None)).await?;
+        }
+        for (row, error) in unsent {
+            let permanent = matches!(error, NotifyError::Permanent(_));
+            let text = error.to_string();
+            let age = (crate::domain::now() - row.created_at).to_std().unwrap_or_default();
+            let out_of_attempts = self.config.max_attempts > 0 && row.attempts >= self.config.max_attempts;
+            if permanent || out_of_attempts || age >= self.config.retry_horizon {
+                log::error!(
+                    "outbox message {} for image {} parked as failed after {} attempt(s): {text}",
+                    row.id,
+                    row.image_id,
+                    row.attempts
+                );
+                let park = move |conn: &mut _, rows: &[OutboxRow]| {
+                    outbox::mark_failed(conn, &rows[0], crate::domain::now(), &text).map(usize::from)
+                };
+                self.settle(vec![row], shutdown, park).await?;
+                report.failed += 1;
+            } else {
+                let delay = backoff(row.attempts, self.config.backoff_base, self.config.backoff_cap);
+                if !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!(
+                        "notifications: publishing fails ({text}); retrying with backoff for up to {} h",
+                        self.config.retry_horizon.as_secs() / 3600
+                    );
+                }
+                log::debug!(
+                    "outbox message {} attempt {} failed, next in {:.1} s: {text}",
+                    row.id,
+                    row.attempts,
+                    delay.as_secs_f64()
+                );
+                let retry = move |conn: &mut _, rows: &[OutboxRow]| {
+                    outbox::mark_retry(conn, &rows[0], later(delay), &text).map(usize::from)
+                };
+                self.settle(vec![row], shutdown, retry).await?;
+                report.retried += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The hour's allowance is spent: what is due waits, and goes out as one digest once the last digest is
@@ -213,7 +250,7 @@ impl Relay {
             Ok(()) => {
                 log::info!("notifications: {} upload(s) sent in digest {digest_id}", claimed.len());
                 let now = crate::domain::now();
-                report.sent = self.db.run(move |conn| outbox::mark_digested(conn, &claimed, &digest_id, now)).await?;
+                report.sent = self.db.run(move |conn| outbox::mark_sent(conn, &claimed, now, Some(&digest_id))).await?;
             }
             Err(error) => {
                 let text = error.to_string();
@@ -229,34 +266,32 @@ impl Relay {
         Ok(report)
     }
 
-    async fn publish(&self, row: &OutboxRow) -> Result<(), NotifyError> {
-        let event: ImageUploaded = serde_json::from_str(&row.payload)
-            .map_err(|e| NotifyError::Permanent(format!("unreadable payload: {e}")))?;
-        let notification = message::for_upload(&row.id, &event, &self.config.public_url);
-        self.notifier.publish(&notification).await
-    }
-
     /// Records the outcome of a publish. When the database is briefly unreachable (a restart, a failover) the
     /// outcome is kept and retried until the claim's lease runs out, so a message already published is not
     /// published again once the database is back.
-    async fn settle<F>(&self, row: OutboxRow, shutdown: &watch::Receiver<bool>, settle: F) -> Result<(), DbError>
+    async fn settle<F>(&self, rows: Vec<OutboxRow>, shutdown: &watch::Receiver<bool>, settle: F) -> Result<(), DbError>
     where
-        F: Fn(&mut crate::db::DbConnection, &OutboxRow) -> Result<bool, DbError> + Clone + Send + 'static,
+        F: Fn(&mut crate::db::DbConnection, &[OutboxRow]) -> Result<usize, DbError> + Clone + Send + 'static,
     {
-        let lease_ends = row.available_at;
+        let lease_ends = rows.iter().map(|row| row.available_at).min().unwrap_or_default();
+        let rows = Arc::new(rows);
         loop {
-            let (attempt, claimed) = (settle.clone(), row.clone());
+            let (attempt, claimed) = (settle.clone(), rows.clone());
             match self.db.run(move |conn| attempt(conn, &claimed)).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
-                    log::warn!(
-                        "outbox message {}: the claim expired before it was settled; another relay owns it now",
-                        row.id
-                    );
+                Ok(settled) => {
+                    if settled < rows.len() {
+                        let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+                        log::warn!(
+                            "outbox: {} of the messages {} had their claim expire before they were settled; another \
+                             relay owns them now",
+                            rows.len() - settled,
+                            ids.join(", ")
+                        );
+                    }
                     return Ok(());
                 }
                 Err(error) if error.is_unavailable() && crate::domain::now() < lease_ends && !*shutdown.borrow() => {
-                    log::debug!("outbox message {}: settling waits for the database: {error}", row.id);
+                    log::debug!("outbox: settling {} message(s) waits for the database: {error}", rows.len());
                     tokio::time::sleep(SETTLE_RETRY).await;
                 }
                 Err(error) => return Err(error),

@@ -2,7 +2,9 @@
 //! the SDK's default chain (the instance role in production).
 
 use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sns::types::MessageAttributeValue;
+use std::collections::HashMap;
+
+use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sns::Client;
 
 use super::subscriptions::{Subscription, SubscriptionRequest};
@@ -47,6 +49,47 @@ impl SnsNotifier {
     fn is_fifo(&self) -> bool {
         self.topic_arn.ends_with(".fifo")
     }
+
+    /// Sends one PublishBatch request and records each entry's outcome at its notification's index (the
+    /// entry's id). An entry SNS failed by the sender's fault is refused for good; others are worth retrying.
+    async fn publish_batch(
+        &self,
+        entries: Vec<(usize, PublishBatchRequestEntry)>,
+        outcomes: &mut [Result<(), NotifyError>],
+    ) {
+        let indexes: Vec<usize> = entries.iter().map(|(index, _)| *index).collect();
+        let request = self
+            .client
+            .publish_batch()
+            .topic_arn(&self.topic_arn)
+            .set_publish_batch_request_entries(Some(entries.into_iter().map(|(_, entry)| entry).collect()));
+        let output = match request.send().await {
+            Ok(output) => output,
+            Err(error) => {
+                let error = classify(error);
+                for index in indexes {
+                    outcomes[index] = Err(error.clone());
+                }
+                return;
+            }
+        };
+        for failed in output.failed() {
+            let Some(index) = failed.id().parse::<usize>().ok().filter(|index| indexes.contains(index)) else {
+                continue;
+            };
+            let text = format!("{}: {}", failed.code(), failed.message().unwrap_or_default());
+            outcomes[index] =
+                Err(if failed.sender_fault() { NotifyError::Permanent(text) } else { NotifyError::Transient(text) });
+        }
+        // An entry SNS answered neither way is not known to be published: it is tried again.
+        let answered: std::collections::HashSet<&str> =
+            output.successful().iter().filter_map(|ok| ok.id()).chain(output.failed().iter().map(|f| f.id())).collect();
+        for index in indexes {
+            if !answered.contains(index.to_string().as_str()) {
+                outcomes[index] = Err(NotifyError::Transient("SNS did not answer for this message".to_owned()));
+            }
+        }
+    }
 }
 
 /// Throttling, server errors and network failures are worth retrying; a refused request is not.
@@ -67,39 +110,107 @@ fn classify<E: std::error::Error + ProvideErrorMetadata + 'static>(error: SdkErr
     }
 }
 
+/// SNS takes at most 10 messages in one PublishBatch request, of at most 256 KiB together.
+const BATCH_ENTRIES: usize = 10;
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What one notification becomes in a request: its JSON body and its message attributes.
+struct Outgoing {
+    body: String,
+    attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl Outgoing {
+    fn new(n: &Notification) -> Result<Self, NotifyError> {
+        let attribute = |data_type: &str, value: String| {
+            MessageAttributeValue::builder()
+                .data_type(data_type)
+                .string_value(value)
+                .build()
+                .map_err(|e| NotifyError::Permanent(e.to_string()))
+        };
+        let mut attributes = HashMap::with_capacity(n.attributes.len() + 1);
+        for (name, value) in &n.attributes {
+            attributes.insert((*name).to_owned(), attribute("String", value.clone())?);
+        }
+        if !n.labels.is_empty() {
+            let labels = serde_json::to_string(&n.labels).map_err(|e| NotifyError::Permanent(e.to_string()))?;
+            attributes.insert("top_label".to_owned(), attribute("String.Array", labels)?);
+        }
+        Ok(Outgoing { body: n.structured_body(), attributes })
+    }
+
+    /// The bytes SNS counts against a message's (and a batch's) size limit: body and attributes.
+    fn size(&self) -> usize {
+        let attributes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.data_type().len() + value.string_value().map_or(0, str::len))
+            .sum();
+        self.body.len() + attributes
+    }
+}
+
 #[rocket::async_trait]
 impl Notifier for SnsNotifier {
     async fn publish(&self, n: &Notification) -> Result<(), NotifyError> {
+        let outgoing = Outgoing::new(n)?;
         let mut request = self
             .client
             .publish()
             .topic_arn(&self.topic_arn)
             .subject(&n.subject)
             .message_structure("json")
-            .message(n.structured_body());
-        for (name, value) in &n.attributes {
-            let attribute = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| NotifyError::Permanent(e.to_string()))?;
-            request = request.message_attributes(*name, attribute);
-        }
-        if !n.labels.is_empty() {
-            let labels = serde_json::to_string(&n.labels).map_err(|e| NotifyError::Permanent(e.to_string()))?;
-            let attribute = MessageAttributeValue::builder()
-                .data_type("String.Array")
-                .string_value(labels)
-                .build()
-                .map_err(|e| NotifyError::Permanent(e.to_string()))?;
-            request = request.message_attributes("top_label", attribute);
-        }
+            .message(outgoing.body)
+            .set_message_attributes(Some(outgoing.attributes));
         if self.is_fifo() {
             // FIFO topics drop a repeat with the same deduplication id within five minutes.
             request = request.message_deduplication_id(&n.id).message_group_id(&n.image_id);
         }
         request.send().await.map_err(classify)?;
         Ok(())
+    }
+
+    /// PublishBatch: up to 10 messages per request, so a backlog drains in a tenth of the round trips.
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), NotifyError>> {
+        let mut outcomes: Vec<Result<(), NotifyError>> = Vec::with_capacity(notifications.len());
+        let mut entries: Vec<(usize, PublishBatchRequestEntry)> = Vec::new();
+        let mut entries_bytes = 0;
+        for (index, n) in notifications.iter().enumerate() {
+            let outgoing = match Outgoing::new(n) {
+                Ok(outgoing) => outgoing,
+                Err(error) => {
+                    outcomes.push(Err(error));
+                    continue;
+                }
+            };
+            outcomes.push(Ok(()));
+            let size = outgoing.size();
+            if entries.len() == BATCH_ENTRIES || (!entries.is_empty() && entries_bytes + size > BATCH_BYTES) {
+                self.publish_batch(std::mem::take(&mut entries), &mut outcomes).await;
+                entries_bytes = 0;
+            }
+            let mut entry = PublishBatchRequestEntry::builder()
+                .id(index.to_string())
+                .subject(&n.subject)
+                .message_structure("json")
+                .message(outgoing.body)
+                .set_message_attributes(Some(outgoing.attributes));
+            if self.is_fifo() {
+                entry = entry.message_deduplication_id(&n.id).message_group_id(&n.image_id);
+            }
+            match entry.build() {
+                Ok(entry) => {
+                    entries.push((index, entry));
+                    entries_bytes += size;
+                }
+                Err(error) => outcomes[index] = Err(NotifyError::Permanent(error.to_string())),
+            }
+        }
+        if !entries.is_empty() {
+            self.publish_batch(entries, &mut outcomes).await;
+        }
+        outcomes
     }
 
     async fn subscribe(&self, request: &SubscriptionRequest) -> Result<Subscription, NotifyError> {

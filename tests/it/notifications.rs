@@ -151,10 +151,10 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
 }
 
 async fn relay_on(db: &Db, topic_arn: &str, lease: Duration) -> Relay {
-    relay_with(db, topic_arn, lease, Duration::from_millis(100)).await
+    relay_with(db, topic_arn, lease, Duration::from_millis(100), 5).await
 }
 
-async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: Duration) -> Relay {
+async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: Duration, batch: i64) -> Relay {
     let sns = upshot::notify::SnsConfig {
         topic_arn: topic_arn.to_owned(),
         region: None,
@@ -164,7 +164,7 @@ async fn relay_with(db: &Db, topic_arn: &str, lease: Duration, publish_timeout: 
     let notifier: Arc<dyn Notifier> =
         Arc::new(SnsNotifier::connect(&sns, upshot::aws::SharedConfig::default().get().await).await.unwrap());
     let config = RelayConfig {
-        batch: 5,
+        batch,
         lease,
         poll: Duration::from_millis(100),
         max_attempts: 5,
@@ -225,7 +225,7 @@ async fn a_claim_about_to_run_out_is_given_back_not_published() {
     let queue = subscribed_queue(&topic, None).await;
     seed_outbox(&db, 3).await;
     // A lease shorter than one publish may take: whatever this relay claims, another could take over mid-publish.
-    let hurried = relay_with(&db, &topic, Duration::from_secs(2), Duration::from_secs(5)).await;
+    let hurried = relay_with(&db, &topic, Duration::from_secs(2), Duration::from_secs(5), 5).await;
     let (_, running) = watch::channel(false);
     let report = hurried.pass(&running).await.unwrap();
     assert_eq!((report.claimed, report.sent, report.released), (3, 0, 3));
@@ -244,9 +244,11 @@ async fn a_claim_about_to_run_out_is_given_back_not_published() {
 fn a_relay_claims_only_what_it_can_publish_within_half_its_lease() {
     use upshot::notify::relay::batch_for;
     let publish = Duration::from_secs(15);
-    assert_eq!(batch_for(Duration::from_secs(60), publish, 20), 2);
-    assert_eq!(batch_for(Duration::from_secs(3600), publish, 20), 20);
-    assert_eq!(batch_for(Duration::from_secs(10), publish, 20), 1);
+    // Each request carries up to ten messages and may take the whole publish timeout.
+    assert_eq!(batch_for(Duration::from_secs(60), publish, 100), 20);
+    assert_eq!(batch_for(Duration::from_secs(3600), publish, 100), 100);
+    assert_eq!(batch_for(Duration::from_secs(10), publish, 100), 10);
+    assert_eq!(batch_for(Duration::from_secs(10), publish, 5), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +278,47 @@ async fn two_relays_on_one_postgres_publish_each_message_once() {
     let ids: Vec<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
     assert_eq!(ids.len(), 30, "no duplicates, none missing");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), seeded.into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_go_out_ten_to_a_request_and_one_refused_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(Stack::Cloud, dir.path()).await;
+    let topic = create_topic().await;
+    let queue = subscribed_queue(&topic, None).await;
+    let mut seeded = seed_outbox(&db, 12).await;
+    // One message SNS refuses (over its 256 KiB limit), due first so that it shares a request with others.
+    let oversized = seeded.remove(0);
+    let huge_id = "x".repeat(100_000);
+    let payload = serde_json::json!({
+        "image_id": huge_id, "sha256": "00".repeat(32), "content_type": "image/jpeg", "width": 1, "height": 1,
+        "byte_size": 1, "page_path": "/", "has_face": false,
+    })
+    .to_string();
+    let past = upshot::domain::now() - chrono::Duration::seconds(5);
+    let key = oversized.clone();
+    db.run(move |conn| {
+        diesel::update(schema::outbox::table.filter(schema::outbox::image_id.eq(&key)))
+            .set((schema::outbox::payload.eq(&payload), schema::outbox::available_at.eq(past)))
+            .execute(conn)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let relay = relay_with(&db, &topic, Duration::from_secs(30), Duration::from_millis(100), 12).await;
+    let (_, running) = watch::channel(false);
+    let report = relay.pass(&running).await.unwrap();
+    assert_eq!((report.claimed, report.sent, report.failed, report.retried), (12, 11, 1, 0), "{report:?}");
+    let delivered = receive(&queue, 11, Duration::from_secs(20)).await;
+    let ids: Vec<String> = delivered.iter().map(|d| d.attributes["image_id"].clone()).collect();
+    assert_eq!(ids.len(), 11, "each once");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), seeded.into_iter().collect());
+    let rows = outbox_rows(&db).await;
+    let refused = rows.iter().find(|row| row.image_id == oversized).unwrap();
+    assert_eq!(refused.status, outbox::OutboxStatus::Failed, "{:?}", refused.last_error);
+    assert!(refused.last_error.as_deref().unwrap_or_default().contains("too long"), "{:?}", refused.last_error);
+    assert_eq!(rows.iter().filter(|row| row.status == outbox::OutboxStatus::Sent).count(), 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
