@@ -25,6 +25,16 @@ export AWS_ACCESS_KEY_ID=upshot-test AWS_SECRET_ACCESS_KEY=upshot-test AWS_REGIO
 export AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
+if [ "${UPSHOT_TEST_SCOPE:-all}" != rust ]; then
+    # The full suite reads what metadata a stored photo keeps with exiftool (tests/it/heic.rs).
+    if ! command -v exiftool >/dev/null 2>&1; then
+        sudo_cmd=()
+        [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+        "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >&2
+    fi
+    export UPSHOT_REQUIRE_EXIFTOOL=1
+fi
 cargo test --locked "$@"
 
 # With a filter, only the matching Rust tests run; the whole suite also checks the deployment.

@@ -9,18 +9,21 @@ pub enum ImageFormat {
     Png,
     Webp,
     Gif,
+    /// HEIC/HEIF: HEVC-coded HEIF, what iPhones save.
+    Heic,
 }
 
 impl TryFrom<String> for ImageFormat {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, String> {
-        ImageFormat::from_name(&name).ok_or_else(|| format!("unknown format {name:?} (jpeg, png, webp, gif)"))
+        ImageFormat::from_name(&name).ok_or_else(|| format!("unknown format {name:?} (jpeg, png, webp, gif, heic)"))
     }
 }
 
 impl ImageFormat {
-    pub const ALL: [ImageFormat; 4] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp, ImageFormat::Gif];
+    pub const ALL: [ImageFormat; 5] =
+        [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp, ImageFormat::Gif, ImageFormat::Heic];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name.trim().to_ascii_lowercase().as_str() {
@@ -28,6 +31,7 @@ impl ImageFormat {
             "png" => Some(ImageFormat::Png),
             "webp" => Some(ImageFormat::Webp),
             "gif" => Some(ImageFormat::Gif),
+            "heic" | "heif" => Some(ImageFormat::Heic),
             _ => None,
         }
     }
@@ -42,6 +46,8 @@ impl ImageFormat {
             Some(ImageFormat::Webp)
         } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
             Some(ImageFormat::Gif)
+        } else if is_hevc_heif(bytes) {
+            Some(ImageFormat::Heic)
         } else {
             None
         }
@@ -53,6 +59,7 @@ impl ImageFormat {
             ImageFormat::Png => "png",
             ImageFormat::Webp => "webp",
             ImageFormat::Gif => "gif",
+            ImageFormat::Heic => "heic",
         }
     }
 
@@ -62,6 +69,7 @@ impl ImageFormat {
             ImageFormat::Png => "PNG",
             ImageFormat::Webp => "WebP",
             ImageFormat::Gif => "GIF",
+            ImageFormat::Heic => "HEIC",
         }
     }
 
@@ -71,6 +79,7 @@ impl ImageFormat {
             ImageFormat::Png => "image/png",
             ImageFormat::Webp => "image/webp",
             ImageFormat::Gif => "image/gif",
+            ImageFormat::Heic => "image/heic",
         }
     }
 
@@ -80,17 +89,50 @@ impl ImageFormat {
             ImageFormat::Png => "png",
             ImageFormat::Webp => "webp",
             ImageFormat::Gif => "gif",
+            ImageFormat::Heic => "heic",
         }
     }
 
-    pub fn codec(self) -> image::ImageFormat {
+    /// The file name extensions people's files of this format carry.
+    pub fn file_extensions(self) -> &'static [&'static str] {
         match self {
-            ImageFormat::Jpeg => image::ImageFormat::Jpeg,
-            ImageFormat::Png => image::ImageFormat::Png,
-            ImageFormat::Webp => image::ImageFormat::WebP,
-            ImageFormat::Gif => image::ImageFormat::Gif,
+            ImageFormat::Jpeg => &["jpg", "jpeg"],
+            ImageFormat::Png => &["png"],
+            ImageFormat::Webp => &["webp"],
+            ImageFormat::Gif => &["gif"],
+            ImageFormat::Heic => &["heic", "heif"],
         }
     }
+
+    /// The `image` crate's codec for the format, where it has one.
+    pub fn codec(self) -> Option<image::ImageFormat> {
+        match self {
+            ImageFormat::Jpeg => Some(image::ImageFormat::Jpeg),
+            ImageFormat::Png => Some(image::ImageFormat::Png),
+            ImageFormat::Webp => Some(image::ImageFormat::WebP),
+            ImageFormat::Gif => Some(image::ImageFormat::Gif),
+            ImageFormat::Heic => None,
+        }
+    }
+
+    /// Whether every current browser shows the format in an `<img>` (Chromium and Firefox cannot show HEIC).
+    pub fn browsers_show(self) -> bool {
+        self != ImageFormat::Heic
+    }
+}
+
+/// A HEIF file whose images are HEVC-coded: its `ftyp` box names a HEVC brand, as its major brand or, after
+/// a generic one (`mif1`, `msf1`), among its compatible brands.
+fn is_hevc_heif(bytes: &[u8]) -> bool {
+    const HEVC_BRANDS: [&[u8; 4]; 6] = [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"];
+    if bytes.len() < 16 || &bytes[4..8] != b"ftyp" {
+        return false;
+    }
+    let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let Some(ftyp) = bytes.get(8..size.min(bytes.len()).max(8)) else { return false };
+    let is_hevc = |brand: &[u8]| HEVC_BRANDS.iter().any(|hevc| brand == &hevc[..]);
+    // Major brand, minor version, then the compatible brands.
+    is_hevc(&ftyp[..4]) || ftyp.get(8..).unwrap_or_default().chunks_exact(4).any(is_hevc)
 }
 
 /// A name for what was uploaded instead, for the 415 message.

@@ -1,6 +1,7 @@
 //! The CPU-bound half of an upload (`prepare`): identify by content, check limits, strip metadata, decode,
 //! thumbnail. The application core (`app`) runs it, then stores what it made.
 
+mod heif;
 mod jpeg;
 mod pixels;
 pub mod sanitize;
@@ -43,7 +44,7 @@ impl From<IngestError> for AppError {
         let (code, message) = match &error {
             IngestError::Unsupported { detected } => (
                 ErrorCode::UnsupportedMediaType,
-                format!("The file is {detected}; upload a JPEG, PNG, WebP or GIF image."),
+                format!("The file is {detected}; upload a JPEG, PNG, WebP, GIF or HEIC image."),
             ),
             IngestError::TooLarge { limit, max, actual } => (
                 ErrorCode::ImageTooLarge,
@@ -200,6 +201,7 @@ fn describe(upload: &[u8]) -> &'static str {
             ImageFormat::Png => "a PNG image",
             ImageFormat::Webp => "a WebP image",
             ImageFormat::Gif => "a GIF image",
+            ImageFormat::Heic => "a HEIC image",
         },
         None => format::describe_unsupported(upload),
     }

@@ -22,6 +22,7 @@ pub fn strip_metadata(data: &[u8], format: ImageFormat, orientation: Orientation
         ImageFormat::Png => strip_png(data),
         ImageFormat::Webp => strip_webp(data),
         ImageFormat::Gif => strip_gif(data),
+        ImageFormat::Heic => super::heif::strip(data).map_err(|_| MalformedImage("the HEIF container is malformed")),
     }
 }
 
@@ -230,7 +231,8 @@ fn strip_gif(data: &[u8]) -> Result<Vec<u8>> {
 /// Only the first frame is decoded, but every frame is stored and served, so the count is what a browser meets.
 pub fn frame_count(data: &[u8], format: ImageFormat) -> Result<u64> {
     match format {
-        ImageFormat::Jpeg => Ok(1),
+        // The primary image is what is shown; a HEIF sequence's other pictures are not decoded.
+        ImageFormat::Jpeg | ImageFormat::Heic => Ok(1),
         ImageFormat::Png => {
             let mut i = PNG_SIGNATURE.len();
             while i + 8 <= data.len() {

@@ -54,8 +54,11 @@ pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, I
             image.to_rgba8().write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP).map_err(encode_error)?
         }
         ImageFormat::Png | ImageFormat::Gif => {
-            image.write_to(&mut Cursor::new(&mut bytes), format.codec()).map_err(encode_error)?
+            let codec = format.codec().expect("PNG and GIF have codecs");
+            image.write_to(&mut Cursor::new(&mut bytes), codec).map_err(encode_error)?
         }
+        // HEIF pixels come out of the decoder upright: nothing is turned, so nothing is encoded again.
+        ImageFormat::Heic => return Err(IngestError::Unsupported { detected: "HEIC (as an encoding target)" }),
     }
     Ok(bytes)
 }

@@ -18,7 +18,7 @@ pub struct ImageLimits {
 }
 
 impl ImageLimits {
-    fn check(&self, width: u32, height: u32) -> Result<(), IngestError> {
+    pub(super) fn check(&self, width: u32, height: u32) -> Result<(), IngestError> {
         let too_large = |limit: &'static str, max: u64, actual: u64| IngestError::TooLarge { limit, max, actual };
         if width > self.max_width {
             return Err(too_large("max_image_width", self.max_width.into(), width.into()));
@@ -61,6 +61,7 @@ impl ImageLimits {
     }
 }
 
+#[derive(Debug)]
 pub struct Header {
     pub width: u32,
     pub height: u32,
@@ -79,13 +80,17 @@ fn decoder<'a>(
     format: ImageFormat,
     limits: &ImageLimits,
 ) -> Result<impl ImageDecoder + 'a, IngestError> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    let codec = format.codec().ok_or(IngestError::Unsupported { detected: format.label() })?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), codec);
     reader.limits(limits.codec_limits());
     reader.into_decoder().map_err(decode_error)
 }
 
 /// Reads dimensions and EXIF orientation from the header, and enforces the limits.
 pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<Header, IngestError> {
+    if format == ImageFormat::Heic {
+        return super::heif::header(bytes, limits);
+    }
     let mut decoder = decoder(bytes, format, limits)?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;
@@ -96,6 +101,9 @@ pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> R
 
 /// Decodes the pixels (the first frame of an animation).
 pub fn decode(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<DynamicImage, IngestError> {
+    if format == ImageFormat::Heic {
+        return super::heif::decode(bytes, limits);
+    }
     let decoder = decoder(bytes, format, limits)?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;

@@ -46,6 +46,17 @@ pub(crate) fn cookies_secure(state: &AppState) -> bool {
     state.app.config.public_url().starts_with("https://")
 }
 
+/// The file input's `accept`: the formats' types and file extensions, since a phone or desktop file picker
+/// may know a HEIC photo only by its extension (and iOS hands a picker that does not ask for HEIC a JPEG).
+fn accept_attribute(formats: &[crate::domain::format::ImageFormat]) -> String {
+    let mut accept: Vec<String> = Vec::new();
+    for format in formats {
+        accept.push(format.content_type().to_owned());
+        accept.extend(format.file_extensions().iter().map(|extension| format!(".{extension}")));
+    }
+    accept.join(",")
+}
+
 fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: Option<&AppError>) -> Template {
     let settings = &state.app.config.settings;
     let (uploads, direct) = (&settings.uploads, &settings.direct_uploads);
@@ -60,7 +71,7 @@ fn index_page(state: &AppState, csrf: &CsrfToken, notice: Option<&str>, error: O
             direct_max_bytes: direct.direct_upload_max_bytes,
             direct_always: direct.direct_uploads_always,
             accepted_formats: formats.iter().map(|f| f.label()).collect::<Vec<_>>(),
-            accept_attr: formats.iter().map(|f| f.content_type()).collect::<Vec<_>>().join(","),
+            accept_attr: accept_attribute(formats),
             max_description_chars: uploads.max_description_chars,
             notice,
             error,

@@ -12,8 +12,8 @@ use upshot::ingest::{self, IngestPolicy, Upload};
 
 use crate::helpers::fixture;
 
-const SEEDS: [&str; 6] =
-    ["cat.jpg", "cat-gps-rotated.jpg", "coffee.png", "astronaut.webp", "rocket.gif", "logo-alpha.png"];
+const SEEDS: [&str; 7] =
+    ["cat.jpg", "cat-gps-rotated.jpg", "coffee.png", "astronaut.webp", "rocket.gif", "logo-alpha.png", "cat-gps.heic"];
 
 fn policy() -> IngestPolicy {
     // Smaller limits than the defaults, so that huge declared sizes meet them.
@@ -125,8 +125,13 @@ fn hostile_bytes_are_refused_with_a_4xx_or_stored_clean_never_a_panic() {
                     refused.set(refused.get() + 1);
                 }
                 Ok(prepared) => {
-                    let image = image::load_from_memory(&prepared.original);
-                    prop_assert!(image.is_ok(), "{}: stored bytes do not decode: {:?}", SEEDS[seed], image.err());
+                    let decoded = match prepared.format {
+                        ingest::ImageFormat::Heic => {
+                            heifer::decode(&prepared.original).map(drop).map_err(|e| e.to_string())
+                        }
+                        _ => image::load_from_memory(&prepared.original).map(drop).map_err(|e| e.to_string()),
+                    };
+                    prop_assert!(decoded.is_ok(), "{}: stored bytes do not decode: {:?}", SEEDS[seed], decoded.err());
                     // Nothing left to strip: no metadata segment or chunk survived, whatever the bytes spell.
                     let orientation = orientation_of(&prepared.original);
                     let again = ingest::sanitize::strip_metadata(&prepared.original, prepared.format, orientation);
