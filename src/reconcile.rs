@@ -2,12 +2,13 @@
 //! points at (orphans), rows whose objects are gone, and notifications that are stuck.
 //!
 //! The store's listing and the rows are walked side by side in key order, a sorted merge: a listing page of
-//! objects against keyset pages of rows ordered by original key, and by thumbnail key. Memory is a few pages
+//! objects against keyset pages of rows ordered by original key, by thumbnail key and by display key. Memory is a few pages
 //! whatever the number of images, and an object store is asked one listing request per page, plus one lookup
 //! per object found missing. What the merge finds is asked again before it counts: a row or an object that
 //! appeared after the walk passed its key is not drift.
 //!
-//! It reports; with `repair`, it also removes the orphans, makes missing thumbnails again from their original,
+//! It reports; with `repair`, it also removes the orphans, makes missing thumbnails and display renditions again
+//! from their original,
 //! and marks the images whose original is gone as `missing` (they then answer 410; nothing is deleted).
 
 use std::collections::{HashSet, VecDeque};
@@ -27,6 +28,8 @@ use crate::store::{Listed, ObjectStore, StoreError};
 const OBJECTS_PREFIX: &str = "images/";
 /// Findings listed one by one in a report; past this they are only counted.
 const LISTED: usize = 1000;
+/// The row columns that name objects, each walked in key order.
+const KEY_COLUMNS: [KeyColumn; 3] = [KeyColumn::Original, KeyColumn::Thumbnail, KeyColumn::Display];
 /// Object lookups in flight at once while rows are checked.
 const LOOKUPS_AT_ONCE: usize = 16;
 
@@ -67,10 +70,10 @@ pub struct Report {
     /// Images lost at the end of the run: marked `missing` (by this run or an earlier one, until someone
     /// deletes them), or found without their original and not marked.
     pub missing_images: i64,
-    /// Ids of images whose thumbnail is gone (the original is there).
+    /// Ids of images whose thumbnail or display rendition is gone (the original is there).
     pub missing_thumbnails: Vec<String>,
     pub missing_thumbnail_count: u64,
-    /// Thumbnails made again from their original (with `repair`).
+    /// Thumbnails and display renditions made again from their original (with `repair`).
     pub thumbnails_regenerated: u64,
     /// Notifications parked as failed (`upshot outbox retry` revives them).
     pub outbox_failed: i64,
@@ -136,6 +139,7 @@ pub async fn check(db: &Db, store: Arc<dyn ObjectStore>, options: &Options) -> R
         options,
         originals: RowWalk::new(db, KeyColumn::Original, options.page),
         thumbnails: RowWalk::new(db, KeyColumn::Thumbnail, options.page),
+        displays: RowWalk::new(db, KeyColumn::Display, options.page),
         unreferenced: Vec::new(),
         gaps: Vec::new(),
         report: Report::default(),
@@ -231,6 +235,7 @@ struct Walk<'a> {
     options: &'a Options,
     originals: RowWalk,
     thumbnails: RowWalk,
+    displays: RowWalk,
     /// Listed objects the walks passed without a row at their key.
     unreferenced: Vec<Listed>,
     gaps: Vec<Gap>,
@@ -256,7 +261,7 @@ impl Walk<'_> {
             }
         }
         // Rows whose keys sort after the last object listed.
-        for column in [KeyColumn::Original, KeyColumn::Thumbnail] {
+        for column in KEY_COLUMNS {
             while let Some(row) = self.rows(column).next_before(None).await? {
                 self.gap(row, column).await?;
             }
@@ -268,13 +273,14 @@ impl Walk<'_> {
         match column {
             KeyColumn::Original => &mut self.originals,
             KeyColumn::Thumbnail => &mut self.thumbnails,
+            KeyColumn::Display => &mut self.displays,
         }
     }
 
-    /// Moves both row walks up to `object`'s key: rows passed on the way name keys that were not listed.
+    /// Moves the row walks up to `object`'s key: rows passed on the way name keys that were not listed.
     async fn pass(&mut self, object: Listed) -> Result<(), CheckError> {
         let mut referenced = false;
-        for column in [KeyColumn::Original, KeyColumn::Thumbnail] {
+        for column in KEY_COLUMNS {
             while let Some(row) = self.rows(column).next_before(Some(&object.key)).await? {
                 self.gap(row, column).await?;
             }
@@ -352,15 +358,15 @@ impl Walk<'_> {
                         }
                         lost.push(id);
                     }
-                    Found::LostThumbnail(record) => {
+                    Found::LostDerived(record, column) => {
                         self.report.missing_thumbnail_count += 1;
                         if self.report.missing_thumbnails.len() < LISTED {
                             self.report.missing_thumbnails.push(record.id.to_string());
                         }
                         if self.options.repair {
+                            let (store, policy) = (self.store.as_ref(), &self.options.policy);
                             self.report.thumbnails_regenerated +=
-                                regenerate_thumbnail(self.db, self.store.as_ref(), &self.options.policy, *record)
-                                    .await? as u64;
+                                regenerate(self.db, store, policy, *record, column).await? as u64;
                         }
                     }
                 }
@@ -388,7 +394,8 @@ enum Found {
     /// elsewhere: a thumbnail whose original is gone too belongs to a lost image.
     Present,
     LostOriginal(String),
-    LostThumbnail(Box<image_rows::ImageRecord>),
+    /// A thumbnail or a display rendition, made from the original.
+    LostDerived(Box<image_rows::ImageRecord>, KeyColumn),
 }
 
 async fn look_up(db: &Db, store: &dyn ObjectStore, row: KeyedRow, column: KeyColumn) -> Result<Found, CheckError> {
@@ -402,22 +409,27 @@ async fn look_up(db: &Db, store: &dyn ObjectStore, row: KeyedRow, column: KeyCol
     let Some(record) = db.run(move |conn| image_rows::find_any(conn, &id)).await? else {
         return Ok(Found::Present);
     };
-    let stored = record.status == image_rows::ImageStatus::Stored && record.thumbnail_key == row.key;
+    let key = match column {
+        KeyColumn::Thumbnail => Some(&record.thumbnail_key),
+        _ => record.display_key.as_ref(),
+    };
+    let stored = record.status == image_rows::ImageStatus::Stored && key == Some(&row.key);
     if stored && store.head(&record.original_key).await?.is_some() {
-        Ok(Found::LostThumbnail(Box::new(record)))
+        Ok(Found::LostDerived(Box::new(record), column))
     } else {
         Ok(Found::Present)
     }
 }
 
-/// Makes a stored image's thumbnail again from its original, as its upload made it. Whether it was written:
-/// an original that no longer decodes under today's limits, or a thumbnail of another format than the row
-/// records, is left for a person (and logged).
-async fn regenerate_thumbnail(
+/// Makes a stored image's thumbnail or display rendition (`column`) again from its original, as its upload made
+/// it. Whether it was written: an original that no longer decodes under today's limits, or a rendition of
+/// another type than the row records, is left for a person (and logged).
+async fn regenerate(
     db: &Db,
     store: &dyn ObjectStore,
     policy: &Arc<IngestPolicy>,
     record: image_rows::ImageRecord,
+    column: KeyColumn,
 ) -> Result<bool, CheckError> {
     let mut body = store.get(&record.original_key).await?;
     let mut original = Vec::with_capacity(body.len as usize);
@@ -426,26 +438,35 @@ async fn regenerate_thumbnail(
         .await
         .map_err(|e| StoreError::Backend(format!("reading {}: {e}", record.original_key)))?;
     let policy = policy.clone();
-    let made = tokio::task::spawn_blocking(move || crate::ingest::thumbnail_of_stored(&original, &policy))
+    let made = tokio::task::spawn_blocking(move || crate::ingest::derived_from_stored(&original, &policy))
         .await
-        .map_err(|e| StoreError::Backend(format!("thumbnail task failed: {e}")))?;
-    let (thumbnail, format) = match made {
-        Ok(made) => made,
+        .map_err(|e| StoreError::Backend(format!("rendition task failed: {e}")))?;
+    let derived = match made {
+        Ok(derived) => derived,
         Err(error) => {
-            log::warn!("reconcile cannot make the thumbnail of image {} again: {error}", record.id);
+            log::warn!("reconcile cannot make the renditions of image {} again: {error}", record.id);
             return Ok(false);
         }
     };
-    if format.content_type() != record.thumbnail_content_type {
+    let (made, key, recorded_type) = match column {
+        KeyColumn::Thumbnail => {
+            (Some(derived.thumbnail), Some(&record.thumbnail_key), Some(&record.thumbnail_content_type))
+        }
+        _ => (derived.display, record.display_key.as_ref(), record.display_content_type.as_ref()),
+    };
+    let (Some((bytes, format)), Some(key)) = (made, key) else {
+        log::warn!("reconcile made no display rendition for image {}, whose row records one; none written", record.id);
+        return Ok(false);
+    };
+    if Some(format.content_type()) != recorded_type.map(String::as_str) {
         log::warn!(
-            "reconcile made a {} thumbnail for image {}, whose row records {}; not written",
+            "reconcile made a {} rendition for image {} ({key}), whose row records {recorded_type:?}; not written",
             format.content_type(),
             record.id,
-            record.thumbnail_content_type
         );
         return Ok(false);
     }
-    // Asked again just before the write: an image deleted meanwhile gets no thumbnail back.
+    // Asked again just before the write: an image deleted meanwhile gets nothing back.
     let id = record.id.clone();
     let still_stored = db
         .run(move |conn| {
@@ -456,8 +477,8 @@ async fn regenerate_thumbnail(
     if !still_stored {
         return Ok(false);
     }
-    store.put(&record.thumbnail_key, thumbnail, format.content_type()).await?;
-    log::info!("reconcile made the thumbnail of image {} again ({})", record.id, record.thumbnail_key);
+    store.put(key, bytes, format.content_type()).await?;
+    log::info!("reconcile made {key} of image {} again", record.id);
     Ok(true)
 }
 

@@ -82,6 +82,7 @@ macro_rules! stored_file_responses {
 
 stored_file_responses!(StoredImage, "The image bytes");
 stored_file_responses!(StoredThumbnail, "The thumbnail bytes");
+stored_file_responses!(StoredDisplay, "The display rendition's bytes, or the original's");
 
 fn binary() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))

@@ -6,7 +6,7 @@ use rocket::response::{self, Responder, Response};
 use rocket::serde::json::Json;
 use rocket::{delete, get, post, routes, Route, State};
 
-use super::doc::{errors, IdParam, StoredImage, StoredThumbnail, UploadErrors};
+use super::doc::{errors, IdParam, StoredDisplay, StoredImage, StoredThumbnail, UploadErrors};
 use super::guards::{ClientAddress, Credentials, IdempotencyHeader, IntakeAllowance, SpoolReservation};
 use super::upload::{self, UploadData};
 use crate::app::images::{self, DeleteAuthority, ImageObject, ImageView, Variant};
@@ -16,7 +16,7 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
-    routes![create, show, file, thumbnail, remove, list]
+    routes![create, show, file, thumbnail, display, remove, list]
 }
 
 errors!(ImageErrors {
@@ -170,7 +170,7 @@ async fn serve(state: &AppState, id: &str, variant: Variant, if_none_match: IfNo
     // A deleted photo must stop showing: the original is revalidated on every view (a 304 with the ETag); a
     // thumbnail, shown in lists, may stay in a browser's cache for five minutes at most.
     let cache_control = match variant {
-        Variant::Original => "private, no-cache",
+        Variant::Original | Variant::Display => "private, no-cache",
         Variant::Thumbnail => "private, max-age=300",
     };
     Ok(ObjectResponse { object, not_modified, cache_control })
@@ -200,6 +200,20 @@ async fn file(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult
 #[get("/images/<id>/thumbnail")]
 async fn thumbnail(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
     serve(state, id, Variant::Thumbnail, etag).await
+}
+
+/// What a browser is shown: the display rendition (a JPEG, or PNG with transparency, at most 2048 pixels
+/// long) of an original browsers cannot show (HEIC) or that is far larger than a screen, else the original
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{id}/display",
+    operation_id = "getImageDisplay",
+    params(IdParam),
+    responses(StoredDisplay)
+)]
+#[get("/images/<id>/display")]
+async fn display(state: &State<AppState>, id: &str, etag: IfNoneMatch) -> AppResult<ObjectResponse> {
+    serve(state, id, Variant::Display, etag).await
 }
 
 /// Delete an image and its objects

@@ -47,6 +47,7 @@ fn openapi_json(state: &State<AppState>) -> Json<Value> {
         image_routes::remove,
         image_routes::file,
         image_routes::thumbnail,
+        image_routes::display,
         classify::classify,
         subscriptions::create,
         subscriptions::list,

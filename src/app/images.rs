@@ -12,9 +12,23 @@ use crate::store::ObjectBody;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ImageUrls {
+    /// The original, as stored.
     pub file: String,
     pub thumbnail: String,
+    /// What to show in a browser: the display rendition when there is one, else the original.
+    pub display: String,
     pub page: String,
+}
+
+/// An image derived from the original, stored beside it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RenditionView {
+    /// `thumbnail` (always), or `display`: a JPEG (PNG with transparency) at most 2048 pixels long, for an
+    /// original browsers cannot show (HEIC) or that is far larger than a screen.
+    #[schema(example = "display")]
+    pub name: &'static str,
+    pub content_type: String,
+    pub url: String,
 }
 
 /// The public description of an image, as the API and the pages show it.
@@ -34,6 +48,8 @@ pub struct ImageView {
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     pub thumbnail_content_type: String,
+    /// The renditions stored beside the original.
+    pub renditions: Vec<RenditionView>,
     /// The classifier's top labels, most probable first.
     pub predictions: Vec<Prediction>,
     /// The classifier that produced `predictions`.
@@ -58,13 +74,23 @@ impl From<&ImageRecord> for ImageView {
             }
             _ => None,
         };
+        let file = format!("/api/v1/images/{id}/file");
+        let thumbnail = format!("/api/v1/images/{id}/thumbnail");
+        let display = record.display_content_type.as_ref().map(|content_type| RenditionView {
+            name: "display",
+            content_type: content_type.clone(),
+            url: format!("/api/v1/images/{id}/display"),
+        });
+        let shown = display.as_ref().map_or(&file, |display| &display.url).clone();
+        let thumbnail_rendition = RenditionView {
+            name: "thumbnail",
+            content_type: record.thumbnail_content_type.clone(),
+            url: thumbnail.clone(),
+        };
         ImageView {
             id: id.to_string(),
-            urls: ImageUrls {
-                file: format!("/api/v1/images/{id}/file"),
-                thumbnail: format!("/api/v1/images/{id}/thumbnail"),
-                page: format!("/images/{id}"),
-            },
+            urls: ImageUrls { file, thumbnail, display: shown, page: format!("/images/{id}") },
+            renditions: std::iter::once(thumbnail_rendition).chain(display).collect(),
             original_filename: record.original_filename.clone(),
             description: record.description.clone(),
             format: record.format.clone(),
@@ -89,6 +115,8 @@ impl From<&ImageRecord> for ImageView {
 pub enum Variant {
     Original,
     Thumbnail,
+    /// The display rendition, or the original when it needs none.
+    Display,
 }
 
 pub struct ImageObject {
@@ -117,12 +145,12 @@ impl App {
 
     pub async fn image_object(&self, id: &ImageId, variant: Variant) -> AppResult<ImageObject> {
         let record = self.image(id).await?;
-        let (key, content_type) = match variant {
-            Variant::Original => (&record.original_key, record.content_type.clone()),
-            Variant::Thumbnail => (&record.thumbnail_key, record.thumbnail_content_type.clone()),
+        let (key, content_type, suffix) = match (variant, &record.display_key, &record.display_content_type) {
+            (Variant::Thumbnail, _, _) => (&record.thumbnail_key, record.thumbnail_content_type.clone(), "-thumb"),
+            (Variant::Display, Some(key), Some(content_type)) => (key, content_type.clone(), "-display"),
+            _ => (&record.original_key, record.content_type.clone(), ""),
         };
         let body = self.store.get(key).await?;
-        let suffix = if variant == Variant::Thumbnail { "-thumb" } else { "" };
         Ok(ImageObject { body, content_type, etag: format!("\"{}{suffix}\"", record.sha256) })
     }
 
@@ -145,6 +173,9 @@ impl App {
         if !plan.objects_shared {
             self.store.delete(&plan.record.original_key).await?;
             self.store.delete(&plan.record.thumbnail_key).await?;
+            if let Some(display_key) = &plan.record.display_key {
+                self.store.delete(display_key).await?;
+            }
         }
         let row_id = id.to_string();
         self.db.run(move |conn| image_rows::delete_row(conn, &row_id)).await?;

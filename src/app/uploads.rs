@@ -174,10 +174,9 @@ async fn remove_unless_committed(app: App, id: ImageId, objects: StoredObjects) 
             }
             Err(error) => {
                 log::error!(
-                    "upload {id}: cannot tell whether its row was written ({error}); objects {} and {} left to the \
-                     orphan sweeper",
-                    objects.original_key,
-                    objects.thumbnail_key
+                    "upload {id}: cannot tell whether its row was written ({error}); objects {} left to the orphan \
+                     sweeper",
+                    objects.keys().join(", ")
                 );
                 return;
             }
@@ -185,41 +184,60 @@ async fn remove_unless_committed(app: App, id: ImageId, objects: StoredObjects) 
     }
 }
 
-/// Stores the original and the thumbnail, listed first as pending: if this process dies before the row is
-/// committed, the sweeper removes them after `orphan_grace_secs`.
+/// Stores the original, the thumbnail and the display rendition (when there is one), listed first as pending:
+/// if this process dies before the row is committed, the sweeper removes them after `orphan_grace_secs`.
 async fn store_objects(app: &App, id: &ImageId, prepared: &PreparedImage) -> AppResult<StoredObjects> {
-    let original_key = format!("images/{id}/original.{}", prepared.format.extension());
-    let thumbnail_key = format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension());
-    let (row_id, keys) = (id.to_string(), [original_key.clone(), thumbnail_key.clone()]);
-    app.db
-        .run(move |conn| crate::db::pending::record(conn, &row_id, &[keys[0].as_str(), keys[1].as_str()], now()))
-        .await?;
     let thumbnail_type = prepared.thumbnail_format.content_type();
-    let (original, thumbnail) = tokio::join!(
-        app.store.put(&original_key, prepared.original.clone(), prepared.format.content_type()),
-        app.store.put(&thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+    let objects = StoredObjects {
+        original_key: format!("images/{id}/original.{}", prepared.format.extension()),
+        thumbnail_key: format!("images/{id}/thumb.{}", prepared.thumbnail_format.extension()),
+        thumbnail_content_type: thumbnail_type.to_owned(),
+        display_key: prepared.display.as_ref().map(|(_, format)| format!("images/{id}/display.{}", format.extension())),
+        display_content_type: prepared.display.as_ref().map(|(_, format)| format.content_type().to_owned()),
+    };
+    let (row_id, keys) = (id.to_string(), objects.keys().into_iter().map(str::to_owned).collect::<Vec<_>>());
+    app.db
+        .run(move |conn| {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            crate::db::pending::record(conn, &row_id, &keys, now())
+        })
+        .await?;
+    let display = async {
+        match (&prepared.display, &objects.display_key) {
+            (Some((bytes, format)), Some(key)) => app.store.put(key, bytes.clone(), format.content_type()).await,
+            _ => Ok(()),
+        }
+    };
+    let (original, thumbnail, display) = tokio::join!(
+        app.store.put(&objects.original_key, prepared.original.clone(), prepared.format.content_type()),
+        app.store.put(&objects.thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+        display,
     );
-    // Whichever of the two was written goes again when the other failed.
-    match (original, thumbnail) {
-        (Ok(()), Ok(())) => {
-            Ok(StoredObjects { original_key, thumbnail_key, thumbnail_content_type: thumbnail_type.to_owned() })
+    // Whichever were written go again when another failed.
+    let outcomes = [(&objects.original_key, original), (&objects.thumbnail_key, thumbnail)]
+        .into_iter()
+        .chain(objects.display_key.as_ref().map(|key| (key, display)));
+    let (mut written, mut failure) = (Vec::new(), None);
+    for (key, outcome) in outcomes {
+        match outcome {
+            Ok(()) => written.push(key.clone()),
+            Err(error) => failure = failure.or(Some(error)),
         }
-        (Err(error), Ok(())) => {
-            delete_logged(app, &thumbnail_key).await;
-            Err(error.into())
-        }
-        (Ok(()), Err(error)) => {
-            delete_logged(app, &original_key).await;
-            Err(error.into())
-        }
-        (Err(error), Err(_)) => Err(error.into()),
     }
+    if let Some(error) = failure {
+        for key in written {
+            delete_logged(app, &key).await;
+        }
+        return Err(error.into());
+    }
+    Ok(objects)
 }
 
 async fn remove_objects(app: &App, shared: bool, objects: &StoredObjects) {
     if !shared {
-        delete_logged(app, &objects.original_key).await;
-        delete_logged(app, &objects.thumbnail_key).await;
+        for key in objects.keys() {
+            delete_logged(app, key).await;
+        }
     }
 }
 
@@ -252,6 +270,8 @@ fn new_record(
         original_key: objects.original_key.clone(),
         thumbnail_key: objects.thumbnail_key.clone(),
         thumbnail_content_type: objects.thumbnail_content_type.clone(),
+        display_key: objects.display_key.clone(),
+        display_content_type: objects.display_content_type.clone(),
         predictions: Json::new(analysis.predictions.clone()),
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),

@@ -41,6 +41,9 @@ pub struct ImageRecord {
     /// The faces, the selfie analysis (or why there is none), the face model.
     pub analysis: Json<FaceDetails>,
     pub top_label: Option<String>,
+    /// The display rendition, when the original needs one (see `ingest::display`).
+    pub display_key: Option<String>,
+    pub display_content_type: Option<String>,
 }
 
 /// Objects already stored for identical bytes, which a new upload may point at instead of storing again.
@@ -49,6 +52,17 @@ pub struct StoredObjects {
     pub original_key: String,
     pub thumbnail_key: String,
     pub thumbnail_content_type: String,
+    pub display_key: Option<String>,
+    pub display_content_type: Option<String>,
+}
+
+impl StoredObjects {
+    /// Every object's key: the original, the thumbnail, and the display rendition when there is one.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys = vec![self.original_key.as_str(), self.thumbnail_key.as_str()];
+        keys.extend(self.display_key.as_deref());
+        keys
+    }
 }
 
 /// Any row with this id, whatever its status: stored, missing, or left `deleting` by a failed delete.
@@ -64,13 +78,17 @@ pub fn find_objects_by_sha256(conn: &mut DbConnection, sha256: &str) -> Result<O
     let found = images::table
         .filter(images::sha256.eq(sha256))
         .filter(images::status.eq(ImageStatus::Stored))
-        .select((images::original_key, images::thumbnail_key, images::thumbnail_content_type))
-        .first::<(String, String, String)>(conn)
+        .select((
+            images::original_key,
+            images::thumbnail_key,
+            images::thumbnail_content_type,
+            images::display_key,
+            images::display_content_type,
+        ))
+        .first::<(String, String, String, Option<String>, Option<String>)>(conn)
         .optional()?;
-    Ok(found.map(|(original_key, thumbnail_key, thumbnail_content_type)| StoredObjects {
-        original_key,
-        thumbnail_key,
-        thumbnail_content_type,
+    Ok(found.map(|(original_key, thumbnail_key, thumbnail_content_type, display_key, display_content_type)| {
+        StoredObjects { original_key, thumbnail_key, thumbnail_content_type, display_key, display_content_type }
     }))
 }
 
@@ -203,11 +221,13 @@ pub fn list_page(
         .load(conn)?)
 }
 
-/// Which of a row's two object keys a walk in key order follows.
+/// Which of a row's object keys a walk in key order follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyColumn {
     Original,
     Thumbnail,
+    /// Rows without a display rendition are not walked.
+    Display,
 }
 
 /// One row as seen from one of its objects, for the consistency check.
@@ -253,17 +273,34 @@ pub fn key_order_page(
                 .select((images::thumbnail_key, images::id, images::status))
                 .load(conn)?
         }
+        KeyColumn::Display => {
+            let mut query = images::table.filter(images::display_key.is_not_null()).into_boxed();
+            if let Some((key, id)) = after {
+                query = query
+                    .filter(images::display_key.gt(key.clone()).or(images::display_key.eq(key).and(images::id.gt(id))));
+            }
+            let rows: Vec<(Option<String>, String, ImageStatus)> = query
+                .order((images::display_key.asc(), images::id.asc()))
+                .limit(limit)
+                .select((images::display_key, images::id, images::status))
+                .load(conn)?;
+            rows.into_iter().filter_map(|(key, id, status)| Some((key?, id, status))).collect()
+        }
     };
     Ok(rows.into_iter().map(|(key, id, status)| KeyedRow { key, id, status }).collect())
 }
 
-/// Which of `keys` some row points at, as its original or its thumbnail (shared objects included).
+/// Which of `keys` some row points at, as its original, its thumbnail or its display rendition (shared objects
+/// included).
 pub fn referenced_keys(conn: &mut DbConnection, keys: &[String]) -> Result<Vec<String>, DbError> {
     let mut found: Vec<String> =
         images::table.filter(images::original_key.eq_any(keys)).select(images::original_key).load(conn)?;
     found.extend(
         images::table.filter(images::thumbnail_key.eq_any(keys)).select(images::thumbnail_key).load::<String>(conn)?,
     );
+    let displays: Vec<Option<String>> =
+        images::table.filter(images::display_key.eq_any(keys)).select(images::display_key).load(conn)?;
+    found.extend(displays.into_iter().flatten());
     Ok(found)
 }
 

@@ -26,6 +26,8 @@ diesel::table! {
         inference_ms -> Nullable<Double>,
         analysis -> Text,
         top_label -> Nullable<Text>,
+        display_key -> Nullable<Text>,
+        display_content_type -> Nullable<Text>,
     }
 }
 

@@ -61,7 +61,15 @@ pub fn decode_scaled(data: &[u8], needs: WorkingSize) -> Result<RgbImage, Ingest
 }
 
 /// A baseline JPEG of the pixels, 4:2:0, for thumbnails.
+/// JPEG quality of the display rendition: a photo shown large.
+pub const DISPLAY_QUALITY: i32 = 85;
+
 pub fn encode_thumbnail(image: &RgbImage) -> Result<Vec<u8>, IngestError> {
+    encode(image, THUMBNAIL_QUALITY)
+}
+
+/// Encodes RGB pixels with libjpeg-turbo, chroma subsampled 2x2 as cameras do.
+pub fn encode(image: &RgbImage, quality: i32) -> Result<Vec<u8>, IngestError> {
     let pixels = Image {
         pixels: image.as_raw().as_slice(),
         width: image.width() as usize,
@@ -69,7 +77,7 @@ pub fn encode_thumbnail(image: &RgbImage) -> Result<Vec<u8>, IngestError> {
         height: image.height() as usize,
         format: PixelFormat::RGB,
     };
-    let encoded = turbojpeg::compress(pixels, THUMBNAIL_QUALITY, Subsamp::Sub2x2).map_err(corrupt)?;
+    let encoded = turbojpeg::compress(pixels, quality, Subsamp::Sub2x2).map_err(corrupt)?;
     Ok(encoded.to_vec())
 }
 

@@ -1,6 +1,7 @@
 //! The CPU-bound half of an upload (`prepare`): identify by content, check limits, strip metadata, decode,
 //! thumbnail. The application core (`app`) runs it, then stores what it made.
 
+pub mod display;
 mod heif;
 mod jpeg;
 mod pixels;
@@ -143,6 +144,8 @@ pub struct PreparedImage {
     pub thumbnail_format: ImageFormat,
     /// The upright working image (a few hundred pixels a side), for the models.
     pub pixels: Arc<RgbImage>,
+    /// The display rendition, for an original browsers cannot show or that is far larger than a screen.
+    pub display: Option<(Bytes, ImageFormat)>,
 }
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
@@ -167,16 +170,26 @@ pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, 
         thumbnail: thumb.bytes.into(),
         thumbnail_format: thumb.format,
         pixels: Arc::new(upright.working.into_rgb8()),
+        display: upright.display.map(|rendition| (rendition.bytes.into(), rendition.format)),
     })
 }
 
-/// The thumbnail of an image as stored (metadata stripped; a JPEG with the orientation it keeps), made as the
-/// upload made it: for a consistency repair whose thumbnail object is gone.
-pub fn thumbnail_of_stored(original: &[u8], policy: &IngestPolicy) -> Result<(Bytes, ImageFormat), IngestError> {
+/// What an upload derives from its original, made again from the stored bytes.
+pub struct Derived {
+    pub thumbnail: (Bytes, ImageFormat),
+    pub display: Option<(Bytes, ImageFormat)>,
+}
+
+/// The thumbnail and display rendition of an image as stored (metadata stripped; a JPEG with the orientation
+/// it keeps), made as the upload made them: for a consistency repair whose derived objects are gone.
+pub fn derived_from_stored(original: &[u8], policy: &IngestPolicy) -> Result<Derived, IngestError> {
     let (format, header) = identify(original, policy)?;
     let upright = pixels::for_storage(original.to_vec(), format, header.orientation, policy)?;
     let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
-    Ok((thumb.bytes.into(), thumb.format))
+    Ok(Derived {
+        thumbnail: (thumb.bytes.into(), thumb.format),
+        display: upright.display.map(|rendition| (rendition.bytes.into(), rendition.format)),
+    })
 }
 
 /// Identifies, checks and decodes an upload for the models alone (nothing is stored): the upright working

@@ -7,7 +7,7 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, GenericImageView, RgbImage};
 
-use super::{jpeg, thumbnail, validate, ImageFormat, IngestError, IngestPolicy};
+use super::{display, jpeg, thumbnail, validate, ImageFormat, IngestError, IngestPolicy};
 use crate::imaging::{self, WorkingSize};
 
 /// What `for_storage` makes of an upload.
@@ -19,6 +19,8 @@ pub struct Upright {
     pub height: u32,
     /// The working image, upright: RGB, or RGBA when the format has an alpha channel.
     pub working: DynamicImage,
+    /// What browsers are shown instead of an original they cannot show or that is far larger than a screen.
+    pub display: Option<display::Rendition>,
 }
 
 fn uses_libjpeg(format: ImageFormat, data: &[u8]) -> Result<bool, IngestError> {
@@ -39,7 +41,15 @@ pub fn for_storage(
     working.apply_orientation(orientation);
     let (width, height) = jpeg::dimensions(&stripped)?;
     let (width, height) = if turns_sideways(orientation) { (height, width) } else { (width, height) };
-    Ok(Upright { original: stripped, width, height, working })
+    let display = if display::needed(format, width, height) {
+        // Decoded again, at the DCT scale that covers the rendition: a large JPEG is never decoded in full.
+        let mut large = DynamicImage::ImageRgb8(jpeg::decode_scaled(&stripped, display::JPEG_DECODE)?);
+        large.apply_orientation(orientation);
+        Some(display::make(&large)?)
+    } else {
+        None
+    };
+    Ok(Upright { original: stripped, width, height, working, display })
 }
 
 /// Whether turning by `orientation` swaps width and height.
@@ -62,7 +72,8 @@ fn decoded_in_full(
     let (width, height) = (full.width(), full.height());
     let original =
         if orientation == Orientation::NoTransforms { stripped } else { thumbnail::encode_as(&full, format)? };
-    Ok(Upright { original, width, height, working: downscale(full, policy.working) })
+    let display = if display::needed(format, width, height) { Some(display::make(&full)?) } else { None };
+    Ok(Upright { original, width, height, working: downscale(full, policy.working), display })
 }
 
 /// The upright working image alone, in RGB, for the models (nothing is stored).

@@ -161,3 +161,28 @@ test('a phone photo stored sideways shows upright, on its page and at its file U
   assert.deepEqual(alone, [300, 451], 'the file URL shows the photo upright');
   await context.close();
 });
+
+test('an iPhone HEIC photo, which Chromium cannot show, is shown upright from its display rendition', async () => {
+  // Stored 451x300 and turned by its container (irot): upright it is 300 wide and 451 high.
+  const image = await apiUpload('cat-gps.heic', { filename: 'IMG_0001.HEIC' });
+  assert.equal(image.content_type, 'image/heic');
+  assert.deepEqual([image.width, image.height], [300, 451]);
+  const { context, page, problems } = await newPage(browser);
+  await page.goto(image.urls.page);
+  const natural = await page.$eval('.main-image', (el) => [el.complete, el.naturalWidth, el.naturalHeight]);
+  assert.deepEqual(natural, [true, 300, 451], 'the page shows a picture, upright');
+  // The rendition is the photo: drawn small, it looks like the thumbnail, not like it turned over.
+  const compared = await shownLike(page, image.urls.display, image.urls.thumbnail);
+  assert.ok(compared.same < 12 && compared.turned > 2 * compared.same, JSON.stringify(compared));
+  // Chromium itself cannot decode the original: without the rendition, the page would show nothing.
+  const original = await page.evaluate((src) => new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve('decoded');
+    img.onerror = () => resolve('not decoded');
+    img.src = src;
+  }), image.urls.file);
+  assert.equal(original, 'not decoded');
+  await screenshot(page, 'result-heic-photo.png');
+  assert.deepEqual(problems, []);
+  await context.close();
+});

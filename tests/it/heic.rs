@@ -5,7 +5,11 @@ use serde_json::Value;
 
 use crate::helpers::{bytes_form, error_code, fixture, spawn, Stack};
 
-crate::on_both_stacks!(a_heic_photo_is_stored_without_private_metadata_and_upright, hostile_heic_files_are_refused);
+crate::on_both_stacks!(
+    a_heic_photo_is_stored_without_private_metadata_and_upright,
+    hostile_heic_files_are_refused,
+    a_photo_far_larger_than_a_screen_gets_a_display_rendition,
+);
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -72,8 +76,51 @@ async fn a_heic_photo_is_stored_without_private_metadata_and_upright(stack: Stac
     assert_eq!(headers["content-type"], "image/jpeg");
     let thumbnail = image::load_from_memory(&thumbnail).unwrap();
     assert!(thumbnail.height() > thumbnail.width(), "the thumbnail is upright");
+    // Browsers cannot show HEIC: the page and `urls.display` give a JPEG rendition of it, upright.
     let id = body["id"].as_str().unwrap();
-    assert!(app.object_keys().await.contains(&format!("images/{id}/original.heic")));
+    assert_eq!(body["urls"]["display"], format!("/api/v1/images/{id}/display"));
+    let names: Vec<&str> = body["renditions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["thumbnail", "display"]);
+    assert_eq!(body["renditions"][1]["content_type"], "image/jpeg");
+    let (headers, shown) = download(&app, &body["urls"]["display"]).await;
+    assert_eq!(headers["content-type"], "image/jpeg");
+    let shown = image::load_from_memory(&shown).unwrap();
+    assert_eq!((shown.width(), shown.height()), (300, 451));
+    let page = app.get(body["urls"]["page"].as_str().unwrap()).await.text().await.unwrap().replace("&#x2F;", "/");
+    assert!(page.contains(&format!("src=\"/api/v1/images/{id}/display\"")), "the page shows the rendition");
+    let keys = app.object_keys().await;
+    let expected = ["display.jpg", "original.heic", "thumb.jpg"].map(|name| format!("images/{id}/{name}"));
+    assert_eq!(keys, expected);
+
+    // A delete takes the rendition too.
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/images/{id}")))
+        .header("X-Delete-Token", body["delete_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(app.object_keys().await.is_empty());
+}
+
+async fn a_photo_far_larger_than_a_screen_gets_a_display_rendition(stack: Stack) {
+    let app = spawn(stack).await;
+    let wide = image::RgbImage::from_fn(6000, 1200, |x, y| image::Rgb([(x / 24) as u8, (y / 5) as u8, 80]));
+    let mut jpeg = Vec::new();
+    wide.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    let response = app.upload_form("/api/v1/images", bytes_form("panorama.jpg", jpeg)).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["width"].as_i64(), body["height"].as_i64()), (Some(6000), Some(1200)));
+    let (_, shown) = download(&app, &body["urls"]["display"]).await;
+    let shown = image::load_from_memory(&shown).unwrap();
+    assert_eq!((shown.width(), shown.height()), (2048, 410), "scaled to fit 2048");
+
+    // A photo a browser shows as it is needs none: `urls.display` is its file.
+    let cat = app.upload_ok("cat.jpg").await;
+    assert_eq!(cat["urls"]["display"], cat["urls"]["file"]);
+    assert_eq!(cat["renditions"].as_array().unwrap().len(), 1, "the thumbnail alone");
 }
 
 fn gradient(width: u32, height: u32) -> heifer::Image {

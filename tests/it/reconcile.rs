@@ -12,6 +12,7 @@ use crate::helpers::{spawn, spawn_with, Stack, TestApp};
 
 crate::on_both_stacks!(
     finds_orphans_and_images_missing_objects,
+    knows_display_renditions,
     uploads_racing_a_repair_keep_their_objects,
     the_command_checks_many_objects_in_flat_memory
 );
@@ -169,6 +170,47 @@ async fn finds_orphans_and_images_missing_objects(stack: Stack) {
     assert_eq!(app.get(&format!("/api/v1/images/{lost}")).await.status().as_u16(), 404);
     let after = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
     assert!(after.is_clean() && after.missing_images == 0, "{after:?}");
+}
+
+/// A HEIC's display rendition is one of its objects: not an orphan while its row names it, reported and made
+/// again when it is gone, an orphan once the row is gone.
+async fn knows_display_renditions(stack: Stack) {
+    let app = spawn(stack).await;
+    let store = store_of(&app).await;
+    let body = app.upload_ok("cat-gps.heic").await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let clean = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
+    assert!(clean.is_clean() && clean.objects_scanned == 3, "{clean:?}");
+
+    let made_at_upload = app.get(&format!("/api/v1/images/{id}/display")).await.bytes().await.unwrap();
+    let record = {
+        let id = id.clone();
+        app.db.run(move |conn| image_rows::find_any(conn, &id)).await.unwrap().unwrap()
+    };
+    let display_key = record.display_key.clone().expect("a HEIC has a display rendition");
+    store.delete(&display_key).await.unwrap();
+    let report = check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap();
+    assert_eq!(report.missing_thumbnails, std::slice::from_ref(&id), "{report:?}");
+    let report = check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap();
+    assert_eq!(report.thumbnails_regenerated, 1, "{report:?}");
+    let made_again = app.get(&format!("/api/v1/images/{id}/display")).await.bytes().await.unwrap();
+    assert!(made_again == made_at_upload, "the rendition is made again byte for byte");
+    assert!(check(&app.db, store.clone(), &options(Duration::ZERO)).await.unwrap().is_clean());
+
+    // Without its row, the rendition is an orphan like the other objects.
+    let row_id = id.clone();
+    app.db
+        .run(move |conn| {
+            use diesel::prelude::*;
+            diesel::delete(upshot::db::schema::images::table.filter(upshot::db::schema::images::id.eq(&row_id)))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let report = check(&app.db, store.clone(), &repair(Duration::ZERO)).await.unwrap();
+    assert_eq!(report.orphan_count, 3, "{report:?}");
+    assert!(app.object_keys().await.is_empty());
 }
 
 /// A repair with no grace period at all, over and over while uploads run: every upload keeps its objects,
