@@ -55,6 +55,27 @@ where
     ImageBuffer::from_raw(width, height, target.into_vec()).expect("the buffer matches its dimensions")
 }
 
+/// The ThumbHash of an image (about 25 bytes, base64): a blurred likeness with its colours, aspect ratio and
+/// transparency, that a page paints while the image loads. Made from at most 100×100 pixels, as it requires.
+pub fn thumbhash(image: &image::DynamicImage) -> String {
+    use base64::Engine;
+    let (width, height) = fit_within(image.width(), image.height(), 100);
+    let small = resize(&image.to_rgba8(), width, height);
+    let hash = thumbhash::rgba_to_thumb_hash(width as usize, height as usize, small.as_raw());
+    base64::engine::general_purpose::STANDARD.encode(hash)
+}
+
+/// The picture a ThumbHash stands for, as a small PNG (about 32 pixels long); `None` for a malformed hash.
+pub fn thumbhash_png(thumbhash: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let hash = base64::engine::general_purpose::STANDARD.decode(thumbhash).ok()?;
+    let (width, height, rgba) = thumbhash::thumb_hash_to_rgba(&hash).ok()?;
+    let image = image::RgbaImage::from_raw(width as u32, height as u32, rgba)?;
+    let mut png = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).ok()?;
+    Some(png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -519,10 +519,27 @@ function setUpOwnerDelete(button) {
   });
 }
 
+/* ---------------------------------------------------------------- placeholders */
+
+/** Paints each image's ThumbHash likeness (a data: PNG the page carries) behind it until the image has loaded. */
+function paintPlaceholders() {
+  for (const img of document.querySelectorAll('img[data-placeholder]')) {
+    if (img.complete && img.naturalWidth > 0) continue;
+    img.style.backgroundImage = `url("${img.dataset.placeholder}")`;
+    img.style.backgroundSize = '100% 100%';
+    img.classList.add('placeholder-shown');
+    img.addEventListener('load', () => {
+      img.style.backgroundImage = '';
+      img.classList.remove('placeholder-shown');
+    }, { once: true });
+  }
+}
+
 /* ---------------------------------------------------------------- start */
 
 function start() {
   document.documentElement.classList.add('js');
+  paintPlaceholders();
   for (const node of document.querySelectorAll('.js-only')) node.hidden = false;
   const form = document.getElementById('upload-form');
   if (form) setUpUpload(form);

@@ -50,6 +50,10 @@ pub struct ImageView {
     pub thumbnail_content_type: String,
     /// The renditions stored beside the original.
     pub renditions: Vec<RenditionView>,
+    /// A ThumbHash (base64, https://evanw.github.io/thumbhash/): a blurred likeness to paint while the image
+    /// loads. Absent for images stored before placeholders.
+    #[schema(example = "1QcSHQRnh493V4dIh4eXh1h4kJUI")]
+    pub thumbhash: Option<String>,
     /// The classifier's top labels, most probable first.
     pub predictions: Vec<Prediction>,
     /// The classifier that produced `predictions`.
@@ -91,6 +95,7 @@ impl From<&ImageRecord> for ImageView {
             id: id.to_string(),
             urls: ImageUrls { file, thumbnail, display: shown, page: format!("/images/{id}") },
             renditions: std::iter::once(thumbnail_rendition).chain(display).collect(),
+            thumbhash: record.thumbhash.clone(),
             original_filename: record.original_filename.clone(),
             description: record.description.clone(),
             format: record.format.clone(),

@@ -272,6 +272,7 @@ fn new_record(
         thumbnail_content_type: objects.thumbnail_content_type.clone(),
         display_key: objects.display_key.clone(),
         display_content_type: objects.display_content_type.clone(),
+        thumbhash: Some(prepared.thumbhash.clone()),
         predictions: Json::new(analysis.predictions.clone()),
         model_name: Some(analysis.model.name.clone()),
         model_version: Some(analysis.model.version.clone()),

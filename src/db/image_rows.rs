@@ -44,6 +44,8 @@ pub struct ImageRecord {
     /// The display rendition, when the original needs one (see `ingest::display`).
     pub display_key: Option<String>,
     pub display_content_type: Option<String>,
+    /// The ThumbHash placeholder (base64); none for images stored before placeholders.
+    pub thumbhash: Option<String>,
 }
 
 /// Objects already stored for identical bytes, which a new upload may point at instead of storing again.

@@ -28,6 +28,7 @@ diesel::table! {
         top_label -> Nullable<Text>,
         display_key -> Nullable<Text>,
         display_content_type -> Nullable<Text>,
+        thumbhash -> Nullable<Text>,
     }
 }
 

@@ -146,6 +146,8 @@ pub struct PreparedImage {
     pub pixels: Arc<RgbImage>,
     /// The display rendition, for an original browsers cannot show or that is far larger than a screen.
     pub display: Option<(Bytes, ImageFormat)>,
+    /// The ThumbHash placeholder (base64).
+    pub thumbhash: String,
 }
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
@@ -169,6 +171,7 @@ pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, 
         height: upright.height,
         thumbnail: thumb.bytes.into(),
         thumbnail_format: thumb.format,
+        thumbhash: crate::imaging::thumbhash(&upright.working),
         pixels: Arc::new(upright.working.into_rgb8()),
         display: upright.display.map(|rendition| (rendition.bytes.into(), rendition.format)),
     })

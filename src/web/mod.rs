@@ -38,6 +38,12 @@ pub fn page_image(record: &ImageRecord) -> Value {
     let mut image = serde_json::to_value(ImageView::from(record)).expect("views serialize");
     image["byte_size_human"] = human_bytes(record.byte_size.max(0) as u64).into();
     image["created_at"] = record.created_at.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+    // The page paints the placeholder (allowed by the policy's `img-src data:`) until the image has loaded.
+    if let Some(png) = record.thumbhash.as_deref().and_then(crate::imaging::thumbhash_png) {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(png);
+        image["placeholder"] = format!("data:image/png;base64,{encoded}").into();
+    }
     image
 }
 

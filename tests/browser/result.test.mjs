@@ -186,3 +186,30 @@ test('an iPhone HEIC photo, which Chromium cannot show, is shown upright from it
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test('while a photo loads, its page paints its ThumbHash placeholder in its place', async () => {
+  const image = await apiUpload('cat.jpg');
+  assert.ok(image.thumbhash, JSON.stringify(image));
+  const { context, page, problems } = await newPage(browser);
+  // The photo arrives slowly, as on a phone network.
+  let release;
+  const arrived = new Promise((resolve) => { release = resolve; });
+  await page.route(`**${image.urls.display}`, async (route) => {
+    await arrived;
+    await route.continue();
+  });
+  await page.goto(image.urls.page, { waitUntil: 'domcontentloaded' });
+  const waiting = await page.$eval('.main-image', (el) => [
+    el.complete && el.naturalWidth > 0,
+    getComputedStyle(el).backgroundImage,
+  ]);
+  assert.equal(waiting[0], false, 'the photo has not arrived');
+  assert.match(waiting[1], /^url\("data:image\/png;base64,/, 'the placeholder is painted meanwhile');
+  release();
+  await page.waitForFunction(() => {
+    const img = document.querySelector('.main-image');
+    return img.complete && img.naturalWidth > 0 && getComputedStyle(img).backgroundImage === 'none';
+  });
+  assert.deepEqual(problems, []);
+  await context.close();
+});

@@ -22,6 +22,7 @@ crate::on_both_stacks!(
     selfie_compatibility_routes,
     admin_listing_pages_newest_first,
     metrics_count_requests_uploads_and_inference,
+    every_image_has_a_thumbhash_of_its_colours,
 );
 
 fn decode(bytes: &[u8]) -> image::DynamicImage {
@@ -469,4 +470,34 @@ async fn the_api_refuses_what_its_document_does_not_allow() {
     assert!(pattern.is_match(cursor), "{cursor} matches the documented pattern");
     let second: serde_json::Value = admin(&format!("?limit=1&cursor={cursor}")).await.json().await.unwrap();
     assert_ne!(first["items"][0]["id"], second["items"][0]["id"]);
+}
+
+/// The placeholder's average colour is the image's, and its page carries it as a small PNG to paint.
+async fn every_image_has_a_thumbhash_of_its_colours(stack: Stack) {
+    use base64::Engine;
+    let app = spawn(stack).await;
+    for name in ["cat.jpg", "coffee.png", "logo-alpha.png", "cat-gps.heic"] {
+        let body = app.upload_ok(name).await;
+        let hash = base64::engine::general_purpose::STANDARD.decode(body["thumbhash"].as_str().unwrap()).unwrap();
+        assert!(hash.len() <= 40, "{name}: {} bytes", hash.len());
+        let (r, g, b, a) = thumbhash::thumb_hash_to_average_rgba(&hash).unwrap();
+        let (_, thumbnail) = download(&app, &body["urls"]["thumbnail"]).await;
+        let pixels = decode(&thumbnail).to_rgba8();
+        let count = f32::from(u16::try_from(pixels.pixels().len().min(60_000)).unwrap());
+        let mean =
+            |channel: usize| pixels.pixels().take(60_000).map(|p| f32::from(p[channel]) / 255.0).sum::<f32>() / count;
+        if name == "logo-alpha.png" {
+            assert!(a < 0.9, "{name}: the placeholder keeps the transparency ({a})");
+        } else {
+            for (channel, value) in [(0, r), (1, g), (2, b)] {
+                let expected = mean(channel);
+                assert!(
+                    (value - expected).abs() < 0.06,
+                    "{name}: channel {channel} is {value}, the image's {expected}"
+                );
+            }
+        }
+        let page = app.get(body["urls"]["page"].as_str().unwrap()).await.text().await.unwrap();
+        assert!(page.contains("data-placeholder=\"data:image&#x2F;png;base64,"), "{name}: the page carries it");
+    }
 }
