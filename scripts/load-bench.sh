@@ -4,7 +4,8 @@
 # clients (scripts/loadgen.py):
 #   - the photo mix of ../shared/bench/images (in name order, in turn) at concurrency 1, 4 and 16;
 #   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, a 12 MP phone photo held
-#     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS), and the same photo stored upright;
+#     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS), the same photo stored upright, and
+#     the same photo as HEIC;
 #   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY;
 #   - a burst of 50 concurrent 15 MB uploads while 500 idle connections are held open, with one ordinary
 #     upload (the 451x300 JPEG) sent meanwhile and timed.
@@ -29,8 +30,8 @@ images=$(cd "$images" && pwd)
 
 # shellcheck source=scripts/bench-setup.sh
 source scripts/bench-setup.sh
-"$venv/bin/python" -c 'import PIL' 2>/dev/null ||
-    "$venv/bin/pip" install -q --disable-pip-version-check 'pillow==11.3.0' >&2
+"$venv/bin/python" -c 'import PIL, pillow_heif' 2>/dev/null ||
+    "$venv/bin/pip" install -q --disable-pip-version-check 'pillow==11.3.0' 'pillow-heif==1.8.1' >&2
 "$venv/bin/python" scripts/bench-photos.py "$images" "$state/photos"
 read -r bucket topic < <("$venv/bin/python" - "$UPSHOT_TEST_AWS_ENDPOINT" <<'PY'
 import sys, boto3
@@ -72,9 +73,15 @@ start_server
 load --label mix --images "$images" --levels 1,4,16 --warmup "$warmup" --seconds "$seconds"
 load --label "4000x3000 JPEG" --file "$images/astronaut_4000x3000.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
 load --label "451x300 JPEG" --file "$images/chelsea.jpg" --levels 1 --warmup 1 --seconds "$single_seconds"
+# Each phone photo on a fresh server, so that its peak RSS is its own.
+start_server
 load --label "12 MP phone photo, EXIF orientation 6" --file "$state/photos/phone-upright.jpg" --levels 1 \
     --warmup 1 --seconds "$single_seconds"
+start_server
 load --label "the same photo stored upright" --file "$state/photos/phone-plain.jpg" --levels 1 --warmup 1 \
+    --seconds "$single_seconds"
+start_server
+load --label "the same photo as HEIC" --file "$state/photos/phone.heic" --levels 1 --warmup 1 \
     --seconds "$single_seconds"
 start_server
 load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients 32

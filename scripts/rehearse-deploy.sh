@@ -214,7 +214,7 @@ json.dump({
 }, open(out, "w"), indent=1)
 PY
 cp deploy/codedeploy/testing/fake-aws deploy/codedeploy/testing/codedeploy-agent.py deploy/codedeploy/testing/upload-client.py "$work/share/"
-cp tests/fixtures/cat.jpg "$work/share/"
+cp tests/fixtures/cat.jpg tests/fixtures/cat-gps.heic "$work/share/"
 
 # ------------------------------------------------------------------ 2. boot the instance
 root=$(instance_root)
@@ -307,6 +307,24 @@ PY
 }
 check "password refresh: a rotated master secret reaches its password file" rotate
 psql_as_postgres postgres "ALTER ROLE upshot_master PASSWORD 'rotated:pass'" >/dev/null
+
+heic_upload() { # what the packaged binary makes of an iPhone photo, on the instance
+    inside python3 - "$SERVICE_URL" /rehearsal/cat-gps.heic <<'PY'
+import json, sys, urllib.request, uuid
+url, path = sys.argv[1], sys.argv[2]
+boundary = uuid.uuid4().hex
+body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="IMG_0001.HEIC"\r\n\r\n'.encode()
+        + open(path, "rb").read() + f"\r\n--{boundary}--\r\n".encode())
+request = urllib.request.Request(url + "/api/v1/images", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+image = json.load(urllib.request.urlopen(request, timeout=60))
+shown = urllib.request.urlopen(url + image["urls"]["display"], timeout=60)
+print(f"    HEIC stored as {image['content_type']}, {image['width']}x{image['height']}, shown as "
+      f"{shown.headers['Content-Type']}, placeholder {image['thumbhash']}")
+sys.exit(0 if image["format"] == "heic" and shown.headers["Content-Type"] == "image/jpeg" and image["thumbhash"] else 1)
+PY
+}
+check "upload: an iPhone HEIC photo is stored, and shown from its display rendition" heic_upload
 
 # ------------------------------------------------------------------ deployment 2 under load
 echo "deployment 2 (new revision while uploading):"
