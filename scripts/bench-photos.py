@@ -6,6 +6,7 @@
 - phone-plain.jpg: the same scene stored upright (3024x4032, no EXIF), to compare the two;
 - phone.heic: the same photo as an iPhone saves it, HEIC (libheif and x265 through pillow-heif): stored
   sideways with its rotation in the container (irot) and its EXIF (GPS) in an Exif item;
+- phone.avif: the same photo as AVIF (libavif, through Pillow), 8 bits 4:2:0, likewise;
 - large-10mb.png: about 10 MB of incompressible pixels, for the burst of large uploads.
 - large-15mb.png: about 15 MB of the same, for the burst under 500 idle connections.
 
@@ -37,6 +38,7 @@ upright.save(os.path.join(out, "phone-plain.jpg"), quality=92, subsampling="4:2:
 # The sideways pixels as they are (not turned by Pillow): libheif writes orientation 6 as the rotation (irot).
 heif = pillow_heif.from_bytes(mode="RGB", size=stored.size, data=stored.tobytes())
 heif.save(os.path.join(out, "phone.heic"), quality=80, exif=exif.tobytes())
+stored.save(os.path.join(out, "phone.avif"), quality=80, exif=exif.tobytes())
 
 random.seed(10)
 side = 1830  # 1830 * 1830 * 3 bytes of noise: a PNG of about 10 MB
@@ -45,5 +47,5 @@ noise.save(os.path.join(out, "large-10mb.png"), compress_level=1)
 side = 2240  # about 15 MB, for the hostile burst
 noise = Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3))
 noise.save(os.path.join(out, "large-15mb.png"), compress_level=1)
-for name in ("phone-upright.jpg", "phone-plain.jpg", "phone.heic", "large-10mb.png", "large-15mb.png"):
+for name in ("phone-upright.jpg", "phone-plain.jpg", "phone.heic", "phone.avif", "large-10mb.png", "large-15mb.png"):
     print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes", file=sys.stderr)

@@ -5,7 +5,7 @@
 #   - the photo mix of ../shared/bench/images (in name order, in turn) at concurrency 1, 4 and 16;
 #   - single photos at concurrency 1: the 4000x3000 JPEG, the 451x300 JPEG, a 12 MP phone photo held
 #     upright (4032x3024 stored sideways with EXIF orientation 6 and GPS), the same photo stored upright, and
-#     the same photo as HEIC;
+#     the same photo as HEIC and as AVIF;
 #   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY;
 #   - a burst of 50 concurrent 15 MB uploads while 500 idle connections are held open, with one ordinary
 #     upload (the 451x300 JPEG) sent meanwhile and timed.
@@ -82,6 +82,9 @@ load --label "the same photo stored upright" --file "$state/photos/phone-plain.j
     --seconds "$single_seconds"
 start_server
 load --label "the same photo as HEIC" --file "$state/photos/phone.heic" --levels 1 --warmup 1 \
+    --seconds "$single_seconds"
+start_server
+load --label "the same photo as AVIF" --file "$state/photos/phone.avif" --levels 1 --warmup 1 \
     --seconds "$single_seconds"
 start_server
 load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients 32

@@ -26,7 +26,7 @@ export AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
 if [ "${UPSHOT_TEST_SCOPE:-all}" != rust ]; then
-    # The full suite reads what metadata a stored photo keeps with exiftool (tests/it/heic.rs).
+    # The full suite reads what metadata a stored photo keeps with exiftool (tests/it/heif.rs).
     if ! command -v exiftool >/dev/null 2>&1; then
         sudo_cmd=()
         [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

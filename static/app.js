@@ -375,7 +375,7 @@ function setUpUpload(form) {
     }
 
     // Direct: open a session, PUT the file where it says (with the headers it signed), then complete it.
-    const accepted = ['image/jpeg', 'image/png', 'image/webp', 'image/gif', 'image/heic'];
+    const accepted = ['image/jpeg', 'image/png', 'image/webp', 'image/gif', 'image/heic', 'image/avif'];
     const session = { filename: file.name, byte_size: file.size, description };
     if (accepted.includes(file.type)) session.content_type = file.type;
     call(form.dataset.directApi, session, (opened) => {

@@ -38,7 +38,7 @@ errors!(
         "400" => "MISSING_FILE, BAD_REQUEST or INVALID_IDEMPOTENCY_KEY",
         "409" => "IDEMPOTENCY_CONFLICT: the key was used with other bytes",
         "413" => "PAYLOAD_TOO_LARGE: over max_upload_bytes",
-        "415" => "UNSUPPORTED_MEDIA_TYPE: not an accepted format (JPEG, PNG, WebP, GIF, HEIC) by content",
+        "415" => "UNSUPPORTED_MEDIA_TYPE: not an accepted format (JPEG, PNG, WebP, GIF, HEIC, AVIF) by content",
         "422" => "IMAGE_TOO_LARGE (a dimension or pixel limit), CORRUPT_IMAGE or INVALID_REQUEST",
         "429" => TOO_MANY_REQUESTS,
         "500" => "INTERNAL or INFERENCE_FAILED",

@@ -11,19 +11,28 @@ pub enum ImageFormat {
     Gif,
     /// HEIC/HEIF: HEVC-coded HEIF, what iPhones save.
     Heic,
+    /// AV1-coded HEIF.
+    Avif,
 }
 
 impl TryFrom<String> for ImageFormat {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, String> {
-        ImageFormat::from_name(&name).ok_or_else(|| format!("unknown format {name:?} (jpeg, png, webp, gif, heic)"))
+        ImageFormat::from_name(&name)
+            .ok_or_else(|| format!("unknown format {name:?} (jpeg, png, webp, gif, heic, avif)"))
     }
 }
 
 impl ImageFormat {
-    pub const ALL: [ImageFormat; 5] =
-        [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp, ImageFormat::Gif, ImageFormat::Heic];
+    pub const ALL: [ImageFormat; 6] = [
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Webp,
+        ImageFormat::Gif,
+        ImageFormat::Heic,
+        ImageFormat::Avif,
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name.trim().to_ascii_lowercase().as_str() {
@@ -32,6 +41,7 @@ impl ImageFormat {
             "webp" => Some(ImageFormat::Webp),
             "gif" => Some(ImageFormat::Gif),
             "heic" | "heif" => Some(ImageFormat::Heic),
+            "avif" => Some(ImageFormat::Avif),
             _ => None,
         }
     }
@@ -46,10 +56,8 @@ impl ImageFormat {
             Some(ImageFormat::Webp)
         } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
             Some(ImageFormat::Gif)
-        } else if is_hevc_heif(bytes) {
-            Some(ImageFormat::Heic)
         } else {
-            None
+            heif_codec(bytes)
         }
     }
 
@@ -60,6 +68,7 @@ impl ImageFormat {
             ImageFormat::Webp => "webp",
             ImageFormat::Gif => "gif",
             ImageFormat::Heic => "heic",
+            ImageFormat::Avif => "avif",
         }
     }
 
@@ -70,6 +79,7 @@ impl ImageFormat {
             ImageFormat::Webp => "WebP",
             ImageFormat::Gif => "GIF",
             ImageFormat::Heic => "HEIC",
+            ImageFormat::Avif => "AVIF",
         }
     }
 
@@ -80,6 +90,7 @@ impl ImageFormat {
             ImageFormat::Webp => "image/webp",
             ImageFormat::Gif => "image/gif",
             ImageFormat::Heic => "image/heic",
+            ImageFormat::Avif => "image/avif",
         }
     }
 
@@ -90,6 +101,7 @@ impl ImageFormat {
             ImageFormat::Webp => "webp",
             ImageFormat::Gif => "gif",
             ImageFormat::Heic => "heic",
+            ImageFormat::Avif => "avif",
         }
     }
 
@@ -101,6 +113,7 @@ impl ImageFormat {
             ImageFormat::Webp => &["webp"],
             ImageFormat::Gif => &["gif"],
             ImageFormat::Heic => &["heic", "heif"],
+            ImageFormat::Avif => &["avif"],
         }
     }
 
@@ -111,28 +124,38 @@ impl ImageFormat {
             ImageFormat::Png => Some(image::ImageFormat::Png),
             ImageFormat::Webp => Some(image::ImageFormat::WebP),
             ImageFormat::Gif => Some(image::ImageFormat::Gif),
-            ImageFormat::Heic => None,
+            ImageFormat::Heic | ImageFormat::Avif => None,
         }
     }
 
-    /// Whether every current browser shows the format in an `<img>` (Chromium and Firefox cannot show HEIC).
+    /// Whether every current browser shows the format in an `<img>` (Chromium and Firefox cannot show HEIC; all
+    /// show AVIF).
     pub fn browsers_show(self) -> bool {
         self != ImageFormat::Heic
     }
 }
 
-/// A HEIF file whose images are HEVC-coded: its `ftyp` box names a HEVC brand, as its major brand or, after
-/// a generic one (`mif1`, `msf1`), among its compatible brands.
-fn is_hevc_heif(bytes: &[u8]) -> bool {
-    const HEVC_BRANDS: [&[u8; 4]; 6] = [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"];
+/// A HEIF file's format by the codec its `ftyp` box names: as its major brand or, after a generic one (`mif1`,
+/// `msf1`), among its compatible brands.
+fn heif_codec(bytes: &[u8]) -> Option<ImageFormat> {
+    const BRANDS: [(&[u8; 4], ImageFormat); 8] = [
+        (b"heic", ImageFormat::Heic),
+        (b"heix", ImageFormat::Heic),
+        (b"heim", ImageFormat::Heic),
+        (b"heis", ImageFormat::Heic),
+        (b"hevc", ImageFormat::Heic),
+        (b"hevx", ImageFormat::Heic),
+        (b"avif", ImageFormat::Avif),
+        (b"avis", ImageFormat::Avif),
+    ];
     if bytes.len() < 16 || &bytes[4..8] != b"ftyp" {
-        return false;
+        return None;
     }
     let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let Some(ftyp) = bytes.get(8..size.min(bytes.len()).max(8)) else { return false };
-    let is_hevc = |brand: &[u8]| HEVC_BRANDS.iter().any(|hevc| brand == &hevc[..]);
+    let ftyp = bytes.get(8..size.min(bytes.len()).max(8))?;
+    let codec = |brand: &[u8]| BRANDS.iter().find(|(name, _)| brand == &name[..]).map(|(_, format)| *format);
     // Major brand, minor version, then the compatible brands.
-    is_hevc(&ftyp[..4]) || ftyp.get(8..).unwrap_or_default().chunks_exact(4).any(is_hevc)
+    codec(&ftyp[..4]).or_else(|| ftyp.get(8..).unwrap_or_default().chunks_exact(4).find_map(codec))
 }
 
 /// A name for what was uploaded instead, for the 415 message.
@@ -141,7 +164,6 @@ pub fn describe_unsupported(bytes: &[u8]) -> &'static str {
         Ok(image::ImageFormat::Tiff) => "a TIFF image",
         Ok(image::ImageFormat::Bmp) => "a BMP image",
         Ok(image::ImageFormat::Ico) => "an ICO image",
-        Ok(image::ImageFormat::Avif) => "an AVIF image",
         Ok(_) => "an image in a format that is not accepted",
         Err(_) if bytes.starts_with(b"%PDF") => "a PDF document",
         Err(_) if bytes.starts_with(b"PK\x03\x04") => "a ZIP archive",

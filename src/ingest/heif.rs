@@ -1,4 +1,5 @@
-//! HEIC/HEIF photos, as iPhones save them: the container is read without decoding anything, its declared size
+//! HEIC/HEIF photos, as iPhones save them (and AVIF's container, which is the same): the container is read
+//! without decoding anything, its declared size
 //! checked against the limits, its metadata items blanked in place (no offset moves, so the file stays valid
 //! byte for byte elsewhere), and the primary image decoded (HEVC, in safe Rust) to upright sRGB.
 

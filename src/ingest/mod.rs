@@ -1,6 +1,7 @@
 //! The CPU-bound half of an upload (`prepare`): identify by content, check limits, strip metadata, decode,
 //! thumbnail. The application core (`app`) runs it, then stores what it made.
 
+mod avif;
 pub mod display;
 mod heif;
 mod jpeg;
@@ -45,7 +46,7 @@ impl From<IngestError> for AppError {
         let (code, message) = match &error {
             IngestError::Unsupported { detected } => (
                 ErrorCode::UnsupportedMediaType,
-                format!("The file is {detected}; upload a JPEG, PNG, WebP, GIF or HEIC image."),
+                format!("The file is {detected}; upload a JPEG, PNG, WebP, GIF, HEIC or AVIF image."),
             ),
             IngestError::TooLarge { limit, max, actual } => (
                 ErrorCode::ImageTooLarge,
@@ -218,6 +219,7 @@ fn describe(upload: &[u8]) -> &'static str {
             ImageFormat::Webp => "a WebP image",
             ImageFormat::Gif => "a GIF image",
             ImageFormat::Heic => "a HEIC image",
+            ImageFormat::Avif => "an AVIF image",
         },
         None => format::describe_unsupported(upload),
     }

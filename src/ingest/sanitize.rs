@@ -22,7 +22,10 @@ pub fn strip_metadata(data: &[u8], format: ImageFormat, orientation: Orientation
         ImageFormat::Png => strip_png(data),
         ImageFormat::Webp => strip_webp(data),
         ImageFormat::Gif => strip_gif(data),
-        ImageFormat::Heic => super::heif::strip(data).map_err(|_| MalformedImage("the HEIF container is malformed")),
+        // The same container: metadata items blanked in place.
+        ImageFormat::Heic | ImageFormat::Avif => {
+            super::heif::strip(data).map_err(|_| MalformedImage("the HEIF container is malformed"))
+        }
     }
 }
 
@@ -232,7 +235,7 @@ fn strip_gif(data: &[u8]) -> Result<Vec<u8>> {
 pub fn frame_count(data: &[u8], format: ImageFormat) -> Result<u64> {
     match format {
         // The primary image is what is shown; a HEIF sequence's other pictures are not decoded.
-        ImageFormat::Jpeg | ImageFormat::Heic => Ok(1),
+        ImageFormat::Jpeg | ImageFormat::Heic | ImageFormat::Avif => Ok(1),
         ImageFormat::Png => {
             let mut i = PNG_SIGNATURE.len();
             while i + 8 <= data.len() {

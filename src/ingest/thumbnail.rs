@@ -58,7 +58,9 @@ pub fn encode_as(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, I
             image.write_to(&mut Cursor::new(&mut bytes), codec).map_err(encode_error)?
         }
         // HEIF pixels come out of the decoder upright: nothing is turned, so nothing is encoded again.
-        ImageFormat::Heic => return Err(IngestError::Unsupported { detected: "HEIC (as an encoding target)" }),
+        ImageFormat::Heic | ImageFormat::Avif => {
+            return Err(IngestError::Unsupported { detected: "HEIF (as an encoding target)" })
+        }
     }
     Ok(bytes)
 }

@@ -88,7 +88,7 @@ fn decoder<'a>(
 
 /// Reads dimensions and EXIF orientation from the header, and enforces the limits.
 pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<Header, IngestError> {
-    if format == ImageFormat::Heic {
+    if matches!(format, ImageFormat::Heic | ImageFormat::Avif) {
         return super::heif::header(bytes, limits);
     }
     let mut decoder = decoder(bytes, format, limits)?;
@@ -101,8 +101,10 @@ pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> R
 
 /// Decodes the pixels (the first frame of an animation).
 pub fn decode(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<DynamicImage, IngestError> {
-    if format == ImageFormat::Heic {
-        return super::heif::decode(bytes, limits);
+    match format {
+        ImageFormat::Heic => return super::heif::decode(bytes, limits),
+        ImageFormat::Avif => return super::avif::decode(bytes, limits),
+        _ => {}
     }
     let decoder = decoder(bytes, format, limits)?;
     let (width, height) = decoder.dimensions();

@@ -7,7 +7,7 @@ mod connections;
 mod direct_uploads;
 mod faults;
 mod fuzz;
-mod heic;
+mod heif;
 mod helpers;
 mod images;
 mod inference;

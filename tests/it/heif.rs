@@ -1,5 +1,5 @@
-//! HEIC photos, as iPhones save them: stored without their private metadata, shown upright, checked for size
-//! before a pixel is decoded.
+//! HEIC photos, as iPhones save them, and AVIF, in the same container: stored without their private metadata,
+//! shown upright, checked for size before a pixel is decoded.
 
 use serde_json::Value;
 
@@ -7,6 +7,7 @@ use crate::helpers::{bytes_form, error_code, fixture, spawn, Stack};
 
 crate::on_both_stacks!(
     a_heic_photo_is_stored_without_private_metadata_and_upright,
+    avif_photos_of_8_and_10_bits_and_with_alpha_are_stored_and_read_right,
     hostile_heic_files_are_refused,
     a_photo_far_larger_than_a_screen_gets_a_display_rendition,
 );
@@ -59,16 +60,7 @@ async fn a_heic_photo_is_stored_without_private_metadata_and_upright(stack: Stac
     assert_eq!(headers["content-type"], "image/heic");
     assert_eq!(stored.len(), upload.len(), "blanked in place: no offset moved");
     assert_eq!(upshot::domain::sha256_hex(&stored), body["sha256"].as_str().unwrap());
-    for secret in [&b"UpshotTestCam"[..], b"UpshotSecretXmp"] {
-        assert!(!contains(&stored, secret), "{:?} survived", String::from_utf8_lossy(secret));
-    }
-    if let Some(tags) = exiftool_tags(&stored) {
-        let private: Vec<&String> = tags
-            .iter()
-            .filter(|tag| ["GPS", "Make", "Model", "DateTime", "XMP-"].iter().any(|p| tag.contains(p)))
-            .collect();
-        assert!(private.is_empty(), "exiftool still reads {private:?}");
-    }
+    assert_nothing_private(&stored);
     let decoded = heifer::decode(&stored).expect("the stored file is a valid HEIC");
     assert_eq!((decoded.width, decoded.height), (300, 451));
 
@@ -160,6 +152,19 @@ fn hdr_heic(width: u32, height: u32) -> Vec<u8> {
     heifer::encode_hdr_with_metadata(&base, &hdr, &camera_metadata(), &QUICK).unwrap()
 }
 
+/// The file with every image's declared size (`ispe`) made 100,000 x 100,000.
+fn declaring_huge_size(file: &[u8]) -> Vec<u8> {
+    let mut bomb = file.to_vec();
+    let mut at = 0;
+    while let Some(found) = bomb[at..].windows(4).position(|w| w == b"ispe") {
+        let size = at + found + 8; // past the type, the version and the flags
+        bomb[size..size + 4].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[size + 4..size + 8].copy_from_slice(&100_000u32.to_be_bytes());
+        at = size + 8;
+    }
+    bomb
+}
+
 async fn hostile_heic_files_are_refused(stack: Stack) {
     let app = spawn(stack).await;
     let phone = phone_heic(4032, 3024);
@@ -189,15 +194,7 @@ async fn hostile_heic_files_are_refused(stack: Stack) {
     assert_eq!((status, code.as_str()), (422, "CORRUPT_IMAGE"));
 
     // A bomb: every image declares 100,000 x 100,000 pixels. Refused from the header, before any decoding.
-    let mut bomb = cat.clone();
-    let mut at = 0;
-    while let Some(found) = bomb[at..].windows(4).position(|w| w == b"ispe") {
-        let size = at + found + 8; // past the type, the version and the flags
-        bomb[size..size + 4].copy_from_slice(&100_000u32.to_be_bytes());
-        bomb[size + 4..size + 8].copy_from_slice(&100_000u32.to_be_bytes());
-        at = size + 8;
-    }
-    let response = app.upload_form("/api/v1/images", bytes_form("bomb.heic", bomb)).await;
+    let response = app.upload_form("/api/v1/images", bytes_form("bomb.heic", declaring_huge_size(&cat))).await;
     let (status, code, _) = error_code(response).await;
     assert_eq!((status, code.as_str()), (422, "IMAGE_TOO_LARGE"));
 
@@ -208,4 +205,75 @@ async fn hostile_heic_files_are_refused(stack: Stack) {
     let (status, code, _) = error_code(response).await;
     assert_eq!((status, code.as_str()), (422, "CORRUPT_IMAGE"));
     assert_eq!(app.image_rows().await, 2, "only the phone photos were stored");
+}
+
+/// How far, in mean levels, the thumbnail of the upload `body` is from that of the fixture `reference` (the
+/// same pixels in another format), uploaded to the same server.
+async fn thumbnail_difference(app: &crate::helpers::TestApp, body: &Value, reference: &str) -> f64 {
+    let reference = app.upload_ok(reference).await;
+    let (_, ours) = download(app, &body["urls"]["thumbnail"]).await;
+    let (_, theirs) = download(app, &reference["urls"]["thumbnail"]).await;
+    let (ours, theirs) =
+        (image::load_from_memory(&ours).unwrap().to_rgba8(), image::load_from_memory(&theirs).unwrap().to_rgba8());
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    let total: u64 = ours.as_raw().iter().zip(theirs.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+    total as f64 / ours.as_raw().len() as f64
+}
+
+/// Neither the bytes nor exiftool show anything of the camera, the place or the XMP.
+fn assert_nothing_private(stored: &[u8]) {
+    for secret in [&b"UpshotTestCam"[..], b"UpshotSecretXmp"] {
+        assert!(!contains(stored, secret), "{:?} survived", String::from_utf8_lossy(secret));
+    }
+    if let Some(tags) = exiftool_tags(stored) {
+        let private: Vec<&String> = tags
+            .iter()
+            .filter(|tag| ["GPS", "Make", "Model", "DateTime", "XMP-"].iter().any(|p| tag.contains(p)))
+            .collect();
+        assert!(private.is_empty(), "exiftool still reads {private:?}");
+    }
+}
+
+async fn avif_photos_of_8_and_10_bits_and_with_alpha_are_stored_and_read_right(stack: Stack) {
+    let app = spawn(stack).await;
+    // 8 bits 4:2:0 by libavif, stored sideways with its rotation in the container, EXIF (GPS) and XMP.
+    let upload = fixture("cat-gps.avif");
+    let response = app.upload_form("/api/v1/images", bytes_form("cat.avif", upload.clone())).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["format"].as_str(), body["content_type"].as_str()), (Some("avif"), Some("image/avif")));
+    assert_eq!((body["width"].as_i64(), body["height"].as_i64()), (Some(300), Some(451)));
+    assert_eq!(body["urls"]["display"], body["urls"]["file"], "browsers show AVIF: no rendition");
+    assert_eq!(body["predictions"][0]["label"], "Egyptian cat", "the models see the cat: {body}");
+    let (headers, stored) = download(&app, &body["urls"]["file"]).await;
+    assert_eq!(headers["content-type"], "image/avif");
+    assert_eq!(stored.len(), upload.len(), "blanked in place");
+    assert_nothing_private(&stored);
+    // Its thumbnail looks like the JPEG's of the same pixels, upright.
+    let difference = thumbnail_difference(&app, &body, "cat-gps-rotated.jpg").await;
+    assert!(difference < 6.0, "the AVIF's thumbnail differs from the JPEG's by {difference} levels");
+
+    // 10 bits, 4:4:4 by avifenc: the pixels of the PNG it was made from, within lossy coding.
+    let body = app.upload_ok("coffee-10bit.avif").await;
+    assert_eq!((body["width"].as_i64(), body["height"].as_i64()), (Some(320), Some(213)));
+    assert_eq!(body["predictions"][0]["label"], "espresso", "{body}");
+    let difference = thumbnail_difference(&app, &body, "coffee.png").await;
+    assert!(difference < 4.0, "the 10-bit AVIF's thumbnail differs from the PNG's by {difference} levels");
+
+    // An alpha plane: the thumbnail keeps the transparency, as the PNG's does.
+    let body = app.upload_ok("logo-alpha.avif").await;
+    assert_eq!(body["thumbnail_content_type"], "image/png", "{body}");
+    let difference = thumbnail_difference(&app, &body, "logo-alpha.png").await;
+    assert!(difference < 6.0, "the AVIF logo differs from the PNG's by {difference} levels");
+
+    // A bomb: its images declare 100,000 x 100,000 pixels; refused from the header.
+    let cat = fixture("cat-gps.avif");
+    let response = app.upload_form("/api/v1/images", bytes_form("bomb.avif", declaring_huge_size(&cat))).await;
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (422, "IMAGE_TOO_LARGE"));
+
+    // Cut short: refused, nothing stored of it.
+    let response = app.upload_form("/api/v1/images", bytes_form("cut.avif", cat[..cat.len() * 3 / 5].to_vec())).await;
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (422, "CORRUPT_IMAGE"));
 }
