@@ -13,6 +13,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pillow_heif
 from PIL import Image
@@ -42,3 +43,11 @@ subprocess.run(
      os.path.join(ROOT, "tests", "fixtures", "coffee.png"), os.path.join(OUT, "coffee-10bit.avif")],
     check=True, stdout=subprocess.DEVNULL,
 )
+# A grid of 2x2 tiles, as large AVIFs are stored: coffee.png cut to an even height, split by avifenc.
+with tempfile.TemporaryDirectory() as scratch:
+    even = os.path.join(scratch, "coffee-even.png")
+    Image.open(os.path.join(ROOT, "tests", "fixtures", "coffee.png")).crop((0, 0, 320, 212)).save(even)
+    subprocess.run(
+        ["avifenc", "--jobs", "1", "--grid", "2x2", "--speed", "6", even, os.path.join(OUT, "coffee-grid.avif")],
+        check=True, stdout=subprocess.DEVNULL,
+    )

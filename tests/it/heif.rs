@@ -266,6 +266,17 @@ async fn avif_photos_of_8_and_10_bits_and_with_alpha_are_stored_and_read_right(s
     let difference = thumbnail_difference(&app, &body, "logo-alpha.png").await;
     assert!(difference < 6.0, "the AVIF logo differs from the PNG's by {difference} levels");
 
+    // A grid of 2x2 tiles, each in its place.
+    let body = app.upload_ok("coffee-grid.avif").await;
+    assert_eq!((body["width"].as_i64(), body["height"].as_i64()), (Some(320), Some(212)));
+    let (_, thumbnail) = download(&app, &body["urls"]["thumbnail"]).await;
+    let thumbnail = image::load_from_memory(&thumbnail).unwrap().to_rgb8();
+    let png = image::load_from_memory(&fixture("coffee.png")).unwrap().crop_imm(0, 0, 320, 212).to_rgb8();
+    assert_eq!(thumbnail.dimensions(), png.dimensions());
+    let total: u64 = thumbnail.as_raw().iter().zip(png.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+    let difference = total as f64 / png.as_raw().len() as f64;
+    assert!(difference < 6.0, "the grid differs from the PNG by {difference} levels");
+
     // A bomb: its images declare 100,000 x 100,000 pixels; refused from the header.
     let cat = fixture("cat-gps.avif");
     let response = app.upload_form("/api/v1/images", bytes_form("bomb.avif", declaring_huge_size(&cat))).await;
