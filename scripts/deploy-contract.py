@@ -307,7 +307,9 @@ paged = {next(refs(s["Properties"]["TopicArn"])) for s in of_type("AWS::SNS::Sub
          if s["Properties"].get("Endpoint") == {"Ref": "AlarmEmail"}}
 alarms = {a["Properties"].get("MetricName"): a["Properties"] for a in of_type("AWS::CloudWatch::Alarm").values()}
 for metric, namespace in (("CPUUtilization", "AWS/RDS"), ("FreeStorageSpace", "AWS/RDS"), ("DatabaseConnections", "AWS/RDS"),
-                          ("disk_used_percent", "CWAgent"), ("upshot_db_password_refresh_ok", "CWAgent"), ("upshot_ready", "CWAgent")):
+                          ("disk_used_percent", "CWAgent"), ("upshot_db_password_refresh_ok", "CWAgent"), ("upshot_ready", "CWAgent"),
+                          ("upshot_outbox_oldest_unsent_seconds", "CWAgent"), ("upshot_outbox_failed", "CWAgent"),
+                          ("HTTPCode_Target_5XX_Count", "AWS/ApplicationELB"), ("TargetResponseTime", "AWS/ApplicationELB")):
     found = [a for a in of_type("AWS::CloudWatch::Alarm").values()
              if a["Properties"].get("MetricName") == metric and a["Properties"].get("Namespace") == namespace]
     rule(found and all(set(refs(a["Properties"].get("AlarmActions", []))) & paged for a in found),
@@ -316,6 +318,41 @@ ready = alarms.get("upshot_ready", {})
 rule(ready.get("Statistic") == "Minimum" and ready.get("Threshold") == 1 and ready.get("ComparisonOperator") == "LessThanThreshold"
      and ready.get("TreatMissingData") == "breaching" and ready.get("EvaluationPeriods") == 3,
      "the readiness alarm must fire when any instance is unready, or none reports, for 3 periods")
+latency = alarms.get("TargetResponseTime", {})
+rule(latency.get("ExtendedStatistic") == "p99", "the latency alarm must watch the p99 of TargetResponseTime")
+
+# A failed pipeline run and a failed deployment page the same person: EventBridge rules on their failure events,
+# whose target the alarm topic lets EventBridge publish to (and its key, EventBridge encrypt for).
+def failure_rule(source, state):
+    return [r for r in of_type("AWS::Events::Rule").values()
+            if r["Properties"].get("EventPattern", {}).get("source") == [source]
+            and r["Properties"]["EventPattern"].get("detail", {}).get("state") == [state]
+            and any(set(refs(t.get("Arn"))) & paged for t in r["Properties"].get("Targets", []))]
+
+
+for source, state in (("aws.codepipeline", "FAILED"), ("aws.codedeploy", "FAILURE")):
+    rule(failure_rule(source, state), f"no EventBridge rule sends {source} {state} events to the alarm e-mail's topic")
+topic_policies = [p["Properties"] for p in of_type("AWS::SNS::TopicPolicy").values() if set(refs(p["Properties"]["Topics"])) & paged]
+publishers = {json.dumps(st.get("Principal")) for p in topic_policies for st in p["PolicyDocument"]["Statement"]
+              if st.get("Effect") == "Allow" and st.get("Action") == "sns:Publish"}
+rule(not topic_policies or {json.dumps({"Service": "cloudwatch.amazonaws.com"}), json.dumps({"Service": "events.amazonaws.com"})} <= publishers,
+     "the alarm topic's policy must let both CloudWatch alarms and the EventBridge rules publish")
+key_services = json.dumps(resources["StackKey"]["Properties"]["KeyPolicy"])
+rule("events.amazonaws.com" in key_services, "EventBridge cannot encrypt for the alarm topic: the stack key does not allow it")
+
+# One dashboard shows every alarm's state, and the metrics behind them.
+dashboards = list(of_type("AWS::CloudWatch::Dashboard").values())
+rule(len(dashboards) == 1, "the stack has no dashboard (or more than one)")
+if dashboards:
+    body = dashboards[0]["Properties"]["DashboardBody"]
+    text = body["Fn::Sub"][0] if isinstance(body, dict) and "Fn::Sub" in body else json.dumps(body)
+    shown = set(re.findall(r"\$\{(\w+)\.Arn\}", text))
+    missing = sorted(set(of_type("AWS::CloudWatch::Alarm")) - shown)
+    rule(not missing, f"the dashboard does not show the alarms {missing}")
+    for metric in ("RequestCount", "TargetResponseTime", "HTTPCode_Target_5XX_Count", "upshot_outbox_oldest_unsent_seconds",
+                   "upshot_reconcile_orphans", "CPUUtilization", "mem_used_percent", "DatabaseConnections"):
+        rule(metric in text, f"the dashboard does not chart {metric}")
+
 # The agent publishes what the alarms watch: CWAgent metrics aggregated to exactly the alarms' dimensions.
 collected = agent["metrics"]["metrics_collected"]
 rule("disk_used_percent" in collected.get("disk", {}).get("measurement", []) and "/" in collected.get("disk", {}).get("resources", []),

@@ -217,8 +217,10 @@ async fn connect(config: AppConfig) -> Result<AppState, String> {
     Ok(AppState::new(app, notifier, upload_origin))
 }
 
-/// Every `READINESS_REPORT_PERIOD`, the readiness checks' outcome as the StatsD gauge `upshot_ready` (1 or 0):
-/// the stack alarms on it, since the load balancer asks only for liveness.
+/// Every `READINESS_REPORT_PERIOD`, StatsD gauges the stack alarms on: the readiness checks' outcome as
+/// `upshot_ready` (1 or 0), since the load balancer asks only for liveness; and the outbox's
+/// `upshot_outbox_oldest_unsent_seconds` (0 when nothing waits) and `upshot_outbox_failed` (parked
+/// notifications), left out when the database does not answer (readiness says so).
 async fn report_readiness(
     state: AppState,
     statsd: std::net::SocketAddr,
@@ -228,7 +230,13 @@ async fn report_readiness(
     let mut warned = false;
     loop {
         let ready = state.dependencies().await.ready();
-        match metrics::send_statsd(statsd, &format!("upshot_ready:{}|g", u8::from(ready))) {
+        let mut datagram = format!("upshot_ready:{}|g", u8::from(ready));
+        if let Ok(backlog) = state.app.db.run(db::outbox::backlog).await {
+            let waited = backlog.oldest_unsent_secs().unwrap_or(0);
+            datagram +=
+                &format!("\nupshot_outbox_oldest_unsent_seconds:{waited}|g\nupshot_outbox_failed:{}|g", backlog.failed);
+        }
+        match metrics::send_statsd(statsd, &datagram) {
             Ok(()) => warned = false,
             Err(error) if !warned => {
                 warned = true;

@@ -58,9 +58,7 @@ async fn metrics(
         inference_sessions_idle: state.app.inference.idle_sessions(),
         outbox_unsent: backlog.map(|b| b.unsent),
         outbox_failed: backlog.map(|b| b.failed),
-        outbox_oldest_unsent_secs: backlog
-            .and_then(|b| b.oldest_unsent)
-            .map(|t| (crate::domain::now() - t).num_seconds().max(0)),
+        outbox_oldest_unsent_secs: backlog.and_then(|b| b.oldest_unsent_secs()),
         connections: connections.snapshot(),
         reconcile,
     };
@@ -106,7 +104,7 @@ async fn readyz(_local: Local, state: &State<AppState>, request_id: RequestId) -
     let mut checks = checks;
     let mut status = "ready";
     if let Some(backlog) = backlog {
-        let oldest_secs = backlog.oldest_unsent.map(|t| (crate::domain::now() - t).num_seconds().max(0));
+        let oldest_secs = backlog.oldest_unsent_secs();
         // A notification stuck this long means publishing is down: still serving, but worth a look.
         let stale =
             oldest_secs.is_some_and(|age| age as u64 > state.app.config.settings.outbox.outbox_degraded_after_secs);

@@ -177,6 +177,13 @@ pub struct Backlog {
     pub oldest_unsent: Option<NaiveDateTime>,
 }
 
+impl Backlog {
+    /// How long the oldest unsent notification has waited, in seconds.
+    pub fn oldest_unsent_secs(&self) -> Option<i64> {
+        self.oldest_unsent.map(|created| (crate::domain::now() - created).num_seconds().max(0))
+    }
+}
+
 pub fn backlog(conn: &mut DbConnection) -> Result<Backlog, DbError> {
     let unsent_filter = outbox::status.eq_any([OutboxStatus::Pending, OutboxStatus::Processing]);
     let unsent = outbox::table.filter(unsent_filter).count().get_result(conn)?;

@@ -520,3 +520,25 @@ async fn a_flood_of_uploads_reaches_each_subscriber_as_a_few_messages_and_digest
         assert!(delivered.len() <= bound, "{} messages, bound {bound}", delivered.len());
     }
 }
+
+/// What the stack's readiness and outbox alarms watch reaches the CloudWatch agent's StatsD listener as soon as
+/// the server is up: readiness, the age of the oldest unsent notification and the parked count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_the_outbox_state_reach_statsd() {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let addr = statsd.local_addr().unwrap().to_string();
+    let _app = spawn_with(Stack::Cloud, move |f| f.merge(("statsd_addr", addr))).await;
+    let mut datagram = [0u8; 512];
+    let length = tokio::task::spawn_blocking(move || statsd.recv(&mut datagram).map(|n| (n, datagram)))
+        .await
+        .unwrap()
+        .expect("the gauges reach the StatsD listener");
+    let text = String::from_utf8_lossy(&length.1[..length.0]).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["upshot_ready:1|g", "upshot_outbox_oldest_unsent_seconds:0|g", "upshot_outbox_failed:0|g"],
+        "{text}"
+    );
+}
