@@ -350,9 +350,13 @@ if dashboards:
     missing = sorted(set(of_type("AWS::CloudWatch::Alarm")) - shown)
     rule(not missing, f"the dashboard does not show the alarms {missing}")
     for metric in ("RequestCount", "TargetResponseTime", "HTTPCode_Target_5XX_Count", "upshot_outbox_oldest_unsent_seconds",
-                   "upshot_reconcile_orphans", "CPUUtilization", "mem_used_percent", "DatabaseConnections"):
+                   "upshot_reconcile_orphans", "CPUUtilization", "mem_used_percent", "DatabaseConnections",
+                   "upshot_uploads_stored", "upshot_errors", "upshot_inference_ms"):
         rule(metric in text, f"the dashboard does not chart {metric}")
 
+# The dashboard's errors by code need the agent to keep the `code` tag when it aggregates by group.
+rule(any(sorted(d) == ["AutoScalingGroupName", "code"] for d in agent["metrics"].get("aggregation_dimensions", [])),
+     "the agent does not aggregate upshot_errors by group and code, so the dashboard shows no errors by code")
 # The agent publishes what the alarms watch: CWAgent metrics aggregated to exactly the alarms' dimensions.
 collected = agent["metrics"]["metrics_collected"]
 rule("disk_used_percent" in collected.get("disk", {}).get("measurement", []) and "/" in collected.get("disk", {}).get("resources", []),

@@ -283,6 +283,9 @@ fn start_background_tasks(state: &AppState, shutdown: rocket::Shutdown) {
         tokio::spawn(app::upload_events::run(state.app.clone(), queue_url, stopped.clone()));
     }
     if let Some(statsd) = settings.reconcile.statsd_addr {
+        if let Err(error) = state.app.metrics.send_to_statsd(statsd) {
+            log::warn!("uploads, errors and inference times not sent to StatsD at {statsd}: {error}");
+        }
         tokio::spawn(report_readiness(state.clone(), statsd, stopped.clone()));
     }
     tokio::spawn(relay.run(stopped));

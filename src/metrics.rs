@@ -14,6 +14,10 @@
 //! | `upshot_reconcile_orphans`, `upshot_reconcile_missing`, `upshot_reconcile_repaired`, `upshot_reconcile_last_success_timestamp` | gauge | |
 //! | `upshot_connections_refused_total`, `upshot_connections_refused_per_client_total` | counter | |
 //! | `upshot_connections_closed_total` | counter | `reason`: `header_timeout`, `slow_body`, `idle` |
+//!
+//! With a StatsD listener (`statsd_addr`: the CloudWatch agent, in AWS), each event also goes there as it
+//! happens: `upshot_uploads_stored` and `upshot_errors` (tagged `code`) as counters, `upshot_inference_ms` as a
+//! timer.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -24,6 +28,8 @@ const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Where events also go, as StatsD, when the server has a listener (the CloudWatch agent, in AWS).
+    statsd: std::sync::OnceLock<std::net::UdpSocket>,
 }
 
 /// Values read at scrape time rather than counted.
@@ -55,7 +61,7 @@ impl Default for Metrics {
             .expect("the latency buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let metrics = Metrics { recorder, handle };
+        let metrics = Metrics { recorder, handle, statsd: std::sync::OnceLock::new() };
         metrics.record(describe);
         metrics
     }
@@ -113,12 +119,41 @@ impl Metrics {
         });
     }
 
+    /// Sends each upload stored, error answered and inference timed, as it happens, to the StatsD listener at
+    /// `addr` too: `upshot_uploads_stored` and `upshot_errors` (tagged with its `code`) as counters,
+    /// `upshot_inference_ms` as a timer.
+    pub fn send_to_statsd(&self, addr: std::net::SocketAddr) -> std::io::Result<()> {
+        let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        let _ = self.statsd.set(socket);
+        Ok(())
+    }
+
+    /// One StatsD line; a lost datagram costs one event, so a failure is not reported.
+    fn statsd(&self, line: &str) {
+        if let Some(socket) = self.statsd.get() {
+            let _ = socket.send(line.as_bytes());
+        }
+    }
+
+    pub fn upload_stored(&self) {
+        self.statsd("upshot_uploads_stored:1|c");
+    }
+
+    /// An error answered with its stable `code`.
+    pub fn error_answered(&self, code: &str) {
+        self.statsd(&format!("upshot_errors:1|c|#code:{code}"));
+    }
+
     pub fn add_upload_bytes(&self, bytes: u64) {
         self.record(|| counter!("upshot_upload_bytes_total").increment(bytes));
     }
 
     /// The models' time for one image: as it passed (`wall_ms`), and their own CPU time (`cpu_ms`).
     pub fn observe_inference(&self, wall_ms: f64, cpu_ms: f64) {
+        self.statsd(&format!("upshot_inference_ms:{wall_ms:.1}|ms"));
         self.record(|| {
             histogram!("upshot_inference_seconds").record(wall_ms / 1000.0);
             histogram!("upshot_inference_cpu_seconds").record(cpu_ms / 1000.0);

@@ -11,10 +11,19 @@ use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::telemetry::RequestId;
 
+/// Logs an error answered to `req`, and counts it by code.
+fn report<'r>(error: &AppError, req: &'r Request<'_>) -> &'r str {
+    let request_id = RequestId::of(req);
+    error.log(request_id);
+    if let Some(state) = req.rocket().state::<AppState>() {
+        state.app.metrics.error_answered(error.code.as_str());
+    }
+    request_id
+}
+
 impl<'r> Responder<'r, 'static> for AppError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let request_id = RequestId::of(req);
-        self.log(request_id);
+        let request_id = report(&self, req);
         let body = self.body(request_id).to_string();
         let mut response = Response::build();
         response.header(ContentType::JSON).sized_body(body.len(), std::io::Cursor::new(body));
@@ -44,8 +53,7 @@ impl From<AppError> for PageError {
 impl<'r> Responder<'r, 'static> for PageError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let error = self.0;
-        let request_id = RequestId::of(req);
-        error.log(request_id);
+        let request_id = report(&error, req);
         let status = error.status();
         // A 5xx page shows the request id only: its message could say more than a visitor should see.
         let asset_version = req.rocket().state::<crate::state::AppState>().map(|s| s.asset_version.clone());
@@ -67,7 +75,7 @@ pub struct FormRefusal {
 
 impl<'r> Responder<'r, 'static> for FormRefusal {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        self.error.log(RequestId::of(req));
+        report(&self.error, req);
         Ok(with_status_of(Response::build_from(self.page.respond_to(req)?), &self.error))
     }
 }

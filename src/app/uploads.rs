@@ -107,6 +107,7 @@ async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppRes
         match outcome {
             Ok(InsertOutcome::Inserted) => {
                 app.outbox_wake.notify_one();
+                app.metrics.upload_stored();
                 return Ok(Uploaded { record, deduplicated, replayed: false });
             }
             // The objects we meant to share were deleted meanwhile: store our own and try again.

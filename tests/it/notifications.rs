@@ -521,13 +521,19 @@ async fn a_flood_of_uploads_reaches_each_subscriber_as_a_few_messages_and_digest
     }
 }
 
+/// A StatsD listener on loopback, as the CloudWatch agent is, and its address.
+fn statsd_listener() -> (std::net::UdpSocket, String) {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let addr = statsd.local_addr().unwrap().to_string();
+    (statsd, addr)
+}
+
 /// What the stack's readiness and outbox alarms watch reaches the CloudWatch agent's StatsD listener as soon as
 /// the server is up: readiness, the age of the oldest unsent notification and the parked count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_the_outbox_state_reach_statsd() {
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    statsd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let addr = statsd.local_addr().unwrap().to_string();
+    let (statsd, addr) = statsd_listener();
     let _app = spawn_with(Stack::Cloud, move |f| f.merge(("statsd_addr", addr))).await;
     let mut datagram = [0u8; 512];
     let length = tokio::task::spawn_blocking(move || statsd.recv(&mut datagram).map(|n| (n, datagram)))
@@ -541,4 +547,33 @@ async fn readiness_and_the_outbox_state_reach_statsd() {
         ["upshot_ready:1|g", "upshot_outbox_oldest_unsent_seconds:0|g", "upshot_outbox_failed:0|g"],
         "{text}"
     );
+}
+
+/// Each upload stored, error answered (by code) and inference timed reaches the StatsD listener as it happens,
+/// for the dashboard's uploads, errors and inference time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_errors_and_inference_times_reach_statsd() {
+    let (statsd, addr) = statsd_listener();
+    let app = spawn_with(Stack::Embedded, move |f| f.merge(("statsd_addr", addr))).await;
+    app.upload_ok("cat.jpg").await;
+    let refused = app.upload("not-an-image.jpg").await;
+    assert_eq!(refused.status(), 415);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        let mut datagram = [0u8; 1024];
+        while let Ok(length) = statsd.recv(&mut datagram) {
+            lines.extend(String::from_utf8_lossy(&datagram[..length]).lines().map(str::to_owned));
+            let seen = |prefix: &str| lines.iter().any(|line: &String| line.starts_with(prefix));
+            if seen("upshot_uploads_stored:") && seen("upshot_errors:") && seen("upshot_inference_ms:") {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    assert!(lines.contains(&"upshot_uploads_stored:1|c".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"upshot_errors:1|c|#code:UNSUPPORTED_MEDIA_TYPE".to_owned()), "{lines:?}");
+    let timed = lines.iter().find_map(|line| line.strip_prefix("upshot_inference_ms:")?.strip_suffix("|ms"));
+    assert!(timed.and_then(|ms| ms.parse::<f64>().ok()).is_some_and(|ms| ms > 0.0), "{lines:?}");
 }
