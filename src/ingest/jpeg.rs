@@ -13,7 +13,7 @@ use crate::imaging::WorkingSize;
 const MAX_SCANS: u32 = 100;
 
 /// Thumbnails are small, so a quality that hides blocking costs few bytes.
-const THUMBNAIL_QUALITY: i32 = 82;
+pub const THUMBNAIL_QUALITY: i32 = 82;
 
 fn corrupt(error: turbojpeg::Error) -> IngestError {
     IngestError::Corrupt(error.to_string())
@@ -63,10 +63,6 @@ pub fn decode_scaled(data: &[u8], needs: WorkingSize) -> Result<RgbImage, Ingest
 /// A baseline JPEG of the pixels, 4:2:0, for thumbnails.
 /// JPEG quality of the display rendition: a photo shown large.
 pub const DISPLAY_QUALITY: i32 = 85;
-
-pub fn encode_thumbnail(image: &RgbImage) -> Result<Vec<u8>, IngestError> {
-    encode(image, THUMBNAIL_QUALITY)
-}
 
 /// Encodes RGB pixels with libjpeg-turbo, chroma subsampled 2x2 as cameras do.
 pub fn encode(image: &RgbImage, quality: i32) -> Result<Vec<u8>, IngestError> {

@@ -20,7 +20,7 @@ pub struct Upright {
     /// The working image, upright: RGB, or RGBA when the format has an alpha channel.
     pub working: DynamicImage,
     /// What browsers are shown instead of an original they cannot show or that is far larger than a screen.
-    pub display: Option<display::Rendition>,
+    pub display: Option<thumbnail::Encoded>,
 }
 
 fn uses_libjpeg(format: ImageFormat, data: &[u8]) -> Result<bool, IngestError> {

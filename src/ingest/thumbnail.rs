@@ -9,7 +9,8 @@ use image::DynamicImage;
 use super::{jpeg, ImageFormat, IngestError};
 use crate::imaging;
 
-pub struct Thumbnail {
+/// Pixels made small and encoded: a thumbnail or a display rendition.
+pub struct Encoded {
     pub bytes: Vec<u8>,
     pub format: ImageFormat,
 }
@@ -20,25 +21,32 @@ fn encode_error(error: image::ImageError) -> IngestError {
 
 /// A thumbnail of an image of `original` size whose pixels `working` holds (RGB or RGBA, at least as large
 /// as the thumbnail).
-pub fn make(working: &DynamicImage, original: (u32, u32), max_side: u32) -> Result<Thumbnail, IngestError> {
+pub fn make(working: &DynamicImage, original: (u32, u32), max_side: u32) -> Result<Encoded, IngestError> {
     let (width, height) = imaging::fit_within(original.0, original.1, max_side);
-    match working {
-        DynamicImage::ImageRgba8(rgba) => {
-            let small = imaging::resize(rgba, width, height);
-            if small.pixels().any(|p| p[3] < u8::MAX) {
-                let mut bytes = Vec::new();
-                small.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(encode_error)?;
-                return Ok(Thumbnail { bytes, format: ImageFormat::Png });
-            }
-            let opaque = DynamicImage::ImageRgba8(small).into_rgb8();
-            Ok(Thumbnail { bytes: jpeg::encode_thumbnail(&opaque)?, format: ImageFormat::Jpeg })
-        }
+    scaled(working, width, height, jpeg::THUMBNAIL_QUALITY)
+}
+
+/// `image` resized to `width`×`height` and encoded: PNG where transparency must survive, else JPEG at
+/// `quality`.
+pub fn scaled(image: &DynamicImage, width: u32, height: u32, quality: i32) -> Result<Encoded, IngestError> {
+    let small = match image {
         DynamicImage::ImageRgb8(rgb) => {
-            let small = imaging::resize(rgb, width, height);
-            Ok(Thumbnail { bytes: jpeg::encode_thumbnail(&small)?, format: ImageFormat::Jpeg })
+            return Ok(Encoded {
+                bytes: jpeg::encode(&imaging::resize(rgb, width, height), quality)?,
+                format: ImageFormat::Jpeg,
+            })
         }
-        other => make(&DynamicImage::ImageRgb8(other.to_rgb8()), original, max_side),
+        DynamicImage::ImageRgba8(rgba) => imaging::resize(rgba, width, height),
+        other if other.color().has_alpha() => imaging::resize(&other.to_rgba8(), width, height),
+        other => return scaled(&DynamicImage::ImageRgb8(other.to_rgb8()), width, height, quality),
+    };
+    if small.pixels().any(|p| p[3] < u8::MAX) {
+        let mut bytes = Vec::new();
+        small.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(encode_error)?;
+        return Ok(Encoded { bytes, format: ImageFormat::Png });
     }
+    let opaque = DynamicImage::ImageRgba8(small).into_rgb8();
+    Ok(Encoded { bytes: jpeg::encode(&opaque, quality)?, format: ImageFormat::Jpeg })
 }
 
 /// Re-encodes pixels in their upload format, for images whose orientation had to be applied to their pixels:

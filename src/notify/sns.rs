@@ -1,9 +1,9 @@
 //! Publishing to an SNS topic, and managing its e-mail/SMS subscriptions. Credentials and region come from
 //! the SDK's default chain (the instance role in production).
 
-use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sns::Client;
 
@@ -73,6 +73,11 @@ impl SnsNotifier {
                 return;
             }
         };
+        // An entry SNS answers neither way is not known to be published: it is tried again.
+        let published: HashSet<usize> = output.successful().iter().filter_map(|ok| ok.id()?.parse().ok()).collect();
+        for index in indexes.iter().copied().filter(|index| !published.contains(index)) {
+            outcomes[index] = Err(NotifyError::Transient("SNS did not answer for this message".to_owned()));
+        }
         for failed in output.failed() {
             let Some(index) = failed.id().parse::<usize>().ok().filter(|index| indexes.contains(index)) else {
                 continue;
@@ -80,14 +85,6 @@ impl SnsNotifier {
             let text = format!("{}: {}", failed.code(), failed.message().unwrap_or_default());
             outcomes[index] =
                 Err(if failed.sender_fault() { NotifyError::Permanent(text) } else { NotifyError::Transient(text) });
-        }
-        // An entry SNS answered neither way is not known to be published: it is tried again.
-        let answered: std::collections::HashSet<&str> =
-            output.successful().iter().filter_map(|ok| ok.id()).chain(output.failed().iter().map(|f| f.id())).collect();
-        for index in indexes {
-            if !answered.contains(index.to_string().as_str()) {
-                outcomes[index] = Err(NotifyError::Transient("SNS did not answer for this message".to_owned()));
-            }
         }
     }
 }
