@@ -35,6 +35,10 @@ if [ "${UPSHOT_TEST_SCOPE:-all}" != rust ]; then
     fi
     export UPSHOT_REQUIRE_EXIFTOOL=1
 fi
+# A CI run builds once from a fresh clone: incremental state would only cost disk and time.
+if [ -n "${CI:-}" ]; then
+    export CARGO_INCREMENTAL=0
+fi
 cargo test --locked "$@"
 
 # With a filter, only the matching Rust tests run; the whole suite also checks the deployment.
