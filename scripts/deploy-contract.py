@@ -367,6 +367,45 @@ for metric, alarm in alarms.items():
         dims = sorted(d["Name"] for d in alarm.get("Dimensions", []))
         rule(dims in aggregations, f"the agent publishes no {metric} aggregated by {dims}, so its alarm never sees data")
 
+# Traces reach X-Ray: the agent receives OTLP over HTTP where the hooks point the service, the instance role may
+# write to X-Ray, and the sampled share comes from an optional parameter under the environment's prefix.
+otlp = agent.get("traces", {}).get("traces_collected", {}).get("otlp", {})
+hooks_text = open("deploy/codedeploy/after-install.sh").read()
+pointed = re.search(r"OTEL_EXPORTER_OTLP_ENDPOINT=http://([\d.]+:\d+)", hooks_text)
+rule(otlp.get("http_endpoint") and pointed and otlp["http_endpoint"] == pointed.group(1),
+     f"the agent's OTLP/HTTP receiver {otlp.get('http_endpoint')!r} is not where the service exports ({pointed and pointed.group(1)!r})")
+managed = json.dumps(resources["InstanceRole"]["Properties"].get("ManagedPolicyArns", []))
+rule(instance_may("xray:PutTraceSegments") or "CloudWatchAgentServerPolicy" in managed or "AWSXRayDaemonWriteAccess" in managed,
+     "the instances may not write to X-Ray: the agent would drop every span")
+rule("param trace-sample-ratio" in hooks_text and "OTEL_TRACES_SAMPLER_ARG" in hooks_text,
+     "the trace sample ratio does not reach the instances (SSM parameter trace-sample-ratio, OTEL_TRACES_SAMPLER_ARG)")
+
+# The load balancer's access logs go to a private bucket that forgets them, and that its region's log delivery may
+# write to.
+lb_attributes = {a["Key"]: a["Value"] for lb in of_type("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+                 for a in lb["Properties"].get("LoadBalancerAttributes", [])}
+log_bucket = next(refs(lb_attributes.get("access_logs.s3.bucket", {})), None)
+rule(lb_attributes.get("access_logs.s3.enabled") == "true" and log_bucket in resources,
+     "the load balancer writes no access logs to a bucket of the stack")
+if log_bucket in resources:
+    bprops = resources[log_bucket]["Properties"]
+    rule(any("ExpirationInDays" in r for r in bprops.get("LifecycleConfiguration", {}).get("Rules", [])),
+         f"{log_bucket} keeps access logs forever: no expiration rule")
+    rule(bprops.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [{}])[0]
+         .get("ServerSideEncryptionByDefault", {}).get("SSEAlgorithm") == "AES256",
+         f"{log_bucket} is not SSE-S3: load balancers deliver access logs to no other encryption")
+    rule(all(bprops.get("PublicAccessBlockConfiguration", {}).get(k) for k in
+             ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")),
+         f"{log_bucket} does not block public access")
+    policies = [r["Properties"] for r in of_type("AWS::S3::BucketPolicy").values()
+                if log_bucket in set(refs(r["Properties"]["Bucket"]))]
+    delivery = json.dumps(policies)
+    rule("logdelivery.elasticloadbalancing.amazonaws.com" in delivery and "ElbLogAccounts" in delivery,
+         f"{log_bucket}'s policy does not let the load balancer deliver, in old regions (ELB accounts) and new ones (service principal)")
+    accounts = template.get("Mappings", {}).get("ElbLogAccounts", {})
+    rule(accounts.get("us-east-1", {}).get("Account") == "127311923021" and len(accounts) >= 21,
+         "the ELB log delivery accounts of the regions opened before August 2022 are not all mapped")
+
 # The edge: an AWS WAF web ACL on the load balancer, on unless a parameter turns it off, limits each client
 # address and runs the managed common rules, and blocks no image upload for its size (WAF sees 8 KB of a body).
 UPLOAD_PATHS = ("/upload", "/upload-selfie", "/api/v1/images", "/api/v1/uploads", "/api/v1/uploads/0f3a/complete",

@@ -8,7 +8,9 @@
 #     the same photo as HEIC and as AVIF;
 #   - a burst of 32 concurrent 10 MB uploads on a fresh server: each is stored or answered 503 BUSY;
 #   - a burst of 50 concurrent 15 MB uploads while 500 idle connections are held open, with one ordinary
-#     upload (the 451x300 JPEG) sent meanwhile and timed.
+#     upload (the 451x300 JPEG) sent meanwhile and timed;
+#   - the mix at concurrency 16 again with every request traced, its spans exported over OTLP/HTTP to a
+#     receiver on loopback (the other runs export nothing), for what tracing costs.
 # Per run: uploads/s, p50/p99 latency, the service's CPU ms per upload (from /proc, excluding the database
 # and the endpoint), its peak RSS (VmHWM), and the floor: the two models' own CPU time per upload in the same
 # window (`upshot_inference_cpu_seconds`, measured on their thread) with the ratio of the CPU per upload to
@@ -43,18 +45,24 @@ PY
 )
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Runs export no traces unless a run asks for it (server_env).
+unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG
+server_env=()
 start_server() {
     stop_server
     rm -rf "$state/data"
-    UPSHOT_DATA_DIR=$state/data UPSHOT_DATABASE_URL=$UPSHOT_TEST_PG_URL \
-        UPSHOT_STORE=s3 UPSHOT_S3_BUCKET=$bucket UPSHOT_S3_FORCE_PATH_STYLE=true \
-        UPSHOT_S3_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_NOTIFIER=sns UPSHOT_SNS_TOPIC_ARN=$topic \
-        UPSHOT_SNS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_DEDUP=false \
-        UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000 \
-        UPSHOT_MAX_CONNECTIONS_PER_CLIENT=1000000 UPSHOT_NOTIFY_MAX_PER_HOUR=0 \
-        UPSHOT_SECRET_KEY=bench-secret-key-0123456789-0123456789-0123 \
-        ROCKET_ADDRESS=127.0.0.1 ROCKET_PORT=$port \
-        "$binary" serve >>"$state/server.log" 2>&1 &
+    (
+        [ ${#server_env[@]} -eq 0 ] || export "${server_env[@]}"
+        UPSHOT_DATA_DIR=$state/data UPSHOT_DATABASE_URL=$UPSHOT_TEST_PG_URL \
+            UPSHOT_STORE=s3 UPSHOT_S3_BUCKET=$bucket UPSHOT_S3_FORCE_PATH_STYLE=true \
+            UPSHOT_S3_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_NOTIFIER=sns UPSHOT_SNS_TOPIC_ARN=$topic \
+            UPSHOT_SNS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT UPSHOT_DEDUP=false \
+            UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000 \
+            UPSHOT_MAX_CONNECTIONS_PER_CLIENT=1000000 UPSHOT_NOTIFY_MAX_PER_HOUR=0 \
+            UPSHOT_SECRET_KEY=bench-secret-key-0123456789-0123456789-0123 \
+            ROCKET_ADDRESS=127.0.0.1 ROCKET_PORT=$port \
+            exec "$binary" serve
+    ) >>"$state/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 150); do
         curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && return 0
@@ -91,7 +99,31 @@ load --label "32 x 10 MB burst" --burst "$state/photos/large-10mb.png" --clients
 start_server
 load --label "50 x 15 MB burst, 500 idle connections" --burst "$state/photos/large-15mb.png" --clients 50 \
     --idle 500 --probe "$images/chelsea.jpg"
+# Every request traced, to an OTLP/HTTP receiver that takes each export and answers 200.
+otlp_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 - "$otlp_port" "$state/otlp-exports" <<'PY' &
+import http.server, sys
+port, tally = int(sys.argv[1]), sys.argv[2]
+class Receiver(http.server.BaseHTTPRequestHandler):
+    exports = 0
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Receiver.exports += 1
+        open(tally, "w").write(str(Receiver.exports))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver).serve_forever()
+PY
+otlp_pid=$!
+server_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_on)
+start_server
+load --label "mix, every request traced (OTLP)" --images "$images" --levels 16 --warmup "$warmup" --seconds "$seconds"
 stop_server
+kill "$otlp_pid" 2>/dev/null || true
+echo "load-bench: the OTLP receiver took $(cat "$state/otlp-exports" 2>/dev/null || echo 0) export(s)" >&2
 
 python3 - "$results" <<'PY'
 import json, sys

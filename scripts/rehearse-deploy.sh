@@ -52,6 +52,7 @@ chmod 0755 "$work"
 container_pid=''
 nspawn_pid=''
 client_pid=''
+otlp_pid=''
 
 # ------------------------------------------------------------------ the instance's root (cached)
 ensure_tools() {
@@ -105,6 +106,7 @@ psql_as_postgres() { # psql_as_postgres DB SQL: one value
 
 cleanup() {
     local rc=$?
+    if [ -n "$otlp_pid" ]; then kill "$otlp_pid" 2>/dev/null || true; wait "$otlp_pid" 2>/dev/null || true; fi
     if [ -n "$client_pid" ]; then kill "$client_pid" 2>/dev/null || true; wait "$client_pid" 2>/dev/null || true; fi
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         kill -TERM "$nspawn_pid" 2>/dev/null || true   # nspawn asks the container's systemd to power off
@@ -143,6 +145,30 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8080))
 PY
+# The CloudWatch agent's OTLP/HTTP receiver, as the service sees it: 127.0.0.1:4318 (the container shares the
+# host's network), keeping each export it is sent.
+mkdir -p "$work/otlp"
+python3 - "$work/otlp" <<'PY' &
+import http.server, os, sys
+out = sys.argv[1]
+class Receiver(http.server.BaseHTTPRequestHandler):
+    count = 0
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Receiver.count += 1
+        with open(os.path.join(out, f"{Receiver.count:05d}{self.path.replace('/', '_')}.pb"), "wb") as f:
+            f.write(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 4318), Receiver).serve_forever()
+PY
+otlp_pid=$!
+sleep 0.5
+kill -0 "$otlp_pid" 2>/dev/null || die "port 4318 on 127.0.0.1 is taken: the rehearsal plays the agent's OTLP receiver there"
 mkdir -p "$work/share"
 for n in 1 2; do
     UPSHOT_VERSION="rehearsal-$n $(git describe --always --dirty 2>/dev/null || echo unknown)" \
@@ -213,7 +239,8 @@ json.dump({
     },
 }, open(out, "w"), indent=1)
 PY
-cp deploy/codedeploy/testing/fake-aws deploy/codedeploy/testing/codedeploy-agent.py deploy/codedeploy/testing/upload-client.py "$work/share/"
+cp deploy/codedeploy/testing/fake-aws deploy/codedeploy/testing/fake-cwagent-ctl deploy/codedeploy/testing/codedeploy-agent.py \
+    deploy/codedeploy/testing/upload-client.py "$work/share/"
 cp tests/fixtures/cat.jpg tests/fixtures/cat-gps.heic "$work/share/"
 
 # ------------------------------------------------------------------ 2. boot the instance
@@ -240,6 +267,8 @@ inside sh -c "
     set -e
     install -d -m 0755 /etc/upshot /usr/local/bin /etc/systemd/system/upshot.service.d /etc/systemd/system/upshot-reconcile.service.d
     install -m 0755 /rehearsal/fake-aws /usr/local/bin/aws
+    install -d -m 0755 /opt/aws/amazon-cloudwatch-agent/bin /opt/aws/amazon-cloudwatch-agent/etc
+    install -m 0755 /rehearsal/fake-cwagent-ctl /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
     printf 'UPSHOT_ENVIRONMENT=$ENVIRONMENT\nAWS_REGION=us-east-1\nUPSHOT_DB_CA_FILE=/etc/upshot/rds-ca.pem\n' >/etc/upshot/deploy.conf
     for unit in upshot.service upshot-reconcile.service; do
         printf '[Service]\nEnvironment=AWS_ENDPOINT_URL=$UPSHOT_TEST_AWS_ENDPOINT AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal UPSHOT_S3_FORCE_PATH_STYLE=true UPSHOT_CLIENT_REQUESTS_PER_MINUTE=1000000 UPSHOT_CLIENT_REQUEST_BURST=1000000 UPSHOT_MAX_INTAKE_IN_FLIGHT_PER_CLIENT=1000000\n' \
@@ -325,6 +354,48 @@ sys.exit(0 if image["format"] == "heic" and shown.headers["Content-Type"] == "im
 PY
 }
 check "upload: an iPhone HEIC photo is stored, and shown from its display rendition" heic_upload
+
+traced_upload() { # an upload whose caller samples its trace reaches the agent's receiver as spans of that trace
+    local trace
+    trace=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    inside python3 - "$SERVICE_URL" /rehearsal/cat.jpg "$trace" <<'PY' || return 1
+import sys, urllib.request, uuid
+url, path, trace = sys.argv[1:]
+boundary = uuid.uuid4().hex
+body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n\r\n'.encode()
+        + open(path, "rb").read() + f"\r\n--{boundary}--\r\n".encode())
+request = urllib.request.Request(url + "/api/v1/images", data=body, headers={
+    "Content-Type": f"multipart/form-data; boundary={boundary}", "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+answer = urllib.request.urlopen(request, timeout=60)
+sys.exit(0 if answer.headers["traceparent"].startswith(f"00-{trace}-") else 1)
+PY
+    # The service sends its spans every 5 s (the batch processor's default delay).
+    python3 - "$work/otlp" "$trace" <<'PY'
+import glob, sys, time
+out, trace = sys.argv[1], bytes.fromhex(sys.argv[2])
+wanted = [b"POST /api/v1/images", b"upload.store", b"store.put", b"db.commit", b"outbox.publish"]
+deadline = time.time() + 30
+while time.time() < deadline:
+    bodies = [open(f, "rb").read() for f in sorted(glob.glob(f"{out}/*_v1_traces.pb"))]
+    ours = b"".join(b for b in bodies if trace in b)
+    if all(name in ours for name in wanted):
+        print(f"    {len(bodies)} OTLP export(s) received; the traced upload's spans among them")
+        sys.exit(0)
+    time.sleep(0.5)
+print(f"    spans of the traced upload missing: {[n.decode() for n in wanted if n not in ours]}", file=sys.stderr)
+sys.exit(1)
+PY
+}
+agent_receives_otlp() {
+    inside python3 -c '
+import json, sys
+otlp = json.load(open("/var/lib/fake-aws/cwagent.json"))["traces"]["traces_collected"]["otlp"]
+env = open("/etc/upshot/upshot.env").read()
+sys.exit(0 if otlp["http_endpoint"] == "127.0.0.1:4318" and "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318" in env
+         and "OTEL_TRACES_SAMPLER=parentbased_traceidratio" in env else 1)'
+}
+check "traces: the agent receives OTLP/HTTP on 127.0.0.1:4318, and the service's environment exports there" agent_receives_otlp
+check "traces: a traced upload's spans, from the request to the notification's publish, reach the agent" traced_upload
 
 # ------------------------------------------------------------------ deployment 2 under load
 echo "deployment 2 (new revision while uploading):"

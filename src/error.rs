@@ -170,13 +170,14 @@ impl AppError {
         self.code.status()
     }
 
-    /// One log line for an error answered to a request; 4xx errors only when they carry detail.
-    pub fn log(&self, request_id: &str) {
+    /// One log line for an error answered to a request (written inside its span, which tags it with the
+    /// request's ids); 4xx errors only when they carry detail.
+    pub fn log(&self) {
         let detail = self.detail.as_deref().unwrap_or("");
         if self.status().code >= 500 {
-            log::error!("request_id={request_id} code={} {} {detail}", self.code, self.message);
+            log::error!("code={} {} {detail}", self.code, self.message);
         } else if !detail.is_empty() {
-            log::info!("request_id={request_id} code={} {detail}", self.code);
+            log::info!("code={} {detail}", self.code);
         }
     }
 

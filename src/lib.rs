@@ -21,6 +21,7 @@ pub mod secret_file;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod web;
 
 use std::sync::Arc;
@@ -75,11 +76,11 @@ fn build(
                 }
             })
         }))
-        .mount("/", api::root_routes())
-        .mount("/", web::routes())
-        .mount("/api/v1", api::v1_routes())
+        .mount("/", telemetry::traced(api::root_routes()))
+        .mount("/", telemetry::traced(web::routes()))
+        .mount("/api/v1", telemetry::traced(api::v1_routes()))
         .mount("/static", FileServer::from(static_dir).rank(20))
-        .register("/", responses::catchers())
+        .register("/", telemetry::traced_catchers(responses::catchers()))
 }
 
 /// The service as it runs: the public socket (see `connections`) in front of the server on a loopback port.

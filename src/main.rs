@@ -91,17 +91,21 @@ async fn main() -> ExitCode {
     // `upshot reconcile` under systemd). Started here first, OpenSSL leaves that cleanup to the OS.
     openssl_sys::init();
     upshot::telemetry::init_logging();
+    let tracing = upshot::traces::init();
     let config = match load_config() {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match run(Cli::parse().command.unwrap_or(Command::Serve), config).await {
+    let code = match run(Cli::parse().command.unwrap_or(Command::Serve), config).await {
         Ok(code) => code,
         Err(error) => {
             log::error!("{error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans still buffered go out before the process ends.
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    code
 }
 
 /// Runs one command; an error is logged by `main` and exits 1.

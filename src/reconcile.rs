@@ -132,6 +132,21 @@ pub enum CheckError {
 }
 
 pub async fn check(db: &Db, store: Arc<dyn ObjectStore>, options: &Options) -> Result<Report, CheckError> {
+    use tracing::Instrument;
+    let span = crate::traces::start_background(tracing::info_span!(
+        "reconcile.run",
+        repair = options.repair,
+        trace_id = tracing::field::Empty,
+        reconcile.rows_scanned = tracing::field::Empty,
+        reconcile.clean = tracing::field::Empty,
+    ));
+    let report = walk_and_record(db, store, options).instrument(span.clone()).await?;
+    span.record("reconcile.rows_scanned", report.rows_scanned);
+    span.record("reconcile.clean", report.is_clean());
+    Ok(report)
+}
+
+async fn walk_and_record(db: &Db, store: Arc<dyn ObjectStore>, options: &Options) -> Result<Report, CheckError> {
     let started = Instant::now();
     let mut walk = Walk {
         db,

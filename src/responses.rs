@@ -14,7 +14,7 @@ use crate::telemetry::RequestId;
 /// Logs an error answered to `req`, and counts it by code.
 fn report<'r>(error: &AppError, req: &'r Request<'_>) -> &'r str {
     let request_id = RequestId::of(req);
-    error.log(request_id);
+    error.log();
     if let Some(state) = req.rocket().state::<AppState>() {
         state.app.metrics.error_answered(error.code.as_str());
     }

@@ -1,5 +1,6 @@
-//! Logging and request ids: journald when started by systemd, plain stderr otherwise; one access line per
-//! request; an `X-Request-Id` on every response.
+//! Logging, request ids and request spans: journald when started by systemd, plain stderr otherwise; one
+//! access line per request; an `X-Request-Id` and a W3C `traceparent` on every response; every route's
+//! handler run inside its request's span (`traces`), and log lines written there tagged with its ids.
 
 use std::io::Write;
 use std::time::Instant;
@@ -44,7 +45,20 @@ impl RequestId {
 
 struct RequestStart(Instant);
 
-/// Assigns request ids, echoes them in the response and writes the access log.
+/// The request's span and trace, opened by `RequestLog` when the request arrives.
+fn request_trace<'r>(req: &'r Request<'_>) -> &'r crate::traces::RequestTrace {
+    req.local_cache(|| {
+        let headers = req.headers();
+        crate::traces::start_request(
+            req.method().as_str(),
+            RequestId::of(req),
+            headers.get_one("traceparent"),
+            headers.get_one("tracestate"),
+        )
+    })
+}
+
+/// Assigns request ids, opens each request's span, echoes both in the response and writes the access log.
 pub struct RequestLog;
 
 #[rocket::async_trait]
@@ -55,15 +69,22 @@ impl Fairing for RequestLog {
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
         req.local_cache(|| RequestStart(Instant::now()));
-        RequestId::of(req);
+        request_trace(req);
     }
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
         let request_id = RequestId::of(req);
         res.set_header(Header::new("X-Request-Id", request_id.to_owned()));
+        let trace = request_trace(req);
+        res.set_header(Header::new("traceparent", trace.traceparent()));
+        let trace_id = trace.trace_id();
         let elapsed = req.local_cache(|| RequestStart(Instant::now())).0.elapsed();
-        // The route's template, not the raw path: raw paths and queries may carry tokens.
-        let route = req.route().map_or_else(|| "-".to_owned(), |r| r.uri.origin.path().to_string());
+        let route = route_of(req).unwrap_or_else(|| "-".to_owned());
+        let status = res.status().code;
+        trace.span.record("http.response.status_code", status);
+        if status >= 500 {
+            trace.span.record("otel.status_code", "ERROR");
+        }
         let state = req.rocket().state::<crate::state::AppState>();
         let hops = state.map_or(0, |s| s.app.config.settings.web.trusted_proxy_hops);
         if let Some(state) = state {
@@ -72,11 +93,68 @@ impl Fairing for RequestLog {
         let client = client_ip(req, hops).map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         log::info!(
             target: "upshot::access",
-            "request_id={request_id} client={client} method={} route={route} status={} latency_ms={:.1}",
+            "request_id={request_id} trace_id={trace_id} client={client} method={} route={route} status={status} \
+             latency_ms={:.1}",
             req.method(),
-            res.status().code,
             elapsed.as_secs_f64() * 1000.0,
         );
+    }
+}
+
+/// The template of the route that serves `req`, not its path: raw paths and queries may carry tokens.
+fn route_of(req: &Request<'_>) -> Option<String> {
+    req.route().map(|route| route.uri.origin.path().to_string())
+}
+
+/// Runs every route's handler (its guards, its body) inside the request's span, so the spans of what it
+/// does become children of the request's.
+pub fn traced(routes: Vec<rocket::Route>) -> Vec<rocket::Route> {
+    routes
+        .into_iter()
+        .map(|mut route| {
+            route.handler = Box::new(Traced(route.handler));
+            route
+        })
+        .collect()
+}
+
+/// The same for the error catchers, so the lines they log carry the request's ids.
+pub fn traced_catchers(catchers: Vec<rocket::Catcher>) -> Vec<rocket::Catcher> {
+    catchers
+        .into_iter()
+        .map(|mut catcher| {
+            catcher.handler = Box::new(TracedCatcher(catcher.handler));
+            catcher
+        })
+        .collect()
+}
+
+#[derive(Clone)]
+struct TracedCatcher(Box<dyn rocket::catcher::Handler>);
+
+#[rocket::async_trait]
+impl rocket::catcher::Handler for TracedCatcher {
+    async fn handle<'r>(&self, status: rocket::http::Status, req: &'r Request<'_>) -> rocket::catcher::Result<'r> {
+        use tracing::Instrument;
+        let trace = request_trace(req);
+        trace.trace_id();
+        self.0.handle(status, req).instrument(trace.span.clone()).await
+    }
+}
+
+#[derive(Clone)]
+struct Traced(Box<dyn rocket::route::Handler>);
+
+#[rocket::async_trait]
+impl rocket::route::Handler for Traced {
+    async fn handle<'r>(&self, req: &'r Request<'_>, data: Data<'r>) -> rocket::route::Outcome<'r> {
+        use tracing::Instrument;
+        let trace = request_trace(req);
+        if let Some(route) = route_of(req) {
+            trace.name_route(req.method().as_str(), &route);
+        }
+        trace.trace_id();
+        self.0.handle(req, data).instrument(trace.span.clone()).await
     }
 }
 
@@ -141,8 +219,25 @@ impl<L: log::Log> log::Log for Filtered<L> {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.0.log(record);
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Written inside a request's (or a background run's) span: tagged with its ids.
+        match crate::traces::current_log_fields() {
+            Some(fields) => {
+                let (request_id, trace_id) =
+                    (fields.request_id.as_deref().unwrap_or("-"), fields.trace_id.as_deref().unwrap_or("-"));
+                self.0.log(
+                    &log::Record::builder()
+                        .args(format_args!("request_id={request_id} trace_id={trace_id} {}", record.args()))
+                        .metadata(record.metadata().clone())
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .build(),
+                );
+            }
+            None => self.0.log(record),
         }
     }
 

@@ -42,7 +42,7 @@ find "$release/deploy/codedeploy" -name '*.sh' -exec chmod 0755 {} +
 write_env_from_aws() {
     local out=$1 migrate_out=$2 v
     local bucket topic endpoint db_name db_secret_arn db_app_secret_arn app_secret_arn admin_secret_arn
-    local public_url upload_queue log_group ca
+    local public_url upload_queue log_group trace_ratio ca
     read_parameters
     bucket=$(param s3-bucket)
     topic=$(param sns-topic-arn)
@@ -57,6 +57,12 @@ write_env_from_aws() {
     done
     upload_queue=$(param upload-queue-url)
     log_group=$(param log-group)
+    # The share of requests traced: /upshot/<env>/trace-sample-ratio when an operator set one, else 5 %.
+    trace_ratio=$(param trace-sample-ratio)
+    if ! [[ $trace_ratio =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]]; then
+        [ -z "$trace_ratio" ] || log "trace-sample-ratio '$trace_ratio' is not a number from 0 to 1: 0.05 is used"
+        trace_ratio=0.05
+    fi
     db_app_secret_arn=$(param db-app-secret-arn)
     ca=$(conf_value UPSHOT_DB_CA_FILE)
     ca=${ca:-$UPSHOT_ETC_DIR/rds-ca.pem}
@@ -84,6 +90,15 @@ write_env_from_aws() {
         [ -z "$upload_queue" ] || echo "UPSHOT_UPLOAD_QUEUE_URL=$upload_queue"
         echo "UPSHOT_DATA_DIR=/var/lib/upshot"
         echo "UPSHOT_ORT_LIB=$UPSHOT_CURRENT/lib/$ORT_LIB_NAME"
+        # Traces go to the CloudWatch agent's OTLP/HTTP receiver (deploy/cloudwatch/agent.json), which sends
+        # them on to X-Ray: a sampled share of requests, and every request whose caller sampled it.
+        if [ -x "$UPSHOT_CWAGENT_CTL" ]; then
+            echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318"
+            echo "OTEL_SERVICE_NAME=upshot"
+            echo "OTEL_RESOURCE_ATTRIBUTES=deployment.environment.name=$(conf_value UPSHOT_ENVIRONMENT)"
+            echo "OTEL_TRACES_SAMPLER=parentbased_traceidratio"
+            echo "OTEL_TRACES_SAMPLER_ARG=$trace_ratio"
+        fi
     } >"$out"
     # What `upshot migrate` adds, for ApplicationStart alone (root): the master's URL, and the role it provisions.
     {

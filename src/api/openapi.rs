@@ -38,7 +38,7 @@ fn openapi_json(state: &State<AppState>) -> Json<Value> {
     info(
         title = "Upshot API",
         version = "1.0.0",
-        description = "Image intake: upload, validate by content, strip metadata, thumbnail, store, classify, notify. Every error has the shape of the Error schema, and every response carries X-Request-Id. Not described here, as OpenAPI cannot describe it: GET /api/v1/ws, a WebSocket where each binary message is an image and each answer a text message with the Analysis JSON (or an Error for a bad frame)."
+        description = "Image intake: upload, validate by content, strip metadata, thumbnail, store, classify, notify. Every error has the shape of the Error schema, and every response carries X-Request-Id and a W3C traceparent naming the request's trace (a valid incoming traceparent is continued). Not described here, as OpenAPI cannot describe it: GET /api/v1/ws, a WebSocket where each binary message is an image and each answer a text message with the Analysis JSON (or an Error for a bad frame)."
     ),
     paths(
         image_routes::create,

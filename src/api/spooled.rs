@@ -46,17 +46,24 @@ impl<'r> FromFormField<'r> for SpooledFile<'r> {
     }
 
     async fn from_data(field: DataField<'r, '_>) -> form::Result<'r, Self> {
-        let limit = field.request.limits().get("file").unwrap_or(Limits::FILE);
-        let dir = field.request.rocket().config().temp_dir.relative();
-        let created = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(dir)).await;
-        let (file, path) = created.map_err(std::io::Error::other)??.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        let mut writer = tokio::io::BufWriter::with_capacity(SPOOL_WRITE, &mut file);
-        let written = field.data.open(limit).stream_to(&mut writer).await?;
-        writer.flush().await?;
-        if !written.complete {
-            Err((None, Some(written.written)))?;
+        use tracing::Instrument;
+        let span = tracing::info_span!("upload.receive", upload.bytes = tracing::field::Empty);
+        async move {
+            let limit = field.request.limits().get("file").unwrap_or(Limits::FILE);
+            let dir = field.request.rocket().config().temp_dir.relative();
+            let created = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(dir)).await;
+            let (file, path) = created.map_err(std::io::Error::other)??.into_parts();
+            let mut file = tokio::fs::File::from_std(file);
+            let mut writer = tokio::io::BufWriter::with_capacity(SPOOL_WRITE, &mut file);
+            let written = field.data.open(limit).stream_to(&mut writer).await?;
+            writer.flush().await?;
+            tracing::Span::current().record("upload.bytes", written.written);
+            if !written.complete {
+                Err((None, Some(written.written)))?;
+            }
+            Ok::<_, form::Errors<'r>>(SpooledFile { path, len: written.written, name: field.file_name })
         }
-        Ok(SpooledFile { path, len: written.written, name: field.file_name })
+        .instrument(span)
+        .await
     }
 }

@@ -279,6 +279,7 @@ async fn outcome(app: &App, session: &SessionRow) -> AppResult<Uploaded> {
 
 /// Completes a session: processes its file once, whoever asks first (the client, the bucket's event). A
 /// session already finished answers as it did; one being processed elsewhere answers `UPLOAD_IN_PROGRESS`.
+#[tracing::instrument(name = "direct_upload.complete", skip_all)]
 pub async fn complete(app: &App, id: &str) -> AppResult<Uploaded> {
     let session = find(app, id).await?;
     if session.status == SessionStatus::Stored || session.status == SessionStatus::Failed {

@@ -124,18 +124,20 @@ impl App {
         F: FnOnce(&IngestPolicy) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        use tracing::Instrument;
         let wait = Duration::from_millis(self.config.settings.uploads.cpu_wait_ms);
         let permit = tokio::time::timeout(wait, self.cpu.clone().acquire_owned())
+            .instrument(tracing::info_span!("cpu.wait"))
             .await
             .map_err(|_| {
                 AppError::new(ErrorCode::Busy, "The server is busy processing other images; try again shortly.")
                     .retry_after(2)
             })?
             .map_err(AppError::internal)?;
-        let policy = self.policy.clone();
+        let (policy, span) = (self.policy.clone(), tracing::Span::current());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            work(&policy)
+            span.in_scope(|| work(&policy))
         })
         .await
         .map_err(|e| AppError::internal(format!("image task failed: {e}")))?

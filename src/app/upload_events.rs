@@ -11,6 +11,7 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::Client;
 use serde::Deserialize;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{direct_uploads, App};
 use crate::domain::ImageId;
@@ -147,7 +148,13 @@ pub async fn run(app: App, queue_url: String, mut shutdown: watch::Receiver<bool
         };
         for message in messages {
             let body = message.body().unwrap_or_default();
-            if handle(&app, body).await == Handled::Done {
+            let span = crate::traces::start_background(tracing::info_span!(
+                "sqs.event",
+                otel.kind = "consumer",
+                messaging.system = "aws_sqs",
+                trace_id = tracing::field::Empty,
+            ));
+            if handle(&app, body).instrument(span).await == Handled::Done {
                 let Some(receipt) = message.receipt_handle() else { continue };
                 if let Err(error) = sqs.delete_message().queue_url(&queue_url).receipt_handle(receipt).send().await {
                     // Received again later: its session answers as finished, and it is deleted then.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image::RgbImage;
+use tracing::Instrument;
 
 use super::{App, UploadPermit};
 use crate::db::image_rows::{self, ImageRecord, InsertOutcome, StoredObjects};
@@ -51,19 +52,26 @@ impl App {
             }
         }
         let prepared = self.run_cpu(move |policy| prepare(&upload, policy).map_err(AppError::from)).await?;
-        let app = self.clone();
-        tokio::spawn(async move {
-            let stored = persist(&app, prepared, meta).await;
-            drop(permit);
-            stored
-        })
+        let (app, id) = (self.clone(), ImageId::generate());
+        tracing::Span::current().record("upshot.image_id", id.as_str());
+        let span = tracing::info_span!("upload.store", upshot.image_id = id.as_str());
+        tokio::spawn(
+            async move {
+                let stored = persist(&app, id, prepared, meta).await;
+                drop(permit);
+                stored
+            }
+            .instrument(span),
+        )
         .await
         .map_err(|e| AppError::internal(format!("upload task failed: {e}")))?
     }
 
     /// Runs the models on an upright working image and records the inference time.
     pub async fn analyse(&self, pixels: Arc<RgbImage>) -> AppResult<Analysis> {
-        let analysis = self.inference.analyse(pixels).await?;
+        let span = tracing::info_span!("models", inference_ms = tracing::field::Empty);
+        let analysis = self.inference.analyse(pixels).instrument(span.clone()).await?;
+        span.record("inference_ms", analysis.inference_ms);
         self.metrics.observe_inference(analysis.inference_ms, analysis.models_cpu_ms);
         Ok(analysis)
     }
@@ -88,8 +96,7 @@ async fn replay(app: &App, key: &IdempotencyKey, source_sha256: String) -> AppRe
 }
 
 /// The models run while the objects are stored; the row and its outbox message are written once both are done.
-async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
-    let id = ImageId::generate();
+async fn persist(app: &App, id: ImageId, prepared: PreparedImage, meta: UploadMeta) -> AppResult<Uploaded> {
     let (analysis, stored) = tokio::join!(app.analyse(prepared.pixels.clone()), store_or_share(app, &id, &prepared));
     let (mut objects, mut deduplicated) = stored?;
     let analysis = match analysis {
@@ -103,7 +110,11 @@ async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppRes
         let record = new_record(app, &id, &prepared, &analysis, &meta, &objects);
         let message = outbox_message(&record, &analysis);
         let (row, msg) = (record.clone(), message.clone());
-        let outcome = app.db.run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated)).await;
+        let outcome = app
+            .db
+            .run(move |conn| image_rows::insert_with_outbox(conn, &row, &msg, deduplicated))
+            .instrument(tracing::info_span!("db.commit"))
+            .await;
         match outcome {
             Ok(InsertOutcome::Inserted) => {
                 app.outbox_wake.notify_one();
@@ -146,7 +157,8 @@ async fn persist(app: &App, prepared: PreparedImage, meta: UploadMeta) -> AppRes
 async fn store_or_share(app: &App, id: &ImageId, prepared: &PreparedImage) -> AppResult<(StoredObjects, bool)> {
     if app.config.settings.uploads.dedup {
         let sha = prepared.sha256.clone();
-        if let Some(shared) = app.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha)).await? {
+        let lookup = app.db.run(move |conn| image_rows::find_objects_by_sha256(conn, &sha));
+        if let Some(shared) = lookup.instrument(tracing::info_span!("db.find_shared")).await? {
             return Ok((shared, true));
         }
     }
@@ -202,16 +214,17 @@ async fn store_objects(app: &App, id: &ImageId, prepared: &PreparedImage) -> App
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             crate::db::pending::record(conn, &row_id, &keys, now())
         })
+        .instrument(tracing::info_span!("db.pending"))
         .await?;
     let display = async {
         match (&prepared.display, &objects.display_key) {
-            (Some((bytes, format)), Some(key)) => app.store.put(key, bytes.clone(), format.content_type()).await,
+            (Some((bytes, format)), Some(key)) => put(app, key, bytes, format.content_type()).await,
             _ => Ok(()),
         }
     };
     let (original, thumbnail, display) = tokio::join!(
-        app.store.put(&objects.original_key, prepared.original.clone(), prepared.format.content_type()),
-        app.store.put(&objects.thumbnail_key, prepared.thumbnail.clone(), thumbnail_type),
+        put(app, &objects.original_key, &prepared.original, prepared.format.content_type()),
+        put(app, &objects.thumbnail_key, &prepared.thumbnail, thumbnail_type),
         display,
     );
     // Whichever were written go again when another failed.
@@ -232,6 +245,12 @@ async fn store_objects(app: &App, id: &ImageId, prepared: &PreparedImage) -> App
         return Err(error.into());
     }
     Ok(objects)
+}
+
+/// Stores one object, in a span of its own.
+async fn put(app: &App, key: &str, bytes: &bytes::Bytes, content_type: &str) -> Result<(), crate::store::StoreError> {
+    let span = tracing::info_span!("store.put", object.key = key, object.bytes = bytes.len());
+    app.store.put(key, bytes.clone(), content_type).instrument(span).await
 }
 
 async fn remove_objects(app: &App, shared: bool, objects: &StoredObjects) {
@@ -315,5 +334,6 @@ fn outbox_message(record: &ImageRecord, analysis: &Analysis) -> OutboxRow {
         created_at: record.created_at,
         published_at: None,
         digest_id: None,
+        traceparent: crate::traces::current_traceparent(),
     }
 }

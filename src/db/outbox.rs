@@ -25,6 +25,8 @@ pub struct OutboxRow {
     pub published_at: Option<NaiveDateTime>,
     /// Set when the row went out in a digest with others (see `relay`).
     pub digest_id: Option<String>,
+    /// The W3C `traceparent` of the upload that wrote it, when its trace is exported: the publish joins it.
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` due rows until `lease_until`. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets relays on

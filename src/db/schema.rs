@@ -45,6 +45,7 @@ diesel::table! {
         created_at -> Timestamp,
         published_at -> Nullable<Timestamp>,
         digest_id -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -153,14 +153,22 @@ pub struct PreparedImage {
 
 /// The CPU-bound half of an upload. Blocking: run it on a blocking thread.
 pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, IngestError> {
-    let (format, header) = identify(&upload.bytes, policy)?;
-    let stripped = sanitize::strip_metadata(&upload.bytes, format, header.orientation)?;
-    let frames = sanitize::frame_count(&stripped, format)?;
-    policy.limits.check_animation(frames, header.width, header.height)?;
+    use tracing::info_span;
+    let (format, header) = info_span!("image.identify").in_scope(|| identify(&upload.bytes, policy))?;
+    let stripped = info_span!("image.strip", image.format = format.name()).in_scope(|| {
+        let stripped = sanitize::strip_metadata(&upload.bytes, format, header.orientation)?;
+        let frames = sanitize::frame_count(&stripped, format)?;
+        policy.limits.check_animation(frames, header.width, header.height)?;
+        Ok::<_, IngestError>(stripped)
+    })?;
     // Decoding the stored bytes (every scan of them, at any scale), not the upload, proves that what we store
     // is a valid image.
-    let upright = pixels::for_storage(stripped, format, header.orientation, policy)?;
+    let upright = info_span!("image.decode", image.width = header.width, image.height = header.height)
+        .in_scope(|| pixels::for_storage(stripped, format, header.orientation, policy))?;
+    let thumbnail_span = info_span!("image.thumbnail").entered();
     let thumb = thumbnail::make(&upright.working, (upright.width, upright.height), policy.thumbnail_size)?;
+    let thumbhash = crate::imaging::thumbhash(&upright.working);
+    drop(thumbnail_span);
     // Bytes that had nothing to strip or turn are stored as they came: their digest is already known.
     let sha256 = if upright.original == upload.bytes { upload.sha256.clone() } else { sha256_hex(&upright.original) };
     Ok(PreparedImage {
@@ -172,7 +180,7 @@ pub fn prepare(upload: &Upload, policy: &IngestPolicy) -> Result<PreparedImage, 
         height: upright.height,
         thumbnail: thumb.bytes.into(),
         thumbnail_format: thumb.format,
-        thumbhash: crate::imaging::thumbhash(&upright.working),
+        thumbhash,
         pixels: Arc::new(upright.working.into_rgb8()),
         display: upright.display.map(|rendition| (rendition.bytes.into(), rendition.format)),
     })

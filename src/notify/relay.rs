@@ -83,6 +83,22 @@ const PUBLISH_CHUNK: usize = 10;
 /// How often a publish outcome is offered again to a database that could not take it.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
+/// The span of one message's publish: a child of its upload's span when the upload was traced.
+fn publish_span(row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+        messaging.system = "aws_sns",
+        upshot.image_id = row.image_id.as_str(),
+        upshot.outbox_id = row.id.as_str(),
+        upshot.attempt = row.attempts,
+    );
+    crate::traces::continue_trace(&span, row.traceparent.as_deref());
+    span
+}
+
 fn later(delay: Duration) -> chrono::NaiveDateTime {
     crate::domain::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
 }
@@ -167,10 +183,19 @@ impl Relay {
                 Err(error) => outcomes.push(Err(NotifyError::Permanent(format!("unreadable payload: {error}")))),
             }
         }
+        // Each message's publish joins the trace of the upload that wrote it.
+        let spans: Vec<tracing::Span> = chunk.iter().map(publish_span).collect();
         let mut published = self.notifier.publish_all(&notifications).await.into_iter();
         for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
             *outcome = published.next().unwrap_or_else(|| Err(NotifyError::Transient("not published".to_owned())));
         }
+        for (span, outcome) in spans.iter().zip(&outcomes) {
+            if let Err(error) = outcome {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.message", error.to_string().as_str());
+            }
+        }
+        drop(spans);
 
         let (mut sent, mut unsent) = (Vec::new(), Vec::new());
         for (row, outcome) in chunk.into_iter().zip(outcomes) {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, fixture, spawn, spawn_with, Stack, TestApp};
+use crate::helpers::{error_code, fixture, spawn, spawn_with, ServerProcess, Stack, TestApp};
 
 crate::on_both_stacks!(
     a_large_photo_goes_from_session_to_stored_image,
@@ -322,15 +322,6 @@ async fn the_bucket_event_completes_an_upload_once_across_two_instances() {
 }
 
 /// A server process of its own, for what only a process shows: its peak resident memory.
-struct ServerProcess(std::process::Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The process's peak RSS (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -18,3 +18,4 @@ mod pages;
 mod pipeline;
 mod production;
 mod reconcile;
+mod traces;

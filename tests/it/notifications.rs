@@ -137,6 +137,7 @@ async fn seed_outbox(db: &Db, count: usize) -> Vec<String> {
             created_at: upshot::domain::now(),
             published_at: None,
             digest_id: None,
+            traceparent: None,
         })
         .collect();
     db.run(move |conn| {
