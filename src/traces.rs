@@ -78,7 +78,7 @@ fn export_wanted() -> bool {
 pub fn init() -> Tracing {
     let provider = if export_wanted() { build_provider() } else { None };
     let otel = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("upshot")));
-    let subscriber = Registry::default().with(LogBridge).with(otel);
+    let subscriber = Registry::default().with(LogBridge::default()).with(otel);
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
         let _ = EXPORTING.set(provider.is_some());
         if provider.is_some() {
@@ -273,8 +273,15 @@ pub fn current_log_fields() -> Option<LogFields> {
 }
 
 /// Keeps each span's request id and trace id where `current_log_fields` finds them, and passes the exporter's
-/// warnings (an export that failed) to the log.
-struct LogBridge;
+/// warnings (an export that failed) to the log: each kind at most once a minute, so a collector that is down
+/// is said, not repeated every few seconds.
+#[derive(Default)]
+struct LogBridge {
+    last_said: std::sync::Mutex<HashMap<tracing::callsite::Identifier, std::time::Instant>>,
+}
+
+/// How often one kind of exporter warning is logged.
+const EXPORTER_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for LogBridge {
     fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
@@ -320,6 +327,16 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for LogBridge {
 
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let metadata = event.metadata();
+        {
+            let mut last_said = self.last_said.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            match last_said.get(&metadata.callsite()) {
+                Some(said) if now.duration_since(*said) < EXPORTER_WARNING_EVERY => return,
+                _ => {
+                    last_said.insert(metadata.callsite(), now);
+                }
+            }
+        }
         let level = if *metadata.level() == tracing::Level::ERROR { log::Level::Error } else { log::Level::Warn };
         let mut message = EventText::default();
         event.record(&mut message);

@@ -280,3 +280,29 @@ async fn without_an_export_nothing_is_sent_and_log_lines_carry_the_request_and_t
     );
     assert!(lines.iter().any(|line| line.contains("code=UNSUPPORTED_MEDIA_TYPE")), "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_logged_once_a_minute_and_uploads_go_on() {
+    let closed = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let (_server, base, _data) =
+        serve(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")], log.path()).await;
+    let said = || {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        text.lines().filter(|line| line.contains("BatchSpanProcessor.ExportError")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for round in 0..3 {
+        let response = upload_with_traceparent(&base).await;
+        assert_eq!(response.status(), 201, "uploads go on without the collector");
+        if round == 0 {
+            while said() == 0 {
+                assert!(Instant::now() < deadline, "a failed export is logged");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(said(), 1, "logged once, not per export");
+}
