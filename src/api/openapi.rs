@@ -83,7 +83,8 @@ fn configured_schemas(config: &AppConfig, labels: &[String]) -> Value {
     let settings = &config.settings;
     let accepted: Vec<&str> = config.settings.images.accepted_formats.iter().map(|f| f.content_type()).collect();
     let max_direct = settings.direct_uploads.direct_upload_max_bytes;
-    let mut session_types = accepted.clone();
+    let mut session_types: Vec<&str> =
+        config.settings.images.accepted_formats.iter().flat_map(|f| f.declared_types()).copied().collect();
     session_types.push("application/octet-stream");
     let subscription = |protocol: &str, pattern: &str, endpoint: &str| {
         json!({

@@ -116,10 +116,10 @@ fn declared_type(app: &App, declared: Option<String>) -> AppResult<String> {
         return Ok("application/octet-stream".to_owned());
     };
     let accepted = &app.config.settings.images.accepted_formats;
-    if declared == "application/octet-stream" || accepted.iter().any(|f| f.content_type() == declared) {
+    let names: Vec<&str> = accepted.iter().flat_map(|f| f.declared_types()).copied().collect();
+    if declared == "application/octet-stream" || names.contains(&declared.as_str()) {
         return Ok(declared);
     }
-    let names: Vec<&str> = accepted.iter().map(|f| f.content_type()).collect();
     Err(AppError::new(
         ErrorCode::UnsupportedMediaType,
         format!("`content_type` {declared} is not accepted; send one of {}.", names.join(", ")),

@@ -94,6 +94,19 @@ impl ImageFormat {
         }
     }
 
+    /// The media types a client may declare for a file of this format: its own, and the other names in use
+    /// (browsers give `.heif` files `image/heif`).
+    pub fn declared_types(self) -> &'static [&'static str] {
+        match self {
+            ImageFormat::Jpeg => &["image/jpeg"],
+            ImageFormat::Png => &["image/png"],
+            ImageFormat::Webp => &["image/webp"],
+            ImageFormat::Gif => &["image/gif"],
+            ImageFormat::Heic => &["image/heic", "image/heif"],
+            ImageFormat::Avif => &["image/avif"],
+        }
+    }
+
     pub fn extension(self) -> &'static str {
         match self {
             ImageFormat::Jpeg => "jpg",

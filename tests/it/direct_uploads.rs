@@ -411,3 +411,15 @@ async fn finished_sessions_are_purged_after_their_retention_and_their_images_sta
     let path = format!("/api/v1/images/{}", image["id"].as_str().unwrap());
     assert_eq!(app.get(&path).await.status(), 200, "the image stays");
 }
+
+/// Browsers give `.heif` files the type `image/heif`: a session declaring it is taken, and the photo stored
+/// as the HEIC it is.
+#[tokio::test]
+async fn a_heif_declared_by_its_other_media_type_is_taken() {
+    let app = spawn(Stack::Embedded).await;
+    let session = send(&app, "IMG_0001.HEIF", fixture("cat-gps.heic"), "image/heif").await;
+    let done = complete(&app, session["id"].as_str().unwrap()).await;
+    assert_eq!(done.status(), 201);
+    let image: Value = done.json().await.unwrap();
+    assert_eq!((image["format"].as_str(), image["content_type"].as_str()), (Some("heic"), Some("image/heic")));
+}
