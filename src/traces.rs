@@ -35,10 +35,13 @@ pub struct Tracing {
     provider: Option<SdkTracerProvider>,
 }
 
+/// How long the last spans may take to leave at exit: within systemd's stop timeout, after the requests' grace.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Tracing {
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
-            if let Err(error) = provider.shutdown() {
+            if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_FLUSH) {
                 log::warn!("traces: the last spans could not be sent: {error}");
             }
         }
