@@ -27,7 +27,7 @@ use crate::db::Db;
 use crate::domain::Signer;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::inference::Engine;
-use crate::ingest::IngestPolicy;
+use crate::ingest::{CpuSlots, IngestPolicy};
 use crate::metrics::Metrics;
 use crate::store::ObjectStore;
 
@@ -64,8 +64,11 @@ impl App {
         inference: Engine,
     ) -> Self {
         let uploads = &config.settings.uploads;
-        let policy = IngestPolicy::new(&config.settings.images, inference.input_size());
         let cpu = Arc::new(Semaphore::new(uploads.cpu_slots));
+        let policy = IngestPolicy {
+            cpu: CpuSlots::new(cpu.clone()),
+            ..IngestPolicy::new(&config.settings.images, inference.input_size())
+        };
         let upload_budget = Arc::new(Semaphore::new((uploads.upload_budget_bytes / 1024) as usize));
         App {
             config: Arc::new(config),

@@ -35,12 +35,17 @@ pub fn header(bytes: &[u8], limits: &ImageLimits) -> Result<Header, IngestError>
     Ok(Header { width, height, orientation: image::metadata::Orientation::NoTransforms })
 }
 
+/// The most threads one HEIC's decoding uses, when the CPU slots are idle.
+const MAX_DECODE_THREADS: usize = 4;
+
 /// Decodes the primary image, upright (`irot`, `imir`, `clap` applied) and in sRGB (from its ICC profile or
 /// `nclx`, as iPhones tag Display P3), at 8 bits; auxiliary images (depth, HDR gain maps) are not decoded.
-pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, IngestError> {
+pub fn decode(bytes: &[u8], limits: &ImageLimits, cpu: &super::CpuSlots) -> Result<DynamicImage, IngestError> {
     header(bytes, limits)?;
-    // One thread: uploads already run side by side, one per core.
-    let options = heifer::Options { max_threads: 1, max_pixels: limits.max_pixels };
+    // The tiles of a grid (how phones store their photos) are decoded side by side on this upload's thread
+    // and the threads of the CPU slots idle right now; a single-image HEIC uses one thread whatever it gets.
+    let borrowed = cpu.borrow_idle(MAX_DECODE_THREADS - 1);
+    let options = heifer::Options { max_threads: 1 + borrowed.count, max_pixels: limits.max_pixels };
     let image = heifer::decode_srgb_rgba8(bytes, &options).map_err(|error| match error {
         heifer::Error::Invalid(_) | heifer::Error::Container(_) | heifer::Error::Hevc(_) => {
             IngestError::Corrupt(error.to_string())
@@ -172,7 +177,10 @@ mod tests {
         let exif = metadata.exif.unwrap();
         assert!(exif.starts_with(&EMPTY_EXIF[4..]) && exif[EMPTY_EXIF.len() - 4..].iter().all(|&b| b == 0), "{exif:?}");
         assert!(metadata.xmp.unwrap().starts_with(EMPTY_XMP));
-        let (before, after) = (decode(&photo, &limits()).unwrap(), decode(&stripped, &limits()).unwrap());
+        let (before, after) = (
+            decode(&photo, &limits(), &Default::default()).unwrap(),
+            decode(&stripped, &limits(), &Default::default()).unwrap(),
+        );
         assert_eq!(before.as_bytes(), after.as_bytes());
         assert_eq!((after.width(), after.height()), (96, 64));
         assert_eq!(strip(&stripped).unwrap(), stripped, "stripping twice changes nothing");

@@ -71,6 +71,39 @@ pub struct IngestPolicy {
     pub thumbnail_size: u32,
     /// The size images are decoded to: enough for the thumbnail and the models' inputs.
     pub working: WorkingSize,
+    /// The CPU slots uploads share, for a decoder that can split its work to borrow the idle ones.
+    pub cpu: CpuSlots,
+}
+
+/// The server's CPU slots (`cpu_slots`), each upload's decoding holding one. A decoder that can use more
+/// threads (a HEIC's grid of tiles) borrows the slots that are idle, and only those: under load every
+/// upload keeps to its own core, and an upload alone gets them all.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSlots(Option<Arc<tokio::sync::Semaphore>>);
+
+impl CpuSlots {
+    pub fn new(slots: Arc<tokio::sync::Semaphore>) -> Self {
+        CpuSlots(Some(slots))
+    }
+
+    /// The idle slots, at most `most`, held until the returned loan is dropped.
+    pub fn borrow_idle(&self, most: usize) -> IdleSlots {
+        let Some(slots) = &self.0 else { return IdleSlots { count: 0, _permit: None } };
+        let mut count = slots.available_permits().min(most);
+        while count > 0 {
+            if let Ok(permit) = slots.clone().try_acquire_many_owned(count as u32) {
+                return IdleSlots { count, _permit: Some(permit) };
+            }
+            count -= 1;
+        }
+        IdleSlots { count: 0, _permit: None }
+    }
+}
+
+/// Idle CPU slots lent to one decode.
+pub struct IdleSlots {
+    pub count: usize,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl IngestPolicy {
@@ -90,6 +123,7 @@ impl IngestPolicy {
                 min_long_side: model_input.min_long_side.max(settings.thumbnail_size),
                 ..model_input
             },
+            cpu: CpuSlots::default(),
         }
     }
 
@@ -230,5 +264,25 @@ fn describe(upload: &[u8]) -> &'static str {
             ImageFormat::Avif => "an AVIF image",
         },
         None => format::describe_unsupported(upload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decoder_borrows_only_the_idle_cpu_slots_and_gives_them_back() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(3));
+        let own = slots.clone().try_acquire_owned().unwrap();
+        let cpu = CpuSlots::new(slots.clone());
+        let loan = cpu.borrow_idle(4);
+        assert_eq!(loan.count, 2, "the two idle slots, not more");
+        assert_eq!(cpu.borrow_idle(4).count, 0, "none left for another decode meanwhile");
+        drop(loan);
+        assert_eq!(cpu.borrow_idle(1).count, 1, "at most what is asked");
+        assert_eq!(slots.available_permits(), 2, "returned when the loan ends");
+        drop(own);
+        assert_eq!(CpuSlots::default().borrow_idle(4).count, 0, "tools without slots decode on one thread");
     }
 }

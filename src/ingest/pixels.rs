@@ -67,7 +67,7 @@ fn decoded_in_full(
     orientation: Orientation,
     policy: &IngestPolicy,
 ) -> Result<Upright, IngestError> {
-    let mut full = validate::decode(&stripped, format, &policy.limits)?;
+    let mut full = validate::decode(&stripped, format, &policy.limits, &policy.cpu)?;
     full.apply_orientation(orientation);
     let (width, height) = (full.width(), full.height());
     let original =
@@ -86,7 +86,7 @@ pub fn for_models(
     let mut working = if uses_libjpeg(format, upload)? {
         DynamicImage::ImageRgb8(jpeg::decode_scaled(upload, policy.working)?)
     } else {
-        downscale(validate::decode(upload, format, &policy.limits)?, policy.working)
+        downscale(validate::decode(upload, format, &policy.limits, &policy.cpu)?, policy.working)
     };
     working.apply_orientation(orientation);
     Ok(working.into_rgb8())

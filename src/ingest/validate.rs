@@ -100,9 +100,14 @@ pub fn read_header(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> R
 }
 
 /// Decodes the pixels (the first frame of an animation).
-pub fn decode(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<DynamicImage, IngestError> {
+pub fn decode(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &ImageLimits,
+    cpu: &super::CpuSlots,
+) -> Result<DynamicImage, IngestError> {
     match format {
-        ImageFormat::Heic => return super::heif::decode(bytes, limits),
+        ImageFormat::Heic => return super::heif::decode(bytes, limits, cpu),
         ImageFormat::Avif => return super::avif::decode(bytes, limits),
         _ => {}
     }
