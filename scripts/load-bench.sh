@@ -101,29 +101,14 @@ load --label "50 x 15 MB burst, 500 idle connections" --burst "$state/photos/lar
     --idle 500 --probe "$images/chelsea.jpg"
 # Every request traced, to an OTLP/HTTP receiver that takes each export and answers 200.
 otlp_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 - "$otlp_port" "$state/otlp-exports" <<'PY' &
-import http.server, sys
-port, tally = int(sys.argv[1]), sys.argv[2]
-class Receiver(http.server.BaseHTTPRequestHandler):
-    exports = 0
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Receiver.exports += 1
-        open(tally, "w").write(str(Receiver.exports))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver).serve_forever()
-PY
+python3 scripts/otlp-receiver.py "$otlp_port" "$state/otlp" &
 otlp_pid=$!
 server_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_on)
 start_server
 load --label "mix, every request traced (OTLP)" --images "$images" --levels 16 --warmup "$warmup" --seconds "$seconds"
 stop_server
 kill "$otlp_pid" 2>/dev/null || true
-echo "load-bench: the OTLP receiver took $(cat "$state/otlp-exports" 2>/dev/null || echo 0) export(s)" >&2
+echo "load-bench: the OTLP receiver took $(find "$state/otlp" -name '*.pb' 2>/dev/null | wc -l) export(s)" >&2
 
 python3 - "$results" <<'PY'
 import json, sys

@@ -147,25 +147,7 @@ s.bind(("0.0.0.0", 8080))
 PY
 # The CloudWatch agent's OTLP/HTTP receiver, as the service sees it: 127.0.0.1:4318 (the container shares the
 # host's network), keeping each export it is sent.
-mkdir -p "$work/otlp"
-python3 - "$work/otlp" <<'PY' &
-import http.server, os, sys
-out = sys.argv[1]
-class Receiver(http.server.BaseHTTPRequestHandler):
-    count = 0
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Receiver.count += 1
-        with open(os.path.join(out, f"{Receiver.count:05d}{self.path.replace('/', '_')}.pb"), "wb") as f:
-            f.write(body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 4318), Receiver).serve_forever()
-PY
+python3 scripts/otlp-receiver.py 4318 "$work/otlp" &
 otlp_pid=$!
 sleep 0.5
 kill -0 "$otlp_pid" 2>/dev/null || die "port 4318 on 127.0.0.1 is taken: the rehearsal plays the agent's OTLP receiver there"
