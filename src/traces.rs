@@ -112,6 +112,8 @@ pub struct RequestTrace {
     pub span: Span,
     /// Without an export, the ids the request is known by all the same (the caller's trace, or a fresh one).
     local: Option<SpanContext>,
+    /// The trace id, once looked at (and recorded on the span).
+    trace_id: OnceLock<String>,
 }
 
 impl RequestTrace {
@@ -130,11 +132,13 @@ impl RequestTrace {
         }
     }
 
-    /// The trace id, recorded on the span for the log lines written inside it.
-    pub fn trace_id(&self) -> String {
-        let trace_id = self.context().trace_id().to_string();
-        self.span.record("trace_id", trace_id.as_str());
-        trace_id
+    /// The trace id, recorded on the span the first time for the log lines written inside it.
+    pub fn trace_id(&self) -> &str {
+        self.trace_id.get_or_init(|| {
+            let trace_id = self.context().trace_id().to_string();
+            self.span.record("trace_id", trace_id.as_str());
+            trace_id
+        })
     }
 
     /// The W3C `traceparent` naming this request's span, for the response.
@@ -205,19 +209,19 @@ pub fn start_request(
         if let Some(parent) = parent {
             let _ = span.set_parent(parent);
         }
-        return RequestTrace { span, local: None };
+        return RequestTrace { span, local: None, trace_id: OnceLock::new() };
     }
     let caller = parent.map(|cx| cx.span().span_context().clone());
     let trace_id = caller.as_ref().map_or_else(|| TraceId::from_bytes(rand::random()), SpanContext::trace_id);
     let flags = caller.as_ref().map_or(TraceFlags::default(), SpanContext::trace_flags);
     let local = SpanContext::new(trace_id, SpanId::from_bytes(rand::random()), flags, false, Default::default());
-    let trace = RequestTrace { span, local: Some(local) };
+    let trace = RequestTrace { span, local: Some(local), trace_id: OnceLock::new() };
     trace.trace_id();
     trace
 }
 
-/// Opens the root span of background work (a relay pass, an SQS event, a reconcile run), with a trace id
-/// for its log lines.
+/// Opens the root span of background work (an SQS event, a reconcile run), with a trace id for its log
+/// lines.
 pub fn start_background(span: Span) -> Span {
     let trace_id =
         if exporting() { span.context().span().span_context().trace_id() } else { TraceId::from_bytes(rand::random()) };
